@@ -1,0 +1,94 @@
+"""Ray Data readers: the collection's Parquet shards as decoded, normalized tensors.
+
+Decoding, resizing and normalization happen in ``map_batches`` on Ray's CPU workers, not
+in the training loop, so a GPU trainer is fed ready batches; each Train worker then gets a
+disjoint shard through ``ray.train.get_dataset_shard``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from data_pipeline import schema
+from data_pipeline.collection import REAL_GM_ID, Collection
+from data_pipeline.folds import validation_mask
+from data_pipeline.preprocess import decode_image, normalize, resize
+
+Split = Literal["all", "train", "val"]
+
+
+class DecodeBatch:
+    """map_batches callable: PNG bytes -> normalized float32 [B, 3, S, S] + label columns."""
+
+    def __init__(self, labels: dict[str, dict[str, Any]], size: int, gm_index: dict[str, int],
+                 split: Split = "all", val_fraction: float = 0.1, seed: int = 0):
+        self.labels = {k: {n: np.asarray(v) for n, v in d.items()} for k, d in labels.items()}
+        self.size = size
+        self.gm_index = gm_index
+        self.split = split
+        self.val_fraction = val_fraction
+        self.seed = seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = batch["image_id"]
+        keep = np.ones(len(ids), dtype=bool)
+        if self.split != "all":
+            val = validation_mask(ids, self.val_fraction, self.seed)
+            keep = val if self.split == "val" else ~val
+        images, kept = [], []
+        for i in np.flatnonzero(keep):
+            images.append(resize(decode_image(batch["image"][i]), self.size))
+            kept.append(i)
+        kept_idx = np.asarray(kept, dtype=np.int64)
+        gm_ids = batch["gm_id"][kept_idx] if len(kept_idx) else np.array([], dtype=object)
+        out: dict[str, np.ndarray] = {
+            "image": normalize(np.stack(images)) if images else np.zeros((0, 3, self.size, self.size), np.float32),
+            "image_id": np.asarray(ids[kept_idx], dtype=object),
+            "gm_id": np.asarray(gm_ids, dtype=object),
+            "is_fake": np.asarray(batch["is_fake"][kept_idx], dtype=np.int64),
+            "gm_index": np.array([self.gm_index.get(g, -1) for g in gm_ids], dtype=np.int64),
+        }
+        for name in ("continuous", "discrete", "loss", "group"):
+            rows = [self.labels[g][name] for g in gm_ids]
+            width = self.labels[REAL_GM_ID][name].shape[0] if REAL_GM_ID in self.labels else len(rows[0]) if rows else 0
+            out[name] = np.stack(rows) if rows else np.zeros((0, width))
+        out["continuous"] = out["continuous"].astype(np.float32)
+        for name in ("discrete", "loss", "group"):
+            out[name] = out[name].astype(np.int64)
+        return out
+
+
+def label_lookup(col: Collection) -> dict[str, dict[str, Any]]:
+    """gm_id -> label vectors (normalized continuous, classes, loss and group bits)."""
+    t = schema.targets_from_rows(col.gms.to_dict("records"))
+    return {
+        g: {"continuous": t.continuous[i], "discrete": t.discrete[i], "loss": t.loss[i], "group": t.group[i]}
+        for i, g in enumerate(col.gms["gm_id"])
+    }
+
+
+def image_dataset(col: Collection, gm_ids: Sequence[str] | None = None, size: int | None = None,
+                  split: Split = "all", val_fraction: float = 0.1, seed: int = 0,
+                  gm_index: dict[str, int] | None = None, batch_size: int = 256):
+    """A Ray Dataset of decoded, normalized images of ``gm_ids`` (all GMs when None).
+
+    Columns: image (float32 [3,S,S]), image_id, gm_id, is_fake, gm_index (position of the
+    GM in ``gm_index``, -1 otherwise), continuous [9], discrete [6], loss [10], group [3].
+    """
+    import pyarrow.dataset as pds
+    import ray.data
+
+    size = size or col.image_size
+    kwargs: dict[str, Any] = {}
+    if gm_ids is not None:
+        kwargs["filter"] = pds.field("gm_id").isin(list(gm_ids))
+    ds = ray.data.read_parquet(
+        col.shard_uris(), columns=["image_id", "gm_id", "is_fake", "image"], **kwargs
+    )
+    decode = DecodeBatch(label_lookup(col), size, gm_index or {}, split, val_fraction, seed)
+    # a callable *instance* runs as stateless tasks (cheap on small machines); its label
+    # table travels with it, which is small (one row per GM)
+    return ds.map_batches(decode, batch_size=batch_size, batch_format="numpy")

@@ -1,0 +1,117 @@
+"""Parquet collection format: atomic write, round-trip, verify, clear errors; folds."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_pipeline import schema
+from data_pipeline.collection import (
+    REAL_GM_ID,
+    CollectionError,
+    CollectionWriter,
+    gms_row,
+    image_rows,
+    open_collection,
+)
+from data_pipeline.folds import FoldError, gm_folds, validation_mask
+from data_pipeline.preprocess import decode_image, encode_png
+
+FAMILIES = ["gan", "vae", "autoencoder", "diffusion", "attack"]
+
+
+def make_labels(i: int) -> schema.GMLabels:
+    return schema.GMLabels(
+        continuous={k: float(i + j) for j, k in enumerate(schema.CONTINUOUS)},
+        discrete={k: i % len(v) for k, v in schema.DISCRETE.items()},
+        loss_types={schema.LOSS_TYPES[i % 10]},
+    )
+
+
+def write_tiny(out, n_gms=10, n_img=4, size=8):
+    rng = np.random.default_rng(0)
+    labs = [make_labels(i) for i in range(n_gms)]
+    ranges = schema.Ranges.fit(np.stack([lab.continuous_vector() for lab in labs]))
+    images = {}
+    with CollectionWriter(out) as w:
+        rows = []
+        for i, lab in enumerate(labs):
+            gm = f"gm{i:02d}"
+            imgs = rng.integers(0, 256, (n_img, size, size, 3), dtype=np.uint8)
+            images[gm] = imgs
+            w.write_shard(i, image_rows(gm, [encode_png(x) for x in imgs], [(size, size)] * n_img, True))
+            rows.append(gms_row(gm, FAMILIES[i % len(FAMILIES)], "zoo", lab, ranges, "{}"))
+        real = rng.integers(0, 256, (n_img, size, size, 3), dtype=np.uint8)
+        w.write_shard(n_gms, image_rows(REAL_GM_ID, [encode_png(x) for x in real], [(size, size)] * n_img, False))
+        rows.append(gms_row(REAL_GM_ID, "real", "bundled", None, ranges))
+        w.commit(pd.DataFrame(rows), {"image_size": size, "ranges": ranges.to_dict()})
+    return labs, images
+
+
+def test_roundtrip(tmp_path):
+    out = tmp_path / "col"
+    labs, images = write_tiny(out)
+    col = open_collection(out)
+    col.verify()
+    assert col.manifest["counts"] == {"gms": 10, "images": 44, "shards": 11}
+    assert [p.name for p in tmp_path.iterdir()] == ["col"]  # no temp folder left
+    table = col.read_images(["gm03"]).to_pydict()
+    assert len(table["image_id"]) == 4 and all(table["is_fake"])
+    assert np.array_equal(decode_image(table["image"][1]), images["gm03"][1])
+    back = schema.GMLabels.from_row(col.gms.set_index("gm_id").loc["gm03"].to_dict())
+    assert back == labs[3]
+    t = col.targets(["gm00", "gm09"])
+    assert t.continuous.min() >= 0 and t.continuous.max() <= 1
+    assert col.gms.set_index("gm_id").loc[REAL_GM_ID, "family"] == "real"
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    out = tmp_path / "col"
+    with pytest.raises(RuntimeError), CollectionWriter(out) as w:
+        w.write_shard(0, image_rows("g", [encode_png(np.zeros((4, 4, 3), np.uint8))], [(4, 4)], True))
+        raise RuntimeError("build crashed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(CollectionError, match="does not exist"):
+        open_collection(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CollectionError, match="no manifest.json"):
+        open_collection(tmp_path / "empty")
+    out = tmp_path / "col"
+    write_tiny(out)
+    m = json.loads((out / "manifest.json").read_text())
+    (out / "images" / "part-00001.parquet").write_bytes(b"tampered")
+    with pytest.raises(CollectionError, match="part-00001"):
+        open_collection(out).verify()
+    m["schema_version"] = "0.1"
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CollectionError, match="schema version"):
+        open_collection(out)
+
+
+def test_folds_disjoint_stratified_deterministic():
+    gms = pd.DataFrame({"gm_id": [f"g{i:02d}" for i in range(40)] + [REAL_GM_ID],
+                        "family": [FAMILIES[i % 5] for i in range(40)] + ["real"]})
+    folds = gm_folds(gms, 4, seed=1)
+    assert len(folds) == 4
+    all_test = [g for f in folds for g in f.test_gms]
+    assert sorted(all_test) == sorted(gms["gm_id"][:40]) and REAL_GM_ID not in all_test
+    fam = dict(zip(gms["gm_id"], gms["family"]))
+    for f in folds:
+        assert not set(f.train_gms) & set(f.test_gms)
+        assert {fam[g] for g in f.test_gms} == set(FAMILIES)  # each fold spans the families
+    assert folds == gm_folds(gms, 4, seed=1)
+    assert folds != gm_folds(gms, 4, seed=2)
+    with pytest.raises(FoldError, match="cannot make 50"):
+        gm_folds(gms, 50)
+
+
+def test_validation_mask_is_deterministic():
+    ids = np.array([f"g/{i:06d}" for i in range(2000)], dtype=object)
+    m = validation_mask(ids, 0.2, seed=3)
+    assert 0.15 < m.mean() < 0.25
+    assert np.array_equal(m, validation_mask(ids, 0.2, seed=3))
+    assert not np.array_equal(m, validation_mask(ids, 0.2, seed=4))
