@@ -1,0 +1,49 @@
+"""Shared fixtures: one local Ray per test session, one smoke collection, temp MLflow stores."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray with over-declared logical CPUs (trainer + data tasks fit on 2 cores)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_collection(ray_session, tmp_path_factory):
+    """The smoke zoo built once through Ray (the end-to-end build test checks it)."""
+    from data_pipeline.build import build_collection, build_config
+
+    out = tmp_path_factory.mktemp("collections") / "smoke"
+    return build_collection(build_config("smoke"), out, progress=False)
+
+
+@pytest.fixture
+def sqlite_tracking(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield uri

@@ -1,0 +1,84 @@
+"""The main job's configuration: one dataclass, presets smoke / default / paper.
+
+Every field is a command-line option of the workflows (``--epochs 3``), and a JSON/YAML file
+(``--config best.json``, e.g. a Tune sweep's best config) may override any of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from models.config import ModelConfig
+from models.constraints import ConstraintWeights
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    preset: str = "smoke"
+    collection_preset: str = "smoke"  # data_pipeline.build preset used when --collection is not given
+    model_preset: str = "smoke"  # models.config.ModelConfig preset
+    fen_depth: int | None = None  # overrides of the model preset
+    fen_width: int | None = None
+    variant: str = "direct"  # "direct" or "cluster" (journal version)
+    image_size: int = 32
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-3
+    magnitude: float = 0.1  # the four constraint weights (PAPER.md, parsing)
+    spectrum: float = 0.05
+    repetitive: float = 0.001
+    symmetry: float = 1.0
+    folds: int = 2
+    num_workers: int = 1
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    cpus_per_worker: float = 1.0
+    val_fraction: float = 0.15
+    seed: int = 0
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    n_shuffles: int = 20
+    concurrent_folds: bool = False
+    final_model: bool = True
+    register: bool = True
+    kill_after_epoch: int = -1  # fault injection (tests): SIGKILL rank 0 once after this epoch
+
+    def model_config(self) -> ModelConfig:
+        m = ModelConfig.preset(self.model_preset)
+        over: dict[str, Any] = {"image_size": self.image_size, "variant": self.variant}
+        if self.fen_depth:
+            over["fen_depth"] = self.fen_depth
+        if self.fen_width:
+            over["fen_width"] = self.fen_width
+        return replace(m, **over)
+
+    def weights(self) -> ConstraintWeights:
+        return ConstraintWeights(self.magnitude, self.spectrum, self.repetitive, self.symmetry)
+
+    def key(self) -> str:
+        """Stable id of what is trained (not of how it runs), used to name resumable runs."""
+        d = asdict(self)
+        for k in ("concurrent_folds", "register", "kill_after_epoch", "max_failures", "n_shuffles", "use_gpu"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+JOB_PRESETS: dict[str, JobConfig] = {
+    "smoke": JobConfig(),
+    "default": JobConfig(
+        preset="default", collection_preset="default", model_preset="smoke", fen_depth=6, fen_width=24,
+        image_size=32, epochs=4, batch_size=64, folds=4,
+    ),
+    "paper": JobConfig(
+        preset="paper", collection_preset="large", model_preset="paper", image_size=64, epochs=20,
+        batch_size=16, lr=1e-4, folds=4, num_workers=4, n_shuffles=100,
+    ),
+}
+
+
+def job_config(preset: str) -> JobConfig:
+    if preset not in JOB_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(JOB_PRESETS)}")
+    return JOB_PRESETS[preset]

@@ -1,0 +1,294 @@
+"""The main job: GM-disjoint K-fold model parsing on Ray, tracked in MLflow.
+
+    python workflows/cv_folds.py [--preset smoke|default|paper] [--collection PATH] [--folds K]
+    ray job submit --working-dir . -- python workflows/cv_folds.py --preset smoke
+
+Per fold: Ray Data reads the training GMs' images (decode/resize/normalize in Ray), one
+TorchTrainer trains FEN+PN (checkpoint every epoch, resumable), a Ray Data actor pool
+predicts on the fold's unseen GMs, and the metrics are scored beside the random-ground-truth
+baseline. A final parser trained on all GMs is registered as gm-parser@champion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from data_pipeline.build import build_config, ensure_collection  # noqa: E402
+from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError, open_collection  # noqa: E402
+from data_pipeline.folds import Fold, FoldError, gm_folds  # noqa: E402
+from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
+from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
+from workflows.runtime import REPO_ROOT, SetupError, die, init_mlflow, init_ray  # noqa: E402
+
+EXPERIMENT = "gmparse-cv"
+SUMMARY_METRICS = [  # the per-group rows of the cross-fold table (GM level, as the paper reports)
+    ("gm", "continuous/l1"),
+    ("gm", "discrete/acc"),
+    ("gm", "discrete/f1"),
+    ("gm", "loss/f1"),
+    ("gm", "loss/auc"),
+    ("gm", "group/f1"),
+    ("image", "continuous/l1"),
+    ("image", "discrete/f1"),
+    ("image", "loss/f1"),
+    ("image", "loss/auc"),
+]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="default", help=f"one of {sorted(JOB_PRESETS)}")
+    p.add_argument("--collection", help="collection folder or URI (default: build/reuse the preset's zoo)")
+    p.add_argument("--config", help="JSON/YAML overrides, e.g. the best config of a Tune sweep")
+    p.add_argument("--storage-path", help="Ray Train storage (checkpoints); s3://... or NFS on clusters")
+    p.add_argument("--resume", action="store_true", help="continue the last run of this config and collection")
+    p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
+    add_dataclass_args(p, JobConfig, "job (overrides the preset)", skip=("preset",))
+    return p
+
+
+def flat_params(cfg: JobConfig) -> dict[str, Any]:
+    return {k: ("" if v is None else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def metric_key(level: str, name: str, kind: str = "test") -> str:
+    return f"{kind}.{level}.{name.replace('/', '.')}"
+
+
+def _log_figure(fig, path: str) -> None:
+    import mlflow
+
+    from workflows.figures import close
+
+    mlflow.log_figure(fig, path)
+    close(fig)
+
+
+def family_fingerprints(col: Collection, gm_ids: list[str], model_cfg, state, size: int, title: str):
+    """One image per family among ``gm_ids`` (+ real) with the model's fingerprint."""
+    import torch
+
+    from data_pipeline.preprocess import decode_image, normalize, resize
+    from models.config import ModelConfig
+    from models.parser import ParsingModel
+    from workflows.figures import fingerprints_by_family
+
+    fam = col.gms.set_index("gm_id")["family"]
+    pick: dict[str, str] = {}
+    for g in [*gm_ids, REAL_GM_ID]:
+        pick.setdefault(str(fam[g]), g)
+    table = col.read_images(list(pick.values()), columns=["gm_id", "image"]).to_pydict()
+    first: dict[str, bytes] = {}
+    for g, b in zip(table["gm_id"], table["image"]):
+        first.setdefault(g, b)
+    model = ParsingModel(ModelConfig.from_dict(model_cfg))
+    model.load_state_dict(state)
+    model.eval()
+    samples, fps = {}, {}
+    for family, g in pick.items():
+        img = resize(decode_image(first[g]), size)
+        with torch.no_grad():
+            fps[family] = model.fen(torch.from_numpy(normalize(img[None])))[0].numpy()
+        samples[family] = img
+    return fingerprints_by_family(samples, fps, title)
+
+
+def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage_path: str,
+             use_gpu: bool, evaluate: bool = True, fault_marker: str | None = None) -> dict[str, Any]:
+    """Train one fold (or the final model when ``fold.test_gms`` is empty), evaluate, log."""
+    import mlflow
+
+    from data_pipeline.ray_data import image_dataset
+    from models.metrics import evaluate_parsing, metric_table
+    from models.pn import class_weights, fit_clusters
+    from workflows.figures import discrete_confusion, learning_curves
+    from workflows.inference import predict_dataset
+    from workflows.training import fit_fold
+
+    label = f"fold-{fold.index}" if evaluate else "final"
+    model_cfg = cfg.model_config()
+    train_targets = col.targets(fold.train_gms)
+    loop_config = {
+        "model": model_cfg.to_dict(),
+        "weights": cfg.weights().to_dict(),
+        "class_weights": [w.tolist() for w in class_weights(train_targets)],
+        "centres": fit_clusters(train_targets, model_cfg.n_clusters, cfg.seed).tolist() if cfg.variant == "cluster" else None,
+        "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "kill_after_epoch": cfg.kill_after_epoch, "fault_marker": fault_marker,
+    }
+    ds_args = {"size": cfg.image_size, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
+    train_ds = image_dataset(col, fold.train_gms, split="train", **ds_args)
+    val_ds = image_dataset(col, fold.train_gms, split="val", **ds_args)
+    with mlflow.start_run(run_name=label, nested=True, tags={"fold": label}) as run:
+        mlflow.log_params({"fold": label, "train_gms": len(fold.train_gms), "test_gms": len(fold.test_gms)})
+        mlflow.log_dict({"train_gms": list(fold.train_gms), "test_gms": list(fold.test_gms)}, "split.json")
+        loop_config["mlflow_run_id"] = run.info.run_id
+        t0 = time.time()
+        res = fit_fold(f"{run_name}-{label}", loop_config, train_ds, val_ds, storage_path=storage_path,
+                       num_workers=cfg.num_workers, use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker,
+                       keep_checkpoints=cfg.keep_checkpoints, max_failures=cfg.max_failures)
+        mlflow.log_metrics({"train_seconds": time.time() - t0, "best_epoch": res.best_epoch})
+        mlflow.log_dict(res.history, "history.json")
+        _log_figure(learning_curves(res.history, f"{label}: learning curves"), "figures/learning_curves.png")
+        out: dict[str, Any] = {"label": label, "state": res.state, "history": res.history,
+                               "run_id": run.info.run_id, "checkpoint": res.checkpoint_path}
+        if not evaluate:
+            return out
+        test_ds = image_dataset(col, fold.test_gms, split="all", **ds_args)
+        pred, targets, gm_ids, _, _ = predict_dataset(test_ds, model_cfg.to_dict(), res.state, use_gpu=use_gpu)
+        report = evaluate_parsing(pred, targets, gm_ids, col.ranges, n_shuffles=cfg.n_shuffles, seed=cfg.seed)
+        rows = metric_table(report)
+        for r in rows:
+            mlflow.log_metric(metric_key(r["level"], f"{r['group']}/{r['metric']}" if r["metric"] != r["group"] else r["group"]), r["model"])
+        import pandas as pd
+
+        df = pd.DataFrame(rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            df.to_csv(Path(tmp) / "metrics.csv", index=False)
+            mlflow.log_artifact(str(Path(tmp) / "metrics.csv"), "tables")
+        mlflow.log_dict(rows, "tables/metrics.json")
+        _log_figure(discrete_confusion(pred.discrete, targets, f"{label}: discrete values on unseen GMs (images)"),
+                    "figures/confusion_discrete.png")
+        _log_figure(family_fingerprints(col, list(fold.test_gms), model_cfg.to_dict(), res.state, cfg.image_size,
+                                        f"{label}: fingerprints of unseen GMs"), "figures/fingerprints.png")
+        out["rows"] = rows
+        return out
+
+
+def summarize_folds(fold_rows: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Mean ± std across folds of every (level, metric) row, model and baseline."""
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for rows in fold_rows:
+        for r in rows:
+            name = r["group"] if r["metric"] == r["group"] else f"{r['group']}/{r['metric']}"
+            by_key.setdefault((r["level"], name), []).append(r)
+    out = []
+    for (level, name), rs in by_key.items():
+        m = np.array([r["model"] for r in rs], float)
+        b = np.array([r["baseline"] for r in rs], float)
+        p = np.array([r["p_value"] for r in rs], float)
+        out.append({"level": level, "metric": name, "model_mean": float(np.nanmean(m)), "model_std": float(np.nanstd(m)),
+                    "baseline_mean": float(np.nanmean(b)), "baseline_std": float(np.nanstd(b)),
+                    "p_value_max": float(np.nanmax(p)) if np.isfinite(p).any() else float("nan"), "folds": len(rs)})
+    return out
+
+
+def format_summary(summary: list[dict[str, Any]]) -> str:
+    keyed = {(r["level"], r["metric"]): r for r in summary}
+    lines = [f"{'level':6} {'metric':16} {'model (mean ± std)':>22} {'random baseline':>22} {'worst p':>8}  better?"]
+    for level, name in SUMMARY_METRICS:
+        r = keyed.get((level, name))
+        if r is None:
+            continue
+        lower = name.endswith("l1")
+        better = r["model_mean"] < r["baseline_mean"] if lower else r["model_mean"] > r["baseline_mean"]
+        lines.append(f"{level:6} {name:16} {r['model_mean']:>13.4f} ± {r['model_std']:.4f} "
+                     f"{r['baseline_mean']:>13.4f} ± {r['baseline_std']:.4f} {r['p_value_max']:8.3f}  "
+                     f"{'yes' if better else 'NO'}{' (lower is better)' if lower else ''}")
+    return "\n".join(lines)
+
+
+def _open_or_build(args: argparse.Namespace, cfg: JobConfig) -> Collection:
+    if args.collection:
+        return open_collection(args.collection)
+    return ensure_collection(build_config(cfg.collection_preset, seed=cfg.seed))
+
+
+def _run_name(col: Collection, cfg: JobConfig, storage: Path | str, resume: bool) -> str:
+    base = f"cv-{cfg.preset}-{str(col.manifest.get('build_key', col.manifest.get('gms_sha256', '')))[:8]}-{cfg.key()}"
+    if resume and "://" not in str(storage):
+        previous = sorted(Path(storage).glob(f"{base}-*-fold-0")) + sorted(Path(storage).glob(f"{base}-*-final"))
+        if previous:
+            return previous[-1].name.rsplit("-fold-", 1)[0].rsplit("-final", 1)[0]
+    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        cfg = resolve(job_config(args.preset), args, load_overrides(args.config))
+    except ValueError as e:
+        die(str(e))
+    # SIGTERM (ray job stop, a scheduler) unwinds like Ctrl-C, so MLflow runs end as KILLED/FAILED
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
+    try:
+        if args.collection:  # bad input is an error before Ray starts or anything trains
+            gm_folds(open_collection(args.collection).gms, cfg.folds, cfg.seed)
+        init_mlflow(args.experiment)
+        init_ray()
+        col = _open_or_build(args, cfg)
+        folds = gm_folds(col.gms, cfg.folds, cfg.seed)
+    except (CollectionError, FoldError, SetupError) as e:
+        die(str(e))
+    import mlflow
+    import ray
+
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
+    storage = args.storage_path or os.environ.get("GMPARSE_STORAGE") or str(REPO_ROOT / "runs")
+    run_name = _run_name(col, cfg, storage, args.resume)
+    marker_dir = storage if "://" not in storage else tempfile.gettempdir()
+    fault_marker = str(Path(marker_dir) / f"{run_name}.killed") if cfg.kill_after_epoch >= 0 else None
+    print(f"collection {col.path}: {len(col.fake_gms)} GMs, {col.manifest['counts']['images']} images; "
+          f"{len(folds)} folds, {cfg.epochs} epochs, {cfg.num_workers} worker(s), {'GPU' if use_gpu else 'CPU'}; "
+          f"run {run_name}", flush=True)
+    t0 = time.time()
+    with mlflow.start_run(run_name=run_name, tags={"preset": cfg.preset, "collection": col.path}) as parent:
+        mlflow.log_params(flat_params(cfg))
+        mlflow.log_params({"collection": col.path, "gms": len(col.fake_gms), "storage_path": storage, "gpu_used": use_gpu})
+        mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
+        mlflow.log_dict({"ranges": col.ranges.to_dict(), "schema_version": col.manifest["schema_version"]}, "collection.json")
+        if cfg.concurrent_folds:
+            remote = ray.remote(num_cpus=0)(run_fold)
+            refs = [remote.remote(col, f, cfg, run_name, storage, use_gpu, True, fault_marker) for f in folds]
+            results = ray.get(refs)
+        else:
+            results = [run_fold(col, f, cfg, run_name, storage, use_gpu, True, fault_marker) for f in folds]
+        summary = summarize_folds([r["rows"] for r in results])
+        for r in summary:
+            mlflow.log_metric(metric_key(r["level"], r["metric"], "cv"), r["model_mean"])
+            mlflow.log_metric(metric_key(r["level"], r["metric"], "cv_baseline"), r["baseline_mean"])
+        mlflow.log_dict(summary, "tables/cv_summary.json")
+        table = format_summary(summary)
+        mlflow.log_text(table, "tables/cv_summary.txt")
+        print(f"\nCross-fold results on unseen GMs ({len(folds)} folds; baseline = labels shuffled across GMs):")
+        print(table, flush=True)
+        if cfg.final_model:
+            all_gms = tuple(col.fake_gms["gm_id"])
+            final = run_fold(col, Fold(-1, all_gms, ()), cfg, run_name, storage, use_gpu, evaluate=False)
+            from models.parser import Parser, ParsingModel
+
+            model = ParsingModel(cfg.model_config())
+            model.load_state_dict(final["state"])
+            parser = Parser(model.eval(), col.ranges)
+            if cfg.register:
+                uri, version = log_and_register(parser, col, final["run_id"])
+                print(f"registered gm-parser version {version} (alias champion): {uri}")
+        mlflow.log_metric("wall_seconds", time.time() - t0)
+        print(f"done in {time.time() - t0:.0f} s; MLflow run {parent.info.run_id} "
+              f"(mlflow server --backend-store-uri {mlflow.get_tracking_uri()})")
+    return 0
+
+
+def log_and_register(parser, col: Collection, run_id: str) -> tuple[str, str | None]:
+    import mlflow
+
+    from workflows.registry import log_parser
+
+    with mlflow.start_run(run_id=run_id, nested=True):
+        return log_parser(parser, tags={"collection": col.path})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

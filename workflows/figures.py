@@ -1,0 +1,84 @@
+"""Figures a person would rather look at than read: learning curves, confusion matrices,
+fingerprints with their spectra per GM family."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from data_pipeline.schema import DISCRETE, DISCRETE_NAMES, TargetArrays  # noqa: E402
+
+
+def learning_curves(history: Sequence[dict[str, float]], title: str = ""):
+    """Training loss terms and validation score per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for k in ("train/total", "train/parsing", "train/constraints"):
+        if all(k in h for h in history):
+            axes[0].plot(epochs, [h[k] for h in history], marker="o", label=k.split("/")[1])
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    for k in ("val/score", "val/discrete/f1", "val/loss/f1"):
+        if all(k in h for h in history):
+            axes[1].plot(epochs, [h[k] for h in history], marker="o", label=k[4:])
+    if all("val/continuous/l1" in h for h in history):
+        axes[1].plot(epochs, [1 - h["val/continuous/l1"] for h in history], marker="o", label="1 - continuous L1")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("validation (held-out images)")
+    axes[1].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def discrete_confusion(pred_discrete: np.ndarray, targets: TargetArrays, title: str = ""):
+    """One confusion matrix per discrete hyperparameter (rows true, columns predicted)."""
+    from sklearn.metrics import confusion_matrix
+
+    fig, axes = plt.subplots(1, len(DISCRETE_NAMES), figsize=(3.2 * len(DISCRETE_NAMES), 3.4))
+    for j, (name, ax) in enumerate(zip(DISCRETE_NAMES, axes)):
+        classes = DISCRETE[name]
+        cm = confusion_matrix(targets.discrete[:, j], pred_discrete[:, j], labels=list(range(len(classes))))
+        ax.imshow(cm, cmap="Blues")
+        for (r, c), v in np.ndenumerate(cm):
+            ax.text(c, r, str(v), ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(classes)), [c[:8] for c in classes], rotation=45, fontsize=7)
+        ax.set_yticks(range(len(classes)), [c[:8] for c in classes], fontsize=7)
+        ax.set_title(name, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def fingerprints_by_family(samples: dict[str, np.ndarray], fingerprints: dict[str, np.ndarray], title: str = ""):
+    """Per family: an image (uint8 HxWx3), its fingerprint (float 3xHxW) and its log spectrum."""
+    fams = list(samples)
+    fig, axes = plt.subplots(3, len(fams), figsize=(2.2 * len(fams), 6.6), squeeze=False)
+    for i, fam in enumerate(fams):
+        fp = fingerprints[fam]
+        gray = 0.299 * fp[0] + 0.587 * fp[1] + 0.114 * fp[2]
+        spec = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(gray))))
+        rng = np.abs(fp).max() + 1e-8
+        axes[0, i].imshow(samples[fam])
+        axes[1, i].imshow(np.clip(fp.transpose(1, 2, 0) / (2 * rng) + 0.5, 0, 1))
+        axes[2, i].imshow(spec, cmap="magma")
+        axes[0, i].set_title(fam, fontsize=9)
+        for r in range(3):
+            axes[r, i].axis("off")
+    axes[0, 0].text(-0.1, 0.5, "image", transform=axes[0, 0].transAxes, rotation=90, va="center", ha="right")
+    axes[1, 0].text(-0.1, 0.5, "fingerprint", transform=axes[1, 0].transAxes, rotation=90, va="center", ha="right")
+    axes[2, 0].text(-0.1, 0.5, "spectrum", transform=axes[2, 0].transAxes, rotation=90, va="center", ha="right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: Any) -> None:
+    plt.close(fig)

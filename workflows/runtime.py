@@ -1,0 +1,66 @@
+"""Ray and MLflow start-up shared by the entry points (local by default, cluster when told).
+
+Local: ``ray.init`` with logical CPUs over-declared (training workers, data tasks and the
+driver all fit on a small laptop) and MLflow in ``./mlflow.db``. Cluster: ``RAY_ADDRESS``
+and ``MLFLOW_TRACKING_URI`` are honoured unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+class SetupError(RuntimeError):
+    """A service the job needs is missing or unreachable."""
+
+
+def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
+    """Connect to RAY_ADDRESS if set, else start a local Ray with over-declared CPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"MLFLOW_TRACKING_URI": tracking_uri()}
+    runtime_env = {"env_vars": env}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=not quiet)
+    else:
+        cpus = num_cpus or max(8, 4 * (os.cpu_count() or 1))
+        ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=not quiet)
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def init_mlflow(experiment: str, timeout_s: float = 10.0) -> str:
+    """Point MLflow at the tracking store, failing fast and clearly if a server is unreachable."""
+    import mlflow
+
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                if r.status != 200:
+                    raise SetupError(f"MLflow server {uri} answered HTTP {r.status} on /health")
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise SetupError(
+                f"MLflow tracking server {uri} is unreachable ({e}); start it (mlflow server ...) or unset "
+                "MLFLOW_TRACKING_URI to use the local SQLite store"
+            ) from None
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def die(msg: str, code: int = 2) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(code)
