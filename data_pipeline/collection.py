@@ -267,3 +267,22 @@ def label_matrix(gms: pd.DataFrame) -> dict[str, np.ndarray]:
     """The label columns of a gms table as named matrices (for metrics and baselines)."""
     t = schema.targets_from_rows(gms.to_dict("records"))
     return {"continuous": t.continuous, "discrete": t.discrete, "loss": t.loss, "group": t.group}
+
+
+def publish(local: str | os.PathLike[str], uri: str) -> str:
+    """Copy a built local collection to object storage (s3://, gs://), manifest last.
+
+    Readers treat a collection without a manifest as unfinished, so a crash mid-upload is
+    never mistaken for a complete collection.
+    """
+    local = Path(local).resolve()
+    fs, root = _fs_and_path(uri)
+    fs.create_dir(root, recursive=True)
+    for p in sorted(local.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            rel = p.relative_to(local).as_posix()
+            fs.create_dir(f"{root}/{Path(rel).parent.as_posix()}".rstrip("/."), recursive=True)
+            pafs.copy_files(str(p), f"{root}/{rel}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    pafs.copy_files(str(local / MANIFEST), f"{root}/{MANIFEST}", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    return uri

@@ -115,3 +115,16 @@ def test_validation_mask_is_deterministic():
     assert 0.15 < m.mean() < 0.25
     assert np.array_equal(m, validation_mask(ids, 0.2, seed=3))
     assert not np.array_equal(m, validation_mask(ids, 0.2, seed=4))
+
+
+def test_publish_to_uri_and_read_back(tmp_path):
+    from data_pipeline.collection import publish
+
+    labs, images = write_tiny(tmp_path / "local")
+    uri = f"file://{tmp_path / 'remote' / 'col'}"
+    publish(tmp_path / "local", uri)
+    col = open_collection(uri)
+    col.verify()
+    assert col.path == uri and all(u.startswith("file://") for u in col.shard_uris())
+    t = col.read_images(["gm05"]).to_pydict()
+    assert np.array_equal(decode_image(t["image"][0]), images["gm05"][0])

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.build import BUILD_PRESETS, BuildConfig, build_collection, build_config, summarize  # noqa: E402
-from data_pipeline.collection import CollectionError  # noqa: E402
+from data_pipeline.collection import CollectionError, is_local, open_collection, publish  # noqa: E402
 from data_pipeline.ingest import IngestError, ingest_folder  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
 from workflows.runtime import die, init_ray  # noqa: E402
@@ -52,9 +53,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg = resolve(build_config(args.preset), args, load_overrides(args.config))
         except ValueError as e:
             die(str(e))
-        out = Path(args.out) if args.out else cfg.default_path()
         init_ray()
-        col = build_collection(cfg, out, overwrite=args.overwrite)
+        if args.out and not is_local(args.out):  # object storage: build locally, then upload
+            with tempfile.TemporaryDirectory() as tmp:
+                built = build_collection(cfg, Path(tmp) / "collection", overwrite=True)
+                publish(built.path, args.out)
+            col = open_collection(args.out)
+        else:
+            col = build_collection(cfg, Path(args.out) if args.out else cfg.default_path(), overwrite=args.overwrite)
     except (CollectionError, IngestError, FileNotFoundError) as e:
         die(str(e))
     m = col.manifest

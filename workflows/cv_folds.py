@@ -50,7 +50,8 @@ SUMMARY_METRICS = [  # the per-group rows of the cross-fold table (GM level, as 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="default", help=f"one of {sorted(JOB_PRESETS)}")
-    p.add_argument("--collection", help="collection folder or URI (default: build/reuse the preset's zoo)")
+    p.add_argument("--collection", default=os.environ.get("GMPARSE_COLLECTION"),
+                   help="collection folder or URI (default: $GMPARSE_COLLECTION, else build/reuse the preset's zoo)")
     p.add_argument("--config", help="JSON/YAML overrides, e.g. the best config of a Tune sweep")
     p.add_argument("--storage-path", help="Ray Train storage (checkpoints); s3://... or NFS on clusters")
     p.add_argument("--resume", action="store_true", help="continue the last run of this config and collection")
