@@ -113,22 +113,13 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
 
     from data_pipeline.ray_data import image_dataset
     from models.metrics import evaluate_parsing, metric_table
-    from models.pn import class_weights, fit_clusters
     from workflows.figures import discrete_confusion, learning_curves
     from workflows.inference import predict_dataset
-    from workflows.training import fit_fold
+    from workflows.training import fit_fold, make_loop_config
 
     label = f"fold-{fold.index}" if evaluate else "final"
     model_cfg = cfg.model_config()
-    train_targets = col.targets(fold.train_gms)
-    loop_config = {
-        "model": model_cfg.to_dict(),
-        "weights": cfg.weights().to_dict(),
-        "class_weights": [w.tolist() for w in class_weights(train_targets)],
-        "centres": fit_clusters(train_targets, model_cfg.n_clusters, cfg.seed).tolist() if cfg.variant == "cluster" else None,
-        "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "kill_after_epoch": cfg.kill_after_epoch, "fault_marker": fault_marker,
-    }
+    loop_config = make_loop_config(cfg, col.targets(fold.train_gms), fault_marker)
     ds_args = {"size": cfg.image_size, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     train_ds = image_dataset(col, fold.train_gms, split="train", **ds_args)
     val_ds = image_dataset(col, fold.train_gms, split="val", **ds_args)

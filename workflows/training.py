@@ -145,8 +145,25 @@ class FoldResult:
     checkpoint_path: str
 
 
+def make_loop_config(cfg, train_targets, fault_marker: str | None = None,
+                     mlflow_run_id: str | None = None) -> dict[str, Any]:
+    """The worker loop's config from a JobConfig and the training GMs' labels."""
+    from models.pn import class_weights, fit_clusters
+
+    model_cfg = cfg.model_config()
+    return {
+        "model": model_cfg.to_dict(),
+        "weights": cfg.weights().to_dict(),
+        "class_weights": [w.tolist() for w in class_weights(train_targets)],
+        "centres": fit_clusters(train_targets, model_cfg.n_clusters, cfg.seed).tolist() if cfg.variant == "cluster" else None,
+        "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "kill_after_epoch": cfg.kill_after_epoch, "fault_marker": fault_marker, "mlflow_run_id": mlflow_run_id,
+    }
+
+
 def fit_fold(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storage_path: str, num_workers: int,
-             use_gpu: bool, cpus_per_worker: float, keep_checkpoints: int, max_failures: int) -> FoldResult:
+             use_gpu: bool, cpus_per_worker: float, keep_checkpoints: int, max_failures: int,
+             callbacks: list | None = None) -> FoldResult:
     """One TorchTrainer; re-running with the same (storage_path, name) resumes it."""
     import ray.train
     import torch
@@ -166,6 +183,7 @@ def fit_fold(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storag
                 num_to_keep=keep_checkpoints, checkpoint_score_attribute="val_score", checkpoint_score_order="max"
             ),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
         ),
         datasets={"train": train_ds.select_columns(TRAIN_COLUMNS), "val": val_ds.select_columns(TRAIN_COLUMNS)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

@@ -1,0 +1,291 @@
+"""Ray Tune sweep of the four fingerprint-constraint weights and the learning rate.
+
+    python workflows/tune_sweep.py [--preset smoke|default|paper] [--num-samples N] [--search optuna|random]
+        [--space lr=1e-4:1e-2] [--resume] [--ablation]
+
+Objective: ``val_score`` = models.metrics.parsing_score on a GM-disjoint validation split
+(GMs held out of fold 0's training GMs; fold 0's test GMs stay untouched), higher is better.
+
+Each trial is a Tune *function* that builds and fits a ``TorchTrainer`` with
+``TuneReportCallback`` — the Train/Tune integration Ray 2.60 recommends (``Tuner(trainer)``
+is deprecated) — so a trial trains with exactly the main job's code and resources, and
+ASHA stops weak trials from the per-epoch reports. Each trial logs to a nested MLflow run
+of the sweep's parent run (Train V2 takes no Tune callbacks, so rank 0 logs itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from data_pipeline.build import build_config, ensure_collection  # noqa: E402
+from data_pipeline.collection import Collection, CollectionError, open_collection  # noqa: E402
+from data_pipeline.folds import FoldError, gm_folds  # noqa: E402
+from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
+from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
+from workflows.runtime import REPO_ROOT, SetupError, die, init_mlflow, init_ray  # noqa: E402
+
+EXPERIMENT = "gmparse-tune"
+WEIGHTS = ("magnitude", "spectrum", "repetitive", "symmetry")
+#: log-uniform ranges: a decade either side of the paper's value (PAPER.md), lr around Adam's usual
+DEFAULT_SPACE: dict[str, tuple[float, float]] = {
+    "magnitude": (0.01, 1.0),
+    "spectrum": (0.005, 0.5),
+    "repetitive": (1e-4, 1e-2),
+    "symmetry": (0.1, 10.0),
+    "lr": (1e-4, 1e-2),
+}
+ABLATIONS = ("all", *(f"no_{w}" for w in WEIGHTS), "none")
+
+
+class SpaceError(ValueError):
+    """A search-space override that cannot be used."""
+
+
+def parse_space(overrides: list[str] | None) -> dict[str, tuple[float, float]]:
+    """``["lr=1e-4:1e-2", ...]`` applied over DEFAULT_SPACE; clear errors for anything else."""
+    space = dict(DEFAULT_SPACE)
+    for item in overrides or []:
+        key, sep, rng = item.partition("=")
+        if not sep or key not in space:
+            raise SpaceError(f"--space {item!r}: expected NAME=LOW:HIGH with NAME in {sorted(space)}")
+        lo_s, sep, hi_s = rng.partition(":")
+        try:
+            lo, hi = float(lo_s), float(hi_s)
+        except ValueError:
+            raise SpaceError(f"--space {item!r}: bounds must be numbers, as in {key}=0.01:1") from None
+        if not sep or not (0 < lo < hi) or not np.isfinite(hi):
+            raise SpaceError(f"--space {item!r}: need 0 < LOW < HIGH (log-uniform)")
+        space[key] = (lo, hi)
+    return space
+
+
+def ablation_weights(name: str, cfg: JobConfig) -> dict[str, float]:
+    w = {k: getattr(cfg, k) for k in WEIGHTS}
+    if name == "none":
+        return dict.fromkeys(WEIGHTS, 0.0)
+    if name.startswith("no_"):
+        w[name[3:]] = 0.0
+    return w
+
+
+def sweep_split(col: Collection, cfg: JobConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Fold 0's training GMs split again, GM-disjoint: (train GMs, validation GMs)."""
+    import pandas as pd
+
+    train = gm_folds(col.gms, cfg.folds, cfg.seed)[0].train_gms
+    sub = col.gms[col.gms["gm_id"].isin(train)]
+    inner = gm_folds(pd.DataFrame(sub), max(2, min(4, len(sub) // 2)), cfg.seed + 1)[0]
+    return inner.train_gms, inner.test_gms
+
+
+def _trial_mlflow_run(parent_id: str, experiment_id: str, trial_id: str, params: dict[str, Any]) -> str:
+    """The trial's nested run, found again after a restore (no duplicate runs)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    found = client.search_runs([experiment_id], f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"trial-{trial_id}",
+                            tags={"mlflow.parentRunId": parent_id, "trial_id": trial_id})
+    client.log_batch(run.info.run_id, params=[__import__("mlflow").entities.Param(k, str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def trial_fn(config: dict[str, Any]) -> None:
+    """One Tune trial: a TorchTrainer with this trial's weights, reporting to Tune each epoch."""
+    import ray.tune
+    from mlflow.tracking import MlflowClient
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from data_pipeline.ray_data import image_dataset
+    from workflows.training import fit_fold, make_loop_config
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    base = JobConfig(**config["job"])
+    over = {k: config[k] for k in (*WEIGHTS, "lr") if k in config}
+    if "ablation" in config:
+        over.update(ablation_weights(config["ablation"], base))
+    cfg = dataclasses.replace(base, **over)
+    col = open_collection(config["collection"])
+    params = {**over, **({"ablation": config["ablation"]} if "ablation" in config else {})}
+    run_id = _trial_mlflow_run(config["parent_run_id"], config["experiment_id"], trial_id, params)
+    loop_config = make_loop_config(cfg, col.targets(config["train_gms"]), mlflow_run_id=run_id)
+    ds_args = {"size": cfg.image_size, "seed": cfg.seed}
+    train_ds = image_dataset(col, config["train_gms"], split="all", **ds_args)
+    val_ds = image_dataset(col, config["val_gms"], split="all", **ds_args)
+    fit_fold(f"{config['sweep_name']}-trial-{trial_id}", loop_config, train_ds, val_ds,
+             storage_path=config["storage_path"], num_workers=cfg.num_workers, use_gpu=config["use_gpu"],
+             cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=1, max_failures=cfg.max_failures,
+             callbacks=[TuneReportCallback()])
+    MlflowClient().set_terminated(run_id, "FINISHED")
+
+
+def objective_figure(df, keys: list[str]):
+    from workflows.figures import plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), sharey=True)
+    for ax, k in zip(np.atleast_1d(axes), keys):
+        col = f"config/{k}"
+        if col in df:
+            ax.scatter(df[col], df["val_score"], s=18)
+            ax.set_xscale("log")
+        ax.set_xlabel(k)
+    np.atleast_1d(axes)[0].set_ylabel("val_score (GM-disjoint)")
+    fig.suptitle("objective against each swept value")
+    fig.tight_layout()
+    return fig
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="default", help=f"one of {sorted(JOB_PRESETS)}")
+    p.add_argument("--collection", default=os.environ.get("GMPARSE_COLLECTION"), help="collection folder or URI")
+    p.add_argument("--config", help="JSON/YAML JobConfig overrides")
+    p.add_argument("--num-samples", type=int, default=8, help="trials")
+    p.add_argument("--search", choices=("optuna", "random"), default="optuna")
+    p.add_argument("--space", action="append", help="override a range, e.g. --space lr=1e-4:1e-2 (repeatable)")
+    p.add_argument("--max-concurrent", type=int, default=1, help="trials at once (GPUs // workers per trial)")
+    p.add_argument("--storage-path", help="Tune/Train storage; s3:// or NFS on clusters")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this config")
+    p.add_argument("--ablation", action="store_true", help="train with each constraint off in turn, and none")
+    p.add_argument("--out", default="best_config.json", help="where to write the best config (cv_folds --config)")
+    p.add_argument("--experiment", default=EXPERIMENT)
+    add_dataclass_args(p, JobConfig, "job (overrides the preset)", skip=("preset",))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        cfg = resolve(job_config(args.preset), args, load_overrides(args.config))
+        space = parse_space(args.space)
+        if args.num_samples < 1:
+            raise SpaceError("--num-samples must be at least 1")
+        if args.collection:
+            gm_folds(open_collection(args.collection).gms, cfg.folds, cfg.seed)
+        init_mlflow(args.experiment)
+        init_ray()
+        col = open_collection(args.collection) if args.collection else ensure_collection(
+            build_config(cfg.collection_preset, seed=cfg.seed))
+        train_gms, val_gms = sweep_split(col, cfg)
+    except (ValueError, CollectionError, FoldError, SetupError) as e:
+        die(str(e))
+    import mlflow
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
+    storage = args.storage_path or os.environ.get("GMPARSE_STORAGE") or str(REPO_ROOT / "runs")
+    kind = "ablation" if args.ablation else f"{args.search}-{args.num_samples}"
+    sweep_name = f"tune-{cfg.preset}-{str(col.manifest.get('build_key', ''))[:8]}-{cfg.key()}-{kind}"
+    sweep_path = f"{storage.rstrip('/')}/{sweep_name}"
+    exp = mlflow.get_experiment_by_name(args.experiment)
+    client = mlflow.MlflowClient()
+    previous = client.search_runs([exp.experiment_id], f"tags.sweep = '{sweep_name}'", order_by=["start_time DESC"])
+    resuming = args.resume and tune.Tuner.can_restore(sweep_path)
+    if args.resume and not resuming:
+        print(f"nothing to resume at {sweep_path}; starting the sweep")
+    parent_ctx = (mlflow.start_run(run_id=previous[0].info.run_id) if resuming and previous
+                  else mlflow.start_run(run_name=sweep_name, tags={"sweep": sweep_name}))
+    t0 = time.time()
+    with parent_ctx as parent:
+        fixed = {
+            "job": dataclasses.asdict(cfg), "collection": col.path, "train_gms": list(train_gms),
+            "val_gms": list(val_gms), "parent_run_id": parent.info.run_id, "experiment_id": exp.experiment_id,
+            "sweep_name": sweep_name, "storage_path": storage, "use_gpu": use_gpu,
+        }
+        if not resuming:
+            mlflow.log_params({"num_samples": args.num_samples, "search": args.search, "ablation": args.ablation,
+                               "train_gms": len(train_gms), "val_gms": len(val_gms), "collection": col.path})
+            mlflow.log_dict({k: list(v) for k, v in space.items()}, "search_space.json")
+        trainable = tune.with_resources(trial_fn, {"CPU": 0.5})
+        if resuming:
+            tuner = tune.Tuner.restore(sweep_path, trainable=trainable, resume_errored=True)
+        elif args.ablation:
+            tuner = tune.Tuner(
+                trainable, param_space={**fixed, "ablation": tune.grid_search(list(ABLATIONS))},
+                tune_config=tune.TuneConfig(metric="val_score", mode="max", max_concurrent_trials=args.max_concurrent),
+                run_config=tune.RunConfig(name=sweep_name, storage_path=storage),
+            )
+        else:
+            params = {k: tune.loguniform(*v) for k, v in space.items()}
+            search = None
+            if args.search == "optuna":
+                from ray.tune.search.optuna import OptunaSearch
+
+                search = OptunaSearch(seed=cfg.seed,
+                                      points_to_evaluate=[{k: getattr(cfg, k) for k in space}])  # the paper's weights first
+            tuner = tune.Tuner(
+                trainable, param_space={**fixed, **params},
+                tune_config=tune.TuneConfig(
+                    metric="val_score", mode="max", num_samples=args.num_samples, search_alg=search,
+                    scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=1),
+                    max_concurrent_trials=args.max_concurrent,
+                ),
+                run_config=tune.RunConfig(name=sweep_name, storage_path=storage),
+            )
+        grid = tuner.fit()
+        df = grid.get_dataframe(filter_metric="val_score", filter_mode="max")
+        _close_stopped_trials(client, exp.experiment_id, parent.info.run_id)
+        if args.ablation:
+            table = ablation_table(df)
+            mlflow.log_text(table, "tables/ablation.txt")
+            print(table)
+        else:
+            best = grid.get_best_result(metric="val_score", mode="max")
+            best_cfg = {k: float(best.config[k]) for k in space}
+            Path(args.out).write_text(json.dumps(best_cfg, indent=2))
+            mlflow.log_dict(best_cfg, "best_config.json")
+            mlflow.log_metric("best_val_score", float(best.metrics["val_score"]))
+            from workflows.figures import close
+
+            fig = objective_figure(df, list(space))
+            mlflow.log_figure(fig, "figures/objective_vs_weights.png")
+            close(fig)
+            cols = ["trial_id", "val_score", *[f"config/{k}" for k in space if f"config/{k}" in df]]
+            print(df[cols].sort_values("val_score", ascending=False).to_string(index=False))
+            print(f"\nbest val_score {best.metrics['val_score']:.4f} with {best_cfg} -> {args.out} "
+                  f"(use: workflows/cv_folds.py --config {args.out})")
+        mlflow.log_metric("wall_seconds", time.time() - t0)
+        print(f"sweep {sweep_name}: MLflow run {parent.info.run_id}, Tune results {sweep_path}")
+    return 0
+
+
+def _close_stopped_trials(client, experiment_id: str, parent_id: str) -> None:
+    """Trials stopped early by ASHA never reach their own end: mark their runs KILLED."""
+    for r in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+        if r.info.status == "RUNNING":
+            client.set_tag(r.info.run_id, "stopped_by", "scheduler")
+            client.set_terminated(r.info.run_id, "KILLED")
+
+
+def ablation_table(df) -> str:
+    """Per group: full model vs each constraint switched off vs none (validation GMs)."""
+    metrics = [("val/continuous/l1", "continuous L1 (lower better)"), ("val/discrete/f1", "discrete F1"),
+               ("val/loss/f1", "loss-type F1"), ("val/loss/auc", "loss-type AUC"), ("val_score", "parsing score")]
+    rows = {r["config/ablation"]: r for _, r in df.iterrows()}
+    head = f"{'':30}" + "".join(f"{a:>14}" for a in ABLATIONS if a in rows)
+    lines = [head]
+    for key, label in metrics:
+        if key not in df:
+            continue
+        lines.append(f"{label:30}" + "".join(f"{rows[a][key]:14.4f}" for a in ABLATIONS if a in rows))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
