@@ -141,7 +141,8 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
             bar.update(1)
             bar.set_postfix(gm=r["gm_id"], gate="pass" if r["passed"] else "FAIL")
             if not r["passed"]:
-                failed.append({"gm_id": r["gm_id"], "error": f"quality gate failed after {r['attempts']} attempts"})
+                failed.append({"gm_id": r["gm_id"], "error": f"quality gate failed after {r['attempts']} attempts",
+                               "quality": r["quality"]})
                 results[idx] = r
                 continue
             pngs = r.pop("pngs")

@@ -1,0 +1,55 @@
+"""ModelConfig: the architecture knobs of FEN + PN, with named presets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+TASKS = ("parsing", "detection", "attribution")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network (saved as JSON beside the weights)."""
+
+    fen_depth: int = 10
+    fen_width: int = 32
+    pn_widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+    pn_fc: int = 256
+    pn_branch: tuple[int, ...] = (128, 32)
+    image_size: int = 64
+    variant: str = "direct"  # "direct" or "cluster" (journal version)
+    n_clusters: int = 12
+    dropout: float = 0.3
+
+    @classmethod
+    def preset(cls, name: str, task: str = "parsing") -> ModelConfig:
+        """'smoke' (tiny, CPU tests), 'default' (CPU-friendly), 'paper' (17 layers / 64 ch)."""
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if name == "smoke":
+            cfg = cls(fen_depth=4, fen_width=16, pn_widths=(16, 32, 64), pn_fc=64, pn_branch=(32, 16),
+                      image_size=32, dropout=0.0)
+        elif name == "default":
+            cfg = cls()
+        elif name == "paper":
+            cfg = cls(fen_depth=17, fen_width=64, pn_widths=(32, 64, 128, 256, 512), pn_fc=512,
+                      pn_branch=(256, 64), image_size=64, dropout=0.5)
+        else:
+            raise ValueError(f"unknown preset {name!r}; known: smoke, default, paper")
+        if task != "parsing" and name != "smoke":
+            cfg = replace(cfg, image_size=128)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

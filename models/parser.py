@@ -1,0 +1,169 @@
+"""FEN + PN as one nn.Module (``ParsingModel``, DDP-wrappable) and the ``Parser`` convenience wrapper.
+
+``Parser`` turns images into named, de-normalized hyperparameters (plain dicts) and
+saves/loads itself as state dicts + a small JSON, loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_pipeline import preprocess
+from data_pipeline.schema import (
+    CONTINUOUS,
+    DISCRETE,
+    DISCRETE_NAMES,
+    GROUP_NAMES,
+    LOSS_TYPES,
+    SCHEMA_VERSION,
+    Ranges,
+    TargetArrays,
+)
+
+from .config import ModelConfig
+from .fen import FEN
+from .pn import ParsingNetwork, fit_clusters
+from .predictions import Predictions
+
+WEIGHTS_FILE = "model.pt"
+META_FILE = "parser.json"
+FORMAT_VERSION = 1
+
+
+class ParsingModel(nn.Module):
+    """FEN followed by PN; ``forward`` returns the PN outputs plus 'fingerprint'."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        c = self.config
+        self.fen = FEN(c.fen_depth, c.fen_width)
+        self.pn = ParsingNetwork(c.pn_widths, c.pn_fc, c.pn_branch, c.dropout, c.variant, c.n_clusters)
+
+    def fit_centres(self, gm_targets: TargetArrays, seed: int = 0) -> np.ndarray:
+        """Cluster variant: k-means the training GMs' continuous vectors (one row per GM) into the PN."""
+        centres = fit_clusters(gm_targets, self.config.n_clusters, seed)
+        self.pn.set_centres(centres)
+        return centres
+
+    def forward(self, images: torch.Tensor) -> dict[str, Any]:
+        """Normalized images [B,3,H,W] -> PN outputs + 'fingerprint' (what compute_loss takes)."""
+        fingerprint = self.fen(images)
+        out = self.pn(fingerprint)
+        out["fingerprint"] = fingerprint
+        return out
+
+
+def prepare_images(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [N,H,W,3] (or one [H,W,3]) -> resized, normalized float [N,3,size,size].
+
+    Float tensors/arrays [N,3,H,W] are taken as already normalized and passed through.
+    """
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        return images if images.ndim == 4 else images.unsqueeze(0)
+    arr = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if np.issubdtype(arr.dtype, np.floating):
+        return torch.as_tensor(arr if arr.ndim == 4 else arr[None], dtype=torch.float32)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected uint8 [N,H,W,3] images, got shape {arr.shape}")
+    arr = np.stack([preprocess.resize(np.asarray(a, dtype=np.uint8), size) for a in arr])
+    return torch.from_numpy(preprocess.normalize(arr))
+
+
+class Parser:
+    """Inference wrapper: ``predict(images)`` -> list of plain dicts, ``save``/``load``."""
+
+    def __init__(self, model: ParsingModel, ranges: Ranges, batch_size: int = 64) -> None:
+        self.model = model
+        self.ranges = ranges
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, ranges: Ranges) -> Parser:
+        return cls(ParsingModel(config), ranges)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @torch.no_grad()
+    def predict_arrays(self, images: np.ndarray | torch.Tensor) -> Predictions:
+        """Images -> numpy Predictions (probabilities), in eval mode and batches."""
+        x = prepare_images(images, self.config.image_size)
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            parts = [
+                Predictions.from_outputs(self.model(x[i : i + self.batch_size].to(device)))
+                for i in range(0, len(x), self.batch_size)
+            ]
+        finally:
+            self.model.train(was_training)
+        return Predictions.concat(parts)
+
+    def predict(self, images: np.ndarray | torch.Tensor, aggregate: bool = False) -> list[dict[str, Any]] | dict[str, Any]:
+        """Named hyperparameters per image; with ``aggregate=True`` one dict averaged over all images
+        (use it for images of one GM)."""
+        pred = self.predict_arrays(images)
+        if aggregate:
+            _, pred = pred.aggregate(np.zeros(len(pred), dtype=np.int64))
+            return self.describe(pred)[0]
+        return self.describe(pred)
+
+    def describe(self, pred: Predictions) -> list[dict[str, Any]]:
+        """Predictions -> plain dicts with names, raw values (via the ranges) and probabilities."""
+        raw = self.ranges.denormalize(pred.continuous)
+        rows = []
+        for i in range(len(pred)):
+            discrete = {}
+            for j, name in enumerate(DISCRETE_NAMES):
+                probs = pred.discrete_probs[j][i]
+                discrete[name] = {
+                    "class": DISCRETE[name][int(probs.argmax())],
+                    "probs": {c: float(p) for c, p in zip(DISCRETE[name], probs)},
+                }
+            rows.append(
+                {
+                    "continuous": {k: float(v) for k, v in zip(CONTINUOUS, pred.continuous[i])},
+                    "continuous_raw": {k: float(v) for k, v in zip(CONTINUOUS, raw[i])},
+                    "discrete": discrete,
+                    "loss_types": {t: float(p) for t, p in zip(LOSS_TYPES, pred.loss_prob[i])},
+                    "loss_groups": {g: float(p) for g, p in zip(GROUP_NAMES, pred.group_prob[i])},
+                }
+            )
+        return rows
+
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in self.model.state_dict().items()}, d / WEIGHTS_FILE)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "schema_version": SCHEMA_VERSION,
+            "config": self.config.to_dict(),
+            "ranges": self.ranges.to_dict(),
+        }
+        (d / META_FILE).write_text(json.dumps(meta, indent=2))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Parser:
+        d = Path(directory)
+        meta = json.loads((d / META_FILE).read_text())
+        if str(meta["schema_version"]).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(f"parser saved with schema {meta['schema_version']}, this code has {SCHEMA_VERSION}")
+        model = ParsingModel(ModelConfig.from_dict(meta["config"]))
+        state = torch.load(d / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        return cls(model, Ranges.from_dict(meta["ranges"]))
+

@@ -1,0 +1,152 @@
+"""Parsing Network: an encoder over the fingerprint with hierarchical parsing heads.
+
+Heads follow the schema: 9 continuous values, one classifier per discrete value
+(schema.NUM_CLASSES), 3 loss groups and 10 loss types, each loss type's probability
+multiplied by its group's (hierarchical learning, schema.LOSS_GROUP_INDEX).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_pipeline.schema import (
+    CONTINUOUS,
+    GROUP_NAMES,
+    LOSS_GROUP_INDEX,
+    LOSS_TYPES,
+    NUM_CLASSES,
+    TargetArrays,
+)
+
+VARIANTS = ("direct", "cluster")
+
+
+def _branch(fc: int, dims: Sequence[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    prev = fc
+    for d in dims:
+        layers += [nn.Linear(prev, d), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        prev = d
+    return nn.Sequential(*layers)
+
+
+class ParsingNetwork(nn.Module):
+    """Encoder [conv3x3+ReLU+maxpool2] x len(widths) -> adaptive pool -> FC -> 3 branches.
+
+    Max pooling uses ceil mode and the encoder ends in adaptive average pooling, so the
+    network accepts 32x32 inputs with the paper's five stages. ``variant="cluster"`` is
+    the journal version: a cluster classifier plus a deviation regressor, prediction =
+    centre + deviation; centres are a buffer set by :meth:`set_centres`.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (32, 64, 128, 256, 512),
+        fc: int = 512,
+        branch: Sequence[int] = (256, 64),
+        dropout: float = 0.5,
+        variant: str = "direct",
+        n_clusters: int = 12,
+        channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        layers: list[nn.Module] = []
+        prev = channels
+        for w in widths:
+            layers += [nn.Conv2d(prev, w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
+            prev = w
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(prev, fc), nn.ReLU(inplace=True)]
+        self.encoder = nn.Sequential(*layers)
+        self.arch_branch = _branch(fc, branch, dropout)
+        self.group_branch = _branch(fc, branch, dropout)
+        self.loss_branch = _branch(fc, branch, dropout)
+        out = branch[-1] if branch else fc
+        self.variant = variant
+        n_cont = len(CONTINUOUS)
+        if variant == "direct":
+            self.continuous_head = nn.Linear(out, n_cont)
+        else:
+            self.cluster_head = nn.Linear(out, n_clusters)
+            self.deviation_head = nn.Linear(out, n_cont)
+            self.register_buffer("centres", torch.full((n_clusters, n_cont), 0.5))
+        self.discrete_heads = nn.ModuleList(nn.Linear(out, c) for c in NUM_CLASSES)
+        self.group_head = nn.Linear(out, len(GROUP_NAMES))
+        self.loss_head = nn.Linear(out, len(LOSS_TYPES))
+        self.register_buffer("group_index", torch.tensor(LOSS_GROUP_INDEX, dtype=torch.long), persistent=False)
+
+    def set_centres(self, centres: np.ndarray | torch.Tensor) -> None:
+        """Install k-means centres [K, 9] (normalized units) for the cluster variant."""
+        if self.variant != "cluster":
+            raise ValueError("centres only apply to variant='cluster'")
+        c = torch.as_tensor(np.asarray(centres), dtype=torch.float32)
+        if c.shape != self.centres.shape:
+            raise ValueError(f"centres must be {tuple(self.centres.shape)}, got {tuple(c.shape)}")
+        self.centres.copy_(c)
+
+    def forward(self, fingerprint: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        h = self.encoder(fingerprint)
+        a, g, lt = self.arch_branch(h), self.group_branch(h), self.loss_branch(h)
+        out: dict[str, torch.Tensor | list[torch.Tensor]] = {}
+        if self.variant == "direct":
+            out["continuous"] = torch.sigmoid(self.continuous_head(a))
+        else:
+            logits = self.cluster_head(a)
+            dev = torch.tanh(self.deviation_head(a))
+            out["cluster_logits"] = logits
+            out["deviation"] = dev
+            out["centres"] = self.centres
+            out["continuous"] = (self.centres[logits.argmax(dim=1)] + dev).clamp(0.0, 1.0)
+        out["discrete_logits"] = [head(a) for head in self.discrete_heads]
+        group_logits = self.group_head(g)
+        group_prob = torch.sigmoid(group_logits)
+        loss_logits = self.loss_head(lt)
+        out["group_logits"] = group_logits
+        out["group_prob"] = group_prob
+        out["loss_logits"] = loss_logits
+        out["loss_prob"] = torch.sigmoid(loss_logits) * group_prob[:, self.group_index]
+        return out
+
+
+def class_weights(targets: TargetArrays) -> list[torch.Tensor]:
+    """Inverse-class-frequency weights per discrete value: n / (C_present * count).
+
+    Classes absent from the training labels get weight 0 (they never occur as a
+    training target; a present class keeps the 'balanced' weight of scikit-learn).
+    """
+    disc = np.asarray(targets.discrete, dtype=np.int64).reshape(-1, len(NUM_CLASSES))
+    out = []
+    for j, c in enumerate(NUM_CLASSES):
+        counts = np.bincount(disc[:, j], minlength=c).astype(np.float64)
+        present = counts > 0
+        w = np.zeros(c)
+        w[present] = len(disc) / (present.sum() * counts[present])
+        out.append(torch.tensor(w, dtype=torch.float32))
+    return out
+
+
+def fit_clusters(targets: TargetArrays, n_clusters: int = 12, seed: int = 0) -> np.ndarray:
+    """k-means centres [K, 9] of the training GMs' normalized continuous vectors.
+
+    Pass one row per GM (not per image) so every GM counts once. With fewer distinct GMs
+    than K, the remaining centres repeat existing ones (harmless: ties go to the first).
+    """
+    from sklearn.cluster import KMeans
+
+    x = np.unique(np.asarray(targets.continuous, dtype=np.float64).reshape(-1, len(CONTINUOUS)), axis=0)
+    k = min(n_clusters, len(x))
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
+    centres = km.cluster_centers_
+    if k < n_clusters:
+        centres = np.concatenate([centres, np.repeat(centres[:1], n_clusters - k, axis=0)])
+    return centres.astype(np.float32)
+
+
+def assign_clusters(continuous: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centre for each row of [B, 9]."""
+    return torch.cdist(continuous.float(), centres.float()).argmin(dim=1)

@@ -1,0 +1,244 @@
+"""Shapes, gradients, hierarchical gating, class weights, clusters, losses, Parser and save/load."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from data_pipeline.schema import (
+    CONTINUOUS,
+    DISCRETE,
+    DISCRETE_NAMES,
+    GROUP_NAMES,
+    LOSS_GROUP_INDEX,
+    LOSS_TYPES,
+    NUM_CLASSES,
+    RED116,
+    SCHEMA_VERSION,
+    TargetArrays,
+    groups_from_losses,
+)
+from models import (
+    FEN,
+    ConstraintWeights,
+    DetectionAttributionModel,
+    ModelConfig,
+    Parser,
+    ParsingModel,
+    ParsingNetwork,
+    class_weights,
+    compute_loss,
+    fit_clusters,
+    heads_loss,
+    targets_to_tensors,
+)
+from models.parser import META_FILE
+
+SMOKE = ModelConfig.preset("smoke")
+
+
+def _targets(n: int, seed: int = 0) -> TargetArrays:
+    rng = np.random.default_rng(seed)
+    loss = rng.integers(0, 2, (n, len(LOSS_TYPES)))
+    return TargetArrays(
+        continuous=rng.uniform(0, 1, (n, len(CONTINUOUS))).astype(np.float32),
+        discrete=np.stack([rng.integers(0, c, n) for c in NUM_CLASSES], axis=1),
+        loss=loss,
+        group=groups_from_losses(loss),
+    )
+
+
+def _grads_ok(module: torch.nn.Module) -> bool:
+    grads = [p.grad for p in module.parameters() if p.requires_grad]
+    return all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128, 256])
+def test_fen_keeps_size_and_backprops(size: int) -> None:
+    fen = FEN(depth=3, width=8)
+    x = torch.randn(1, 3, size, size)
+    out = fen(x)
+    assert out.shape == x.shape
+    out.pow(2).mean().backward()
+    assert _grads_ok(fen)
+
+
+def test_fen_paper_layout() -> None:
+    fen = FEN(17, 64)
+    convs = [m for m in fen.modules() if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in fen.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(convs) == 17 and len(bns) == 15
+    assert convs[0].in_channels == 3 and convs[0].out_channels == 64 and convs[-1].out_channels == 3
+    with pytest.raises(ValueError):
+        FEN(depth=1)
+
+
+@pytest.mark.parametrize("variant", ["direct", "cluster"])
+@pytest.mark.parametrize("size", [32, 64])
+def test_pn_heads_shapes_and_gradients(variant: str, size: int) -> None:
+    pn = ParsingNetwork(widths=(32, 64, 128, 256, 512), fc=64, branch=(32, 16), variant=variant, n_clusters=5)
+    out = pn(torch.randn(2, 3, size, size))
+    assert out["continuous"].shape == (2, len(CONTINUOUS))
+    assert ((out["continuous"] >= 0) & (out["continuous"] <= 1)).all()
+    assert [lg.shape[1] for lg in out["discrete_logits"]] == list(NUM_CLASSES)
+    assert out["group_prob"].shape == (2, len(GROUP_NAMES))
+    assert out["loss_prob"].shape == (2, len(LOSS_TYPES))
+    if variant == "cluster":
+        assert out["cluster_logits"].shape == (2, 5) and out["deviation"].shape == (2, len(CONTINUOUS))
+    loss, _ = compute_loss(out, targets_to_tensors(_targets(2)))
+    loss.backward()
+    assert _grads_ok(pn)
+
+
+def test_hierarchical_gating() -> None:
+    pn = ParsingNetwork(widths=(8,), fc=16, branch=(8,), dropout=0.0)
+    with torch.no_grad():
+        pn.group_head.bias.copy_(torch.tensor([-30.0, 30.0, 30.0]))  # pixel group off, others on
+        pn.group_head.weight.zero_()
+    out = pn(torch.randn(4, 3, 32, 32))
+    raw = torch.sigmoid(out["loss_logits"])
+    gate = out["group_prob"][:, list(LOSS_GROUP_INDEX)]
+    assert torch.allclose(out["loss_prob"], raw * gate)
+    pixel = torch.tensor([g == 0 for g in LOSS_GROUP_INDEX])
+    assert out["loss_prob"][:, pixel].max() < 1e-10  # members of a switched-off group are off
+    assert torch.allclose(out["loss_prob"][:, ~pixel], raw[:, ~pixel])
+    assert (out["loss_prob"] <= out["group_prob"][:, list(LOSS_GROUP_INDEX)] + 1e-7).all()
+
+
+def test_class_weights_inverse_frequency() -> None:
+    t = _targets(6)
+    t.discrete[:, 0] = [0, 0, 0, 0, 1, 1]  # norm_type: 4 x class 0, 2 x class 1, classes 2-3 absent
+    w = class_weights(t)
+    assert len(w) == len(DISCRETE_NAMES)
+    assert torch.allclose(w[0], torch.tensor([6 / (2 * 4), 6 / (2 * 2), 0.0, 0.0]))
+    assert [len(x) for x in w] == list(NUM_CLASSES)
+
+
+def test_fit_clusters_and_cluster_loss() -> None:
+    t = _targets(30)
+    t.continuous[:15] = 0.1
+    t.continuous[15:] = 0.9
+    centres = fit_clusters(t, n_clusters=4)
+    assert centres.shape == (4, len(CONTINUOUS))  # 2 distinct vectors: padded by repeats
+    assert np.allclose(np.sort(np.unique(centres.round(4), axis=0)[:, 0]), [0.1, 0.9])
+    pn = ParsingNetwork(widths=(8,), fc=16, branch=(8,), variant="cluster", n_clusters=4)
+    pn.set_centres(centres)
+    _, log = compute_loss(pn(torch.randn(3, 3, 32, 32)), targets_to_tensors(t, [0, 15, 29]))
+    assert {"cluster", "continuous", "discrete", "group", "loss_type"} <= set(log)
+    with pytest.raises(ValueError):
+        ParsingNetwork(widths=(8,), variant="direct").set_centres(centres)
+
+
+def test_compute_loss_terms_and_scale() -> None:
+    torch.manual_seed(0)
+    model = ParsingModel(SMOKE)
+    out = model(torch.randn(4, 3, 32, 32))
+    tgt = targets_to_tensors(_targets(4))
+    cw = class_weights(_targets(4))
+    total, log = compute_loss(out, tgt, ConstraintWeights(), cw)
+    parsing = log["continuous"] + log["discrete"] + log["group"] + log["loss_type"]
+    assert log["parsing"] == pytest.approx(parsing, rel=1e-5)
+    assert log["total"] == pytest.approx(10 * parsing + log["constraints"], rel=1e-5)
+    assert {f"constraint/{k}" for k in ConstraintWeights().to_dict()} <= set(log)
+    assert all(isinstance(v, float) for v in log.values())
+    _, log_mse = compute_loss(out, tgt, continuous_loss="mse")
+    assert log_mse["continuous"] != pytest.approx(log["continuous"])
+    total.backward()
+    assert _grads_ok(model)
+    with pytest.raises(ValueError):
+        compute_loss(out, tgt, continuous_loss="huber")
+
+
+def test_targets_to_tensors_indexes_gm_rows() -> None:
+    t = _targets(3)
+    tt = targets_to_tensors(t, [2, 2, 0])
+    assert tt["discrete"].dtype == torch.long and tt["loss"].dtype == torch.float32
+    assert torch.equal(tt["discrete"][0], torch.as_tensor(t.discrete[2]))
+    assert tt["continuous"].shape == (3, len(CONTINUOUS))
+
+
+def test_heads_share_fen() -> None:
+    fen = FEN(3, 8)
+    model = DetectionAttributionModel(n_sources=5, fen=fen)
+    out = model(torch.randn(4, 3, 64, 64))
+    assert out["detection_logit"].shape == (4,) and out["attribution_logits"].shape == (4, 5)
+    assert model.fen is fen
+    total, log = heads_loss(out, torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 2, 4]))
+    assert {"detection", "attribution", "constraints"} <= set(log)
+    total.backward()
+    assert _grads_ok(model)
+    with pytest.raises(ValueError):
+        heads_loss(DetectionAttributionModel(0, FEN(2, 4))(torch.randn(1, 3, 32, 32)), source=torch.tensor([0]))
+
+
+def test_config_presets() -> None:
+    paper = ModelConfig.preset("paper")
+    assert (paper.fen_depth, paper.fen_width, paper.image_size) == (17, 64, 64)
+    assert paper.pn_widths == (32, 64, 128, 256, 512)
+    assert ModelConfig.preset("paper", task="detection").image_size == 128
+    assert ModelConfig.from_dict(json.loads(json.dumps(paper.to_dict()))) == paper
+    with pytest.raises(ValueError):
+        ModelConfig.preset("huge")
+
+
+def test_parser_predict_structure_and_aggregate() -> None:
+    parser = Parser.from_config(SMOKE, RED116)
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 48, 40, 3), dtype=np.uint8)  # resized to 32
+    rows = parser.predict(imgs)
+    assert isinstance(rows, list) and len(rows) == 3
+    r = rows[0]
+    assert set(r["continuous"]) == set(CONTINUOUS) and set(r["loss_types"]) == set(LOSS_TYPES)
+    for name in DISCRETE_NAMES:
+        assert r["discrete"][name]["class"] in DISCRETE[name]
+        assert sum(r["discrete"][name]["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+    lo, hi = RED116.lo["num_params"], RED116.hi["num_params"]
+    assert r["continuous_raw"]["num_params"] == pytest.approx(lo + r["continuous"]["num_params"] * (hi - lo))
+    agg = parser.predict(imgs, aggregate=True)
+    assert isinstance(agg, dict)
+    mean_l1 = np.mean([x["loss_types"]["l1"] for x in rows])
+    assert agg["loss_types"]["l1"] == pytest.approx(mean_l1, abs=1e-6)
+    json.dumps(rows)  # plain types only
+    # already-normalized float tensors are accepted as is
+    assert len(parser.predict(torch.randn(2, 3, 32, 32))) == 2
+
+
+def test_save_load_roundtrip(tmp_path) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict({**SMOKE.to_dict(), "variant": "cluster", "n_clusters": 3})
+    parser = Parser.from_config(cfg, RED116)
+    centres = parser.model.fit_centres(_targets(10))
+    assert centres.shape == (3, len(CONTINUOUS))
+    x = torch.randn(4, 3, 32, 32)
+    before = parser.predict_arrays(x)
+    parser.save(tmp_path)
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["config"]["variant"] == "cluster"
+    loaded = Parser.load(tmp_path)
+    after = loaded.predict_arrays(x)
+    assert loaded.config == cfg and loaded.ranges == RED116
+    assert np.allclose(before.continuous, after.continuous, atol=1e-6)
+    assert np.allclose(before.loss_prob, after.loss_prob, atol=1e-6)
+    assert torch.equal(loaded.model.pn.centres, parser.model.pn.centres)
+    meta["schema_version"] = "9.0"
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="schema"):
+        Parser.load(tmp_path)
+
+
+def test_models_never_import_ray_or_mlflow() -> None:
+    """Static check of every import in models/ (also catches lazy, in-function imports)."""
+    root = Path(models.__file__).parent
+    found = []
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [(path.name, n) for n in names if n.split(".")[0] in {"ray", "mlflow"}]
+    assert not found

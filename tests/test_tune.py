@@ -1,0 +1,83 @@
+"""Tune sweep: search-space parsing (fast) and a smoke sweep with interrupt + resume (slow)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO_ROOT
+
+from workflows.config import JobConfig
+from workflows.tune_sweep import ABLATIONS, DEFAULT_SPACE, SpaceError, ablation_weights, parse_space
+
+
+def test_space_overrides_and_errors():
+    s = parse_space(["lr=1e-5:1e-3", "symmetry=0.5:2"])
+    assert s["lr"] == (1e-5, 1e-3) and s["symmetry"] == (0.5, 2.0) and s["magnitude"] == DEFAULT_SPACE["magnitude"]
+    for bad in ["lr", "momentum=0.1:1", "lr=1e-3:1e-5", "lr=0:1", "lr=a:b", "lr=1e-3"]:
+        with pytest.raises(SpaceError):
+            parse_space([bad])
+
+
+def test_default_space_brackets_the_paper_weights():
+    paper = JobConfig()
+    for k in ("magnitude", "spectrum", "repetitive", "symmetry", "lr"):
+        lo, hi = DEFAULT_SPACE[k]
+        assert lo < getattr(paper, k) < hi
+
+
+def test_ablation_switches_each_constraint_off():
+    cfg = JobConfig()
+    assert ablation_weights("all", cfg)["symmetry"] == cfg.symmetry
+    assert ablation_weights("no_spectrum", cfg)["spectrum"] == 0 and ablation_weights("no_spectrum", cfg)["magnitude"] > 0
+    assert set(ablation_weights("none", cfg).values()) == {0.0}
+    assert len(ABLATIONS) == 6
+
+
+def test_bad_space_is_a_clear_cli_error():
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "workflows" / "tune_sweep.py"), "--space", "lr=5:1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "LOW < HIGH" in r.stderr
+
+
+@pytest.mark.slow
+def test_smoke_sweep_interrupt_and_resume(smoke_collection, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    args = [sys.executable, str(REPO_ROOT / "workflows" / "tune_sweep.py"), "--preset", "smoke",
+            "--collection", smoke_collection.path, "--storage-path", str(tmp_path / "runs"), "--num-samples", "2",
+            "--epochs", "1", "--search", "random", "--out", str(tmp_path / "best.json")]
+    client = MlflowClient(uri)
+
+    def trial_runs():
+        exp = client.get_experiment_by_name("gmparse-tune") if (tmp_path / "mlflow.db").exists() else None
+        return [r for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags] if exp else []
+
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 420
+        while time.time() < deadline and not any(r.info.status == "FINISHED" for r in trial_runs()):
+            time.sleep(3)
+        first = {r.data.tags["trial_id"]: r for r in trial_runs() if r.info.status == "FINISHED"}
+        assert first, "no trial finished before the interrupt"
+        proc.send_signal(2)
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if not (tmp_path / "best.json").exists():  # interrupted before the end: resume it
+        r = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = trial_runs()
+    ids = [r.data.tags["trial_id"] for r in runs]
+    assert len(ids) == len(set(ids)) == 2, ids  # no trial redone as a new run
+    for tid, run in first.items():  # a finished trial was not trained again
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+        assert steps == [0], (tid, steps)
+    assert (tmp_path / "best.json").exists()
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
