@@ -41,6 +41,7 @@ class JobConfig:
     max_failures: int = 2
     n_shuffles: int = 20
     concurrent_folds: bool = False
+    cache_decoded: bool = True  # materialize decoded images once per fold (small collections)
     final_model: bool = True
     register: bool = True
     kill_after_epoch: int = -1  # fault injection (tests): SIGKILL rank 0 once after this epoch
@@ -60,7 +61,8 @@ class JobConfig:
     def key(self) -> str:
         """Stable id of what is trained (not of how it runs), used to name resumable runs."""
         d = asdict(self)
-        for k in ("concurrent_folds", "register", "kill_after_epoch", "max_failures", "n_shuffles", "use_gpu"):
+        for k in ("concurrent_folds", "register", "kill_after_epoch", "max_failures", "n_shuffles", "use_gpu",
+                  "cache_decoded"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -73,7 +75,7 @@ JOB_PRESETS: dict[str, JobConfig] = {
     ),
     "paper": JobConfig(
         preset="paper", collection_preset="large", model_preset="paper", image_size=64, epochs=20,
-        batch_size=16, lr=1e-4, folds=4, num_workers=4, n_shuffles=100,
+        batch_size=16, lr=1e-4, folds=4, num_workers=4, n_shuffles=100, cache_decoded=False,
     ),
 }
 

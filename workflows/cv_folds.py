@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -123,6 +124,8 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
     ds_args = {"size": cfg.image_size, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     train_ds = image_dataset(col, fold.train_gms, split="train", **ds_args)
     val_ds = image_dataset(col, fold.train_gms, split="val", **ds_args)
+    if cfg.cache_decoded:  # decode once, not once per epoch (fits in the object store when small)
+        train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
     with mlflow.start_run(run_name=label, nested=True, tags={"fold": label}) as run:
         mlflow.log_params({"fold": label, "train_gms": len(fold.train_gms), "test_gms": len(fold.test_gms)})
         mlflow.log_dict({"train_gms": list(fold.train_gms), "test_gms": list(fold.test_gms)}, "split.json")
@@ -268,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 uri, version = log_and_register(parser, col, final["run_id"])
                 print(f"registered gm-parser version {version} (alias champion): {uri}")
         mlflow.log_metric("wall_seconds", time.time() - t0)
+        mlflow.log_metric("driver_max_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         print(f"done in {time.time() - t0:.0f} s; MLflow run {parent.info.run_id} "
               f"(mlflow server --backend-store-uri {mlflow.get_tracking_uri()})")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import tempfile
 import time
@@ -101,6 +102,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         metrics: dict[str, float] = {f"train/{k}": v / max(n_img, 1) for k, v in sums.items()}
         metrics["epoch"] = float(epoch)
         metrics["train/images_per_s"] = n_img / max(time.time() - t0, 1e-9)
+        metrics["worker/max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if rank == 0:
             model.eval()
             parts, tgt = [], {k: [] for k in ("continuous", "discrete", "loss", "group")}

@@ -1,0 +1,72 @@
+"""The smoke zoo built end to end through Ray tasks, and the Ray Data reader over it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipeline import schema
+from data_pipeline.build import build_config, ensure_collection, summarize
+from data_pipeline.collection import REAL_GM_ID
+from data_pipeline.preprocess import IMAGE_MEAN, IMAGE_STD
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_collection_covers_the_schema(smoke_collection):
+    col = smoke_collection
+    col.verify()
+    fake = col.fake_gms
+    s = summarize(col)
+    assert s["gms"] >= 12, s
+    assert {"gan", "vae", "autoencoder", "diffusion"} <= set(fake["family"])
+    assert {"autoregressive", "attack"} & set(fake["family"])
+    missing_losses = [t for t, n in s["loss_types"].items() if n == 0]
+    assert not missing_losses, f"loss types absent from the smoke collection: {missing_losses}"
+    missing_classes = [(k, c) for k, d in s["discrete"].items() for c, n in d.items() if n == 0]
+    assert not missing_classes, f"discrete classes absent: {missing_classes}"
+    # measured, not declared: parameter counts differ across GMs and are all positive
+    params = fake[schema.raw_column("num_params")]
+    assert (params > 0).all() and params.nunique() > len(fake) // 2
+    assert (fake[schema.raw_column("num_conv_layers")] > 0).any()
+    norm = fake[[schema.norm_column(c) for c in schema.CONTINUOUS]].to_numpy()
+    assert norm.min() >= 0 and norm.max() <= 1
+    # quality gate figures are stored per GM, and a grid per GM can be looked at
+    assert {"gate_improvement", "gate_attempts"} <= set(fake.columns)
+    assert col.manifest["quality"]["improvement_median"] is not None
+    grids = Path(col.path) / "grids"
+    assert {p.stem for p in grids.glob("*.png")} == set(fake["gm_id"])
+    real = col.read_images([REAL_GM_ID], columns=["is_fake"]).to_pydict()["is_fake"]
+    assert len(real) == col.manifest["build"]["real_images"] and not any(real)
+    assert {s["package"] for s in col.manifest["real_sources"]} >= {"scikit-image"}
+    assert all(s["license"] for s in col.manifest["real_sources"])
+
+
+def test_collection_is_reused_when_manifest_matches(smoke_collection):
+    gms_file = Path(smoke_collection.path) / "gms.parquet"
+    before = gms_file.stat().st_mtime_ns
+    again = ensure_collection(build_config("smoke"), smoke_collection.path, progress=False)
+    assert again.manifest["build_key"] == smoke_collection.manifest["build_key"]
+    assert gms_file.stat().st_mtime_ns == before
+
+
+def test_ray_data_reader_splits_and_normalizes(smoke_collection):
+    from data_pipeline.ray_data import image_dataset
+
+    col = smoke_collection
+    gms = list(col.fake_gms["gm_id"][:3])
+    train = image_dataset(col, gms, size=16, split="train", val_fraction=0.25).take_all()
+    val = image_dataset(col, gms, size=16, split="val", val_fraction=0.25).take_all()
+    n_total = 3 * col.manifest["build"]["images_per_gm"]
+    assert len(train) + len(val) == n_total and len(val) > 0
+    assert not {r["image_id"] for r in train} & {r["image_id"] for r in val}
+    assert {r["gm_id"] for r in train} == set(gms)
+    row = train[0]
+    assert row["image"].shape == (3, 16, 16) and row["image"].dtype == np.float32
+    assert row["image"].min() >= -IMAGE_MEAN / IMAGE_STD - 1e-4
+    expected = col.targets([row["gm_id"]])
+    assert np.allclose(row["continuous"], expected.continuous[0]) and (row["loss"] == expected.loss[0]).all()
+    real = image_dataset(col, [REAL_GM_ID], size=16).take(2)
+    assert all(r["is_fake"] == 0 for r in real)

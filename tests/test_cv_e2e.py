@@ -1,0 +1,172 @@
+"""The main job end to end: Ray Data + Ray Train per fold (with a worker killed and resumed),
+MLflow runs and registry, ``ray job submit`` against a real head and a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, free_port
+from ray_head import BIN, local_head
+
+from data_pipeline import schema
+
+pytestmark = pytest.mark.slow
+SMOKE_ARGS = ["--preset", "smoke", "--folds", "2", "--n-shuffles", "5"]
+
+
+def _runs(client, experiment="gmparse-cv"):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, "no MLflow experiment was created"
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_tracking, tmp_path, capsys):
+    from mlflow import MlflowClient, pyfunc
+
+    from workflows import cv_folds
+
+    storage = tmp_path / "runs"
+    rc = cv_folds.main([*SMOKE_ARGS, "--collection", smoke_collection.path, "--storage-path", str(storage),
+                        "--epochs", "2", "--kill-after-epoch", "0"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Cross-fold results" in out and "continuous/l1" in out and "loss/auc" in out
+    assert list(storage.glob("*.killed")), "the fault injection did not kill a worker"
+
+    client = MlflowClient()
+    runs = _runs(client)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = {r.data.tags["fold"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert set(children) == {"fold-0", "fold-1", "final"}
+    for name, run in children.items():
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+        assert sorted(steps) == [0, 1], f"{name}: epochs logged {steps} (lost or repeated after the kill)"
+        arts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+        assert "figures/learning_curves.png" in arts
+    fold0 = children["fold-0"]
+    assert {a.path for a in client.list_artifacts(fold0.info.run_id, "tables")} >= {"tables/metrics.csv", "tables/metrics.json"}
+    assert {"figures/confusion_discrete.png", "figures/fingerprints.png"} <= {
+        a.path for a in client.list_artifacts(fold0.info.run_id, "figures")}
+    assert "test.gm.loss.auc" in fold0.data.metrics
+    assert "cv.gm.continuous.l1" in parents[0].data.metrics and "cv_baseline.gm.loss.f1" in parents[0].data.metrics
+
+    mv = client.get_model_version_by_alias("gm-parser", "champion")
+    assert mv.tags["schema_version"] == schema.SCHEMA_VERSION
+    model = pyfunc.load_model("models:/gm-parser@champion")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    pred = model.predict(images)
+    assert len(pred) == 3
+    assert set(schema.CONTINUOUS) <= set(pred.columns) and set(schema.DISCRETE_NAMES) <= set(pred.columns)
+    assert pred["norm_type"].isin(schema.DISCRETE["norm_type"]).all()
+    assert all(f"loss_{t}_prob" in pred.columns for t in schema.LOSS_TYPES)
+    assert model.metadata.signature is not None
+
+
+def _cv(args, env=None, timeout=120):
+    return subprocess.run([sys.executable, str(REPO_ROOT / "workflows" / "cv_folds.py"), *args],
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_input_fails_before_training(tmp_path, smoke_collection):
+    r = _cv(["--collection", str(tmp_path / "missing")])
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = _cv(["--collection", str(tmp_path / "empty")])
+    assert r.returncode == 2 and "no manifest.json" in r.stderr
+    r = _cv(["--preset", "huge"])
+    assert r.returncode == 2 and "unknown preset" in r.stderr
+    r = _cv(["--collection", smoke_collection.path, "--folds", "500"])
+    assert r.returncode == 2 and "cannot make 500" in r.stderr
+    t0 = time.time()
+    r = _cv(["--collection", smoke_collection.path, "--folds", "2"],
+            env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    assert r.returncode == 2 and "unreachable" in r.stderr and time.time() - t0 < 60
+
+
+def test_interrupt_leaves_no_running_mlflow_run(smoke_collection, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "workflows" / "cv_folds.py"), *SMOKE_ARGS,
+                             "--collection", smoke_collection.path, "--storage-path", str(tmp_path / "runs"),
+                             "--epochs", "50"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(uri)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # wait until a fold's run exists, then Ctrl-C
+            time.sleep(2)
+            exp = client.get_experiment_by_name("gmparse-cv") if (tmp_path / "mlflow.db").exists() else None
+            if exp and any(r.data.tags.get("fold") for r in client.search_runs([exp.experiment_id])):
+                break
+        else:
+            pytest.fail("the job never started a fold")
+        proc.send_signal(2)  # SIGINT, as Ctrl-C
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    runs = _runs(client)
+    assert runs and all(r.info.status != "RUNNING" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert proc.returncode != 0
+
+
+def _wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def test_ray_job_submit_against_mlflow_server(smoke_collection, tmp_path):
+    """`ray job submit` to a real head on 127.0.0.1, tracking to a real `mlflow server`."""
+    from mlflow import MlflowClient, pyfunc
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{uri}/health")
+        with local_head() as head:
+            runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": uri, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+            r = subprocess.run(
+                [str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--working-dir", str(REPO_ROOT),
+                 "--runtime-env-json", json.dumps(runtime_env), "--", "python", "workflows/cv_folds.py", *SMOKE_ARGS,
+                 "--collection", smoke_collection.path, "--storage-path", str(tmp_path / "runs"), "--epochs", "1"],
+                env=head.env, capture_output=True, text=True, timeout=900,
+            )
+            assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+            assert "succeeded" in (r.stdout + r.stderr).lower()
+            assert "Cross-fold results" in r.stdout
+        client = MlflowClient(uri)
+        runs = _runs(client)
+        assert {x.info.status for x in runs} == {"FINISHED"} and len(runs) == 4  # parent, 2 folds, final
+        assert client.get_model_version_by_alias("gm-parser", "champion").tags["schema_version"] == schema.SCHEMA_VERSION
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        try:
+            model = pyfunc.load_model("models:/gm-parser@champion")
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        pred = model.predict(np.zeros((1, 32, 32, 3), dtype=np.uint8))
+        assert list(pred.columns[:9]) == list(schema.CONTINUOUS)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

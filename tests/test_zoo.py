@@ -1,0 +1,274 @@
+"""The GM zoo: measured labels, covering spec sampler, one GM per family, quality gate."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+from torch import nn
+
+from data_pipeline.schema import DISCRETE, DISCRETE_NAMES, LOSS_TYPES, GMLabels
+from data_pipeline.zoo import (
+    MIN_COVERING_N,
+    ZOO_FAMILIES,
+    ZOO_PRESETS,
+    GMSpec,
+    QualityReference,
+    ZooTrainConfig,
+    gate_figures,
+    gate_passes,
+    make_gm,
+    measure_architecture,
+    sample_grid_png,
+    sample_specs,
+)
+from data_pipeline.zoo.backbone import ArchSpec, Backbone
+from data_pipeline.zoo.layers import AdaIN, Block
+
+S = 16
+
+
+def cls(name: str, value: str) -> int:
+    return DISCRETE[name].index(value)
+
+
+def real_crops(size: int = S, n: int = 96, seed: int = 0) -> np.ndarray:
+    """Random crops of skimage's sample photos, resized to ``size`` (no downloads)."""
+    rng = np.random.default_rng(seed)
+    photos = [data.astronaut(), data.coffee(), data.chelsea()]
+    out = []
+    for i in range(n):
+        im = photos[i % len(photos)]
+        side = int(rng.integers(size, 4 * size))
+        y, x = rng.integers(0, im.shape[0] - side), rng.integers(0, im.shape[1] - side)
+        crop = Image.fromarray(im[y : y + side, x : x + side]).resize((size, size), Image.Resampling.BICUBIC)
+        out.append(np.asarray(crop))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def crops() -> np.ndarray:
+    return real_crops()
+
+
+# --- introspection on hand-built modules ------------------------------------------------------
+def test_counts_of_a_plain_sequential() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 4, 1),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 10),
+        nn.Sigmoid(),
+    )
+    lab = measure_architecture(net, {"cross_entropy"})
+    c = lab.continuous
+    assert (c["num_conv_layers"], c["num_fc_layers"], c["num_pool_layers"], c["num_norm_layers"]) == (3, 1, 1, 1)
+    assert c["num_layers"] == 4
+    assert c["num_filters"] == 8 + 16 + 4
+    assert c["num_blocks"] == 0 and c["layers_per_block"] == 0
+    expected_params = (3 * 8 * 9 + 8) + 16 + (8 * 16 * 9 + 16) + (16 * 4 + 4) + (64 * 10 + 10)
+    assert c["num_params"] == expected_params
+    d = lab.discrete
+    assert d["norm_type"] == cls("norm_type", "batch")
+    assert d["last_layer_nonlinearity"] == cls("last_layer_nonlinearity", "sigmoid")
+    assert d["last_block_nonlinearity"] == cls("last_block_nonlinearity", "leaky_relu")  # last hidden act
+    assert d["upsampling"] == cls("upsampling", "nearest")  # no up-sampling -> class 0
+    assert d["skip_connection"] == cls("skip_connection", "no")
+    assert d["downsampling"] == cls("downsampling", "yes")
+    assert lab.loss_types == {"cross_entropy"}
+
+
+def test_counts_with_blocks_adain_and_transposed_conv() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.b1 = Block(8, 8, layers=3, norm="adaptive_instance", act="relu", style_dim=4, residual=True)
+            self.b2 = Block(8, 16, layers=2, norm="none", act="relu", style_dim=4, residual=True)
+            self.b2.out_act = nn.Tanh()
+            self.up = nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1)
+            self.out = nn.Sequential(nn.Conv2d(8, 3, 3, padding=1), nn.ReLU())
+
+    lab = measure_architecture(Net(), set())
+    c, d = lab.continuous, lab.discrete
+    assert c["num_blocks"] == 2
+    assert c["layers_per_block"] == 3  # b2 has 2 convs + a 1x1 skip projection = 3 too
+    assert c["num_conv_layers"] == 3 + 3 + 1 + 1
+    assert c["num_fc_layers"] == 3  # one style FC per AdaIN
+    assert c["num_norm_layers"] == 3
+    assert d["norm_type"] == cls("norm_type", "adaptive_instance")
+    assert d["last_block_nonlinearity"] == cls("last_block_nonlinearity", "tanh")
+    assert d["last_layer_nonlinearity"] == cls("last_layer_nonlinearity", "relu")
+    assert d["upsampling"] == cls("upsampling", "transposed_conv")
+    assert d["skip_connection"] == cls("skip_connection", "yes")
+    assert d["downsampling"] == cls("downsampling", "no")
+
+
+def test_measure_rejects_a_module_without_activation() -> None:
+    with pytest.raises(ValueError):
+        measure_architecture(nn.Conv2d(3, 3, 3), set())
+
+
+@pytest.mark.parametrize("mode", ["latent", "image"])
+@pytest.mark.parametrize("norm", DISCRETE["norm_type"])
+def test_backbone_labels_follow_its_knobs(mode: str, norm: str) -> None:
+    arch = ArchSpec(
+        width=8, fc_layers=2, mid_blocks=2, layers_per_block=3, norm=norm, block_act="sigmoid",
+        last_act="leaky_relu", upsampling="transposed_conv", skip=True, downsampling=True, down_stages=2, pool="avg",
+    )  # fmt: skip
+    net = Backbone(arch, 32, mode=mode, cond_dim=6)
+    x = torch.randn(2, arch.z_dim) if mode == "latent" else torch.randn(2, 3, 32, 32)
+    assert net(x, torch.randn(2, 6)).shape == (2, 3, 32, 32)
+    lab = measure_architecture(net, set()).discrete_names()
+    assert lab == {
+        "norm_type": norm, "last_layer_nonlinearity": "leaky_relu", "last_block_nonlinearity": "sigmoid",
+        "upsampling": "transposed_conv", "skip_connection": "yes", "downsampling": "yes",
+    }  # fmt: skip
+    c = measure_architecture(net, set()).continuous
+    assert c["num_blocks"] == 2 and c["layers_per_block"] == 3 and c["num_pool_layers"] == 2
+    assert c["num_params"] == sum(p.numel() for p in net.parameters())
+    adains = sum(isinstance(m, AdaIN) for m in net.modules())
+    assert c["num_fc_layers"] == 2 + adains
+
+
+# --- spec sampling --------------------------------------------------------------------------------
+def test_specs_cover_every_loss_type_and_class() -> None:
+    for seed in range(5):
+        specs = sample_specs(MIN_COVERING_N, seed, 32)
+        assert set().union(*(s.loss_types for s in specs)) == set(LOSS_TYPES)
+        assert {s.family for s in specs} == set(ZOO_FAMILIES)
+        for name, values in DISCRETE.items():
+            field = {
+                "norm_type": lambda a: a.norm,
+                "last_layer_nonlinearity": lambda a: a.last_act,
+                "last_block_nonlinearity": lambda a: a.block_act,
+                "upsampling": lambda a: a.upsampling,
+                "skip_connection": lambda a: "yes" if a.skip else "no",
+                "downsampling": lambda a: "yes" if a.downsampling else "no",
+            }[name]
+            assert {field(s.arch) for s in specs} == set(values), (seed, name)
+
+
+def test_specs_are_deterministic_and_round_trip() -> None:
+    a, b, c = sample_specs(20, 7, 16), sample_specs(20, 7, 16), sample_specs(20, 8, 16)
+    assert [s.to_json() for s in a] == [s.to_json() for s in b]
+    assert [s.to_json() for s in a] != [s.to_json() for s in c]
+    assert len({s.gm_id for s in a}) == 20
+    for s in a:
+        assert GMSpec.from_json(s.to_json()) == s
+
+
+def test_measured_labels_of_built_specs_match_the_spec() -> None:
+    """Every sampled spec builds, and what is measured is what was asked for."""
+    from data_pipeline.zoo.families import build_family
+
+    for spec in sample_specs(MIN_COVERING_N, 3, S):
+        net = build_family(spec, ZOO_PRESETS["smoke"]).net
+        got = measure_architecture(net, spec.loss_types).discrete_names()
+        a = spec.arch
+        assert got == {
+            "norm_type": a.norm, "last_layer_nonlinearity": a.last_act, "last_block_nonlinearity": a.block_act,
+            "upsampling": a.upsampling, "skip_connection": "yes" if a.skip else "no",
+            "downsampling": "yes" if a.downsampling else "no",
+        }, spec.gm_id  # fmt: skip
+
+
+# --- one GM per family -------------------------------------------------------------------------------
+TINY = ZooTrainConfig(steps=6, batch_size=8, retry_steps=2, max_retries=0, max_rebuilds=0, gate_images=16,
+                      diffusion_sample_steps=3)  # fmt: skip
+
+
+def _spec(family: str, losses: set[str], **arch: object) -> GMSpec:
+    base = dict(width=8, fc_layers=1, fc_hidden=16, mid_blocks=1, layers_per_block=2, z_dim=8)
+    base.update(arch)
+    opts = {"color_matrix": np.eye(3).tolist(), "gamma": 1.2, "filter": "blur"} if family == "autoencoder" else {}
+    return GMSpec(f"{family}-test", family, frozenset(losses), 123, S, ArchSpec(**base), opts)  # type: ignore[arg-type]
+
+
+FAMILY_CASES = [
+    _spec("gan", {"hinge"}, norm="instance", upsampling="transposed_conv", last_act="tanh"),
+    _spec("gan", {"wasserstein"}, norm="batch", skip=True, fc_layers=0),
+    _spec("gan", {"mmd"}, norm="adaptive_instance", downsampling=True, pool="max", last_act="sigmoid"),
+    _spec("vae", {"kl", "l1"}, norm="batch", block_act="tanh"),
+    _spec("autoencoder", {"l2", "adversarial"}, norm="instance", downsampling=True, skip=True),
+    _spec("diffusion", {"mse"}, norm="adaptive_instance", downsampling=True, upsampling="transposed_conv"),
+    _spec("autoregressive", {"cross_entropy"}, norm="none", last_act="relu", block_act="leaky_relu"),
+]
+
+
+@pytest.mark.parametrize("spec", FAMILY_CASES, ids=lambda s: "-".join([s.family, *sorted(s.loss_types)]))
+def test_make_gm_per_family(spec: GMSpec, crops: np.ndarray) -> None:
+    r = make_gm(spec, crops, n_images=5, cfg=TINY)
+    assert r.images.shape == (5, S, S, 3) and r.images.dtype == np.uint8
+    assert isinstance(r.labels, GMLabels)
+    assert r.labels.loss_types == spec.loss_types
+    a = spec.arch
+    assert r.labels.discrete["norm_type"] == cls("norm_type", a.norm)
+    assert r.labels.discrete["last_layer_nonlinearity"] == cls("last_layer_nonlinearity", a.last_act)
+    assert r.labels.discrete["skip_connection"] == cls("skip_connection", "yes" if a.skip else "no")
+    assert r.labels.discrete["downsampling"] == cls("downsampling", "yes" if a.downsampling else "no")
+    assert r.labels.continuous["num_params"] > 0 and r.labels.continuous["num_blocks"] >= 1
+    assert set(r.quality) >= {"pixel_std", "diversity_ratio", "dist_real_trained", "dist_real_untrained", "improvement"}
+    assert r.attempts == 1 and r.steps == TINY.steps and isinstance(r.passed, bool)
+
+
+def test_make_gm_is_deterministic(crops: np.ndarray) -> None:
+    spec = FAMILY_CASES[0]
+    a, b = make_gm(spec, crops, 4, TINY), make_gm(spec, crops, 4, TINY)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.quality == b.quality
+
+
+def test_failing_gate_retries_then_rebuilds(crops: np.ndarray) -> None:
+    impossible = TINY.with_(min_improvement=1e9, max_retries=1, max_rebuilds=1, retry_steps=1)
+    r = make_gm(FAMILY_CASES[0], crops, 2, impossible)
+    assert not r.passed and r.attempts == 4 and r.steps == TINY.steps + 1
+    assert r.build_seed != FAMILY_CASES[0].seed
+
+
+def test_make_gm_rejects_wrong_crop_size(crops: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        make_gm(FAMILY_CASES[0], real_crops(32, n=4), 2, TINY)
+
+
+# --- quality gate -------------------------------------------------------------------------------------
+def test_gate_on_crafted_inputs(crops: np.ndarray) -> None:
+    cfg = ZOO_PRESETS["default"]
+    ref = QualityReference(crops[:48])
+    noise = np.random.default_rng(0).integers(0, 256, crops[48:].shape, dtype=np.uint8)
+    good = gate_figures(crops[48:], ref, untrained=noise)
+    assert gate_passes(good, cfg), good
+    assert good["diversity_ratio"] > 0.7 and good["improvement"] > 5
+    same = gate_figures(crops[:48], ref, untrained=noise)
+    assert same["dist_real_trained"] == pytest.approx(0.0, abs=1e-9) and gate_passes(same, cfg)
+
+    constant = np.full_like(crops[48:], 128)
+    figs = gate_figures(constant, ref, untrained=noise)
+    assert figs["pixel_std"] == 0 and not gate_passes(figs, cfg)
+
+    identical = np.repeat(crops[:1], 48, axis=0)
+    figs = gate_figures(identical, ref, untrained=noise)
+    assert figs["diversity_ratio"] == pytest.approx(0.0, abs=1e-9) and not gate_passes(figs, cfg)
+
+    figs = gate_figures(noise, ref, untrained=noise)  # no better than untrained
+    assert figs["improvement"] == pytest.approx(1.0) and not gate_passes(figs, cfg)
+
+
+def test_sample_grid_png(crops: np.ndarray) -> None:
+    png = sample_grid_png(crops[:8], crops[8:16])
+    img = np.asarray(Image.open(io.BytesIO(png)))
+    assert img.ndim == 3 and img.shape[2] == 3 and img.shape[1] > 2 * img.shape[0] - 10
+
+
+def test_presets_exist() -> None:
+    assert {"smoke", "default", "large"} <= set(ZOO_PRESETS)
+    assert ZOO_PRESETS["smoke"].steps < ZOO_PRESETS["default"].steps < ZOO_PRESETS["large"].steps
+    assert len(DISCRETE_NAMES) == 6
