@@ -108,7 +108,8 @@ def family_fingerprints(col: Collection, gm_ids: list[str], model_cfg, state, si
 
 
 def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage_path: str,
-             use_gpu: bool, evaluate: bool = True, fault_marker: str | None = None) -> dict[str, Any]:
+             use_gpu: bool, evaluate: bool = True, fault_marker: str | None = None,
+             parent: tuple[str, str] | None = None) -> dict[str, Any]:
     """Train one fold (or the final model when ``fold.test_gms`` is empty), evaluate, log."""
     import mlflow
 
@@ -126,7 +127,11 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
     val_ds = image_dataset(col, fold.train_gms, split="val", **ds_args)
     if cfg.cache_decoded:  # decode once, not once per epoch (fits in the object store when small)
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
-    with mlflow.start_run(run_name=label, nested=True, tags={"fold": label}) as run:
+    if parent:  # (experiment id, parent run id): also right in a Ray task (--concurrent-folds)
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri()))
+    exp_id, parent_id = parent or (None, None)
+    with mlflow.start_run(run_name=label, nested=True, tags={"fold": label}, experiment_id=exp_id,
+                          parent_run_id=parent_id) as run:
         mlflow.log_params({"fold": label, "train_gms": len(fold.train_gms), "test_gms": len(fold.test_gms)})
         mlflow.log_dict({"train_gms": list(fold.train_gms), "test_gms": list(fold.test_gms)}, "split.json")
         loop_config["mlflow_run_id"] = run.info.run_id
@@ -182,16 +187,18 @@ def summarize_folds(fold_rows: list[list[dict[str, Any]]]) -> list[dict[str, Any
 
 def format_summary(summary: list[dict[str, Any]]) -> str:
     keyed = {(r["level"], r["metric"]): r for r in summary}
-    lines = [f"{'level':6} {'metric':16} {'model (mean ± std)':>22} {'random baseline':>22} {'worst p':>8}  better?"]
+    lines = [f"{'level':6} {'metric':16} {'model (mean ± std)':>22} {'random baseline':>22} {'worst p':>8}  "
+             "better than baseline? (p < 0.05 in every fold)"]
     for level, name in SUMMARY_METRICS:
         r = keyed.get((level, name))
         if r is None:
             continue
         lower = name.endswith("l1")
-        better = r["model_mean"] < r["baseline_mean"] if lower else r["model_mean"] > r["baseline_mean"]
+        diff = (r["baseline_mean"] - r["model_mean"]) if lower else (r["model_mean"] - r["baseline_mean"])
+        verdict = "NO" if diff <= 1e-9 else "yes" if r["p_value_max"] < 0.05 else "yes, not significant"
         lines.append(f"{level:6} {name:16} {r['model_mean']:>13.4f} ± {r['model_std']:.4f} "
                      f"{r['baseline_mean']:>13.4f} ± {r['baseline_std']:.4f} {r['p_value_max']:8.3f}  "
-                     f"{'yes' if better else 'NO'}{' (lower is better)' if lower else ''}")
+                     f"{verdict}{' (lower is better)' if lower else ''}")
     return "\n".join(lines)
 
 
@@ -244,12 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_params({"collection": col.path, "gms": len(col.fake_gms), "storage_path": storage, "gpu_used": use_gpu})
         mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
         mlflow.log_dict({"ranges": col.ranges.to_dict(), "schema_version": col.manifest["schema_version"]}, "collection.json")
-        if cfg.concurrent_folds:
+        ids = (parent.info.experiment_id, parent.info.run_id)
+        if cfg.concurrent_folds:  # each fold's driver in a Ray task; trainers share the cluster
             remote = ray.remote(num_cpus=0)(run_fold)
-            refs = [remote.remote(col, f, cfg, run_name, storage, use_gpu, True, fault_marker) for f in folds]
+            refs = [remote.remote(col, f, cfg, run_name, storage, use_gpu, True, fault_marker, ids) for f in folds]
             results = ray.get(refs)
         else:
-            results = [run_fold(col, f, cfg, run_name, storage, use_gpu, True, fault_marker) for f in folds]
+            results = [run_fold(col, f, cfg, run_name, storage, use_gpu, True, fault_marker, ids) for f in folds]
         summary = summarize_folds([r["rows"] for r in results])
         for r in summary:
             mlflow.log_metric(metric_key(r["level"], r["metric"], "cv"), r["model_mean"])
@@ -261,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table, flush=True)
         if cfg.final_model:
             all_gms = tuple(col.fake_gms["gm_id"])
-            final = run_fold(col, Fold(-1, all_gms, ()), cfg, run_name, storage, use_gpu, evaluate=False)
+            final = run_fold(col, Fold(-1, all_gms, ()), cfg, run_name, storage, use_gpu, evaluate=False, parent=ids)
             from models.parser import Parser, ParsingModel
 
             model = ParsingModel(cfg.model_config())
