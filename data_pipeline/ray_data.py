@@ -78,17 +78,20 @@ def image_dataset(col: Collection, gm_ids: Sequence[str] | None = None, size: in
     Columns: image (float32 [3,S,S]), image_id, gm_id, is_fake, gm_index (position of the
     GM in ``gm_index``, -1 otherwise), continuous [9], discrete [6], loss [10], group [3].
     """
-    import pyarrow.dataset as pds
     import ray.data
+    from ray.data.expressions import col as column
 
     size = size or col.image_size
-    kwargs: dict[str, Any] = {}
-    if gm_ids is not None:
-        kwargs["filter"] = pds.field("gm_id").isin(list(gm_ids))
-    ds = ray.data.read_parquet(
-        col.shard_uris(), columns=["image_id", "gm_id", "is_fake", "image"], **kwargs
+    ds = ray.data.read_parquet(col.shard_uris(), columns=["image_id", "gm_id", "is_fake", "image"])
+    if gm_ids is not None:  # an Arrow predicate, pushed down to the Parquet scan
+        ds = ds.filter(expr=column("gm_id").is_in(list(gm_ids)))
+    # a plain function runs as stateless tasks (cheap on small machines); the label table
+    # travels with each task, which is small (one row per GM)
+    return ds.map_batches(
+        decode_batch, batch_size=batch_size, batch_format="numpy",
+        fn_kwargs={"decoder": DecodeBatch(label_lookup(col), size, gm_index or {}, split, val_fraction, seed)},
     )
-    decode = DecodeBatch(label_lookup(col), size, gm_index or {}, split, val_fraction, seed)
-    # a callable *instance* runs as stateless tasks (cheap on small machines); its label
-    # table travels with it, which is small (one row per GM)
-    return ds.map_batches(decode, batch_size=batch_size, batch_format="numpy")
+
+
+def decode_batch(batch: dict[str, np.ndarray], decoder: DecodeBatch) -> dict[str, np.ndarray]:
+    return decoder(batch)
