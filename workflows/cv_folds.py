@@ -109,7 +109,7 @@ def family_fingerprints(col: Collection, gm_ids: list[str], model_cfg, state, si
 
 def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage_path: str,
              use_gpu: bool, evaluate: bool = True, fault_marker: str | None = None,
-             parent: tuple[str, str] | None = None) -> dict[str, Any]:
+             parent: tuple[str, str, str] | None = None) -> dict[str, Any]:
     """Train one fold (or the final model when ``fold.test_gms`` is empty), evaluate, log."""
     import mlflow
 
@@ -127,9 +127,9 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
     val_ds = image_dataset(col, fold.train_gms, split="val", **ds_args)
     if cfg.cache_decoded:  # decode once, not once per epoch (fits in the object store when small)
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
-    if parent:  # (experiment id, parent run id): also right in a Ray task (--concurrent-folds)
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri()))
-    exp_id, parent_id = parent or (None, None)
+    exp_id, parent_id, uri = parent or (None, None, None)
+    if uri:  # (experiment id, parent run id, tracking URI): also right in a Ray task (--concurrent-folds)
+        mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_name=label, nested=True, tags={"fold": label}, experiment_id=exp_id,
                           parent_run_id=parent_id) as run:
         mlflow.log_params({"fold": label, "train_gms": len(fold.train_gms), "test_gms": len(fold.test_gms)})
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_params({"collection": col.path, "gms": len(col.fake_gms), "storage_path": storage, "gpu_used": use_gpu})
         mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
         mlflow.log_dict({"ranges": col.ranges.to_dict(), "schema_version": col.manifest["schema_version"]}, "collection.json")
-        ids = (parent.info.experiment_id, parent.info.run_id)
+        ids = (parent.info.experiment_id, parent.info.run_id, mlflow.get_tracking_uri())
         if cfg.concurrent_folds:  # each fold's driver in a Ray task; trainers share the cluster
             remote = ray.remote(num_cpus=0)(run_fold)
             refs = [remote.remote(col, f, cfg, run_name, storage, use_gpu, True, fault_marker, ids) for f in folds]

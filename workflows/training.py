@@ -26,14 +26,15 @@ STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 
 
-def _log_epoch_to_mlflow(run_id: str | None, metrics: dict[str, float], epoch: int) -> None:
+def _log_epoch_to_mlflow(run_id: str | None, metrics: dict[str, float], epoch: int,
+                         tracking_uri: str | None = None) -> None:
     if not run_id:
         return
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     ts = int(time.time() * 1000)
-    MlflowClient().log_batch(
+    MlflowClient(tracking_uri).log_batch(
         run_id,
         metrics=[Metric(k.replace("/", "."), float(v), ts, epoch) for k, v in metrics.items() if np.isfinite(v)],
     )
@@ -132,7 +133,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if rank == 0:
-            _log_epoch_to_mlflow(cfg.get("mlflow_run_id"), metrics, epoch)
+            _log_epoch_to_mlflow(cfg.get("mlflow_run_id"), metrics, epoch, cfg.get("mlflow_tracking_uri"))
             marker = cfg.get("fault_marker")
             if epoch == cfg.get("kill_after_epoch", -1) and marker and not os.path.exists(marker):
                 Path(marker).write_text(f"killed after epoch {epoch}\n")
@@ -150,6 +151,8 @@ class FoldResult:
 def make_loop_config(cfg, train_targets, fault_marker: str | None = None,
                      mlflow_run_id: str | None = None) -> dict[str, Any]:
     """The worker loop's config from a JobConfig and the training GMs' labels."""
+    import mlflow
+
     from models.pn import class_weights, fit_clusters
 
     model_cfg = cfg.model_config()
@@ -160,6 +163,8 @@ def make_loop_config(cfg, train_targets, fault_marker: str | None = None,
         "centres": fit_clusters(train_targets, model_cfg.n_clusters, cfg.seed).tolist() if cfg.variant == "cluster" else None,
         "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "kill_after_epoch": cfg.kill_after_epoch, "fault_marker": fault_marker, "mlflow_run_id": mlflow_run_id,
+        # explicit: Ray workers may have been started before MLFLOW_TRACKING_URI was set
+        "mlflow_tracking_uri": mlflow.get_tracking_uri(),
     }
 
 

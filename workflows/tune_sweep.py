@@ -93,7 +93,7 @@ def _trial_mlflow_run(parent_id: str, experiment_id: str, trial_id: str, params:
     """The trial's nested run, found again after a restore (no duplicate runs)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient()  # the tracking URI was set from the trial config (trial_fn)
     found = client.search_runs([experiment_id], f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_id}'")
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
@@ -106,6 +106,7 @@ def _trial_mlflow_run(parent_id: str, experiment_id: str, trial_id: str, params:
 
 def trial_fn(config: dict[str, Any]) -> None:
     """One Tune trial: a TorchTrainer with this trial's weights, reporting to Tune each epoch."""
+    import mlflow
     import ray.tune
     from mlflow.tracking import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -113,6 +114,7 @@ def trial_fn(config: dict[str, Any]) -> None:
     from data_pipeline.ray_data import image_dataset
     from workflows.training import fit_fold, make_loop_config
 
+    mlflow.set_tracking_uri(config["tracking_uri"])
     trial_id = ray.tune.get_context().get_trial_id()
     base = JobConfig(**config["job"])
     over = {k: config[k] for k in (*WEIGHTS, "lr") if k in config}
@@ -130,7 +132,7 @@ def trial_fn(config: dict[str, Any]) -> None:
              storage_path=config["storage_path"], num_workers=cfg.num_workers, use_gpu=config["use_gpu"],
              cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=1, max_failures=cfg.max_failures,
              callbacks=[TuneReportCallback()])
-    MlflowClient().set_terminated(run_id, "FINISHED")
+    MlflowClient(config["tracking_uri"]).set_terminated(run_id, "FINISHED")
 
 
 def objective_figure(df, keys: list[str]):
@@ -207,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             "job": dataclasses.asdict(cfg), "collection": col.path, "train_gms": list(train_gms),
             "val_gms": list(val_gms), "parent_run_id": parent.info.run_id, "experiment_id": exp.experiment_id,
             "sweep_name": sweep_name, "storage_path": storage, "use_gpu": use_gpu,
+            "tracking_uri": mlflow.get_tracking_uri(),
         }
         if not resuming:
             mlflow.log_params({"num_samples": args.num_samples, "search": args.search, "ablation": args.ablation,
