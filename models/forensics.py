@@ -1,0 +1,231 @@
+"""Forensic models in pure torch: the fingerprint detector/attributor with an embedding,
+the plain raw-pixel CNN baseline, feature statistics for linking, perturbations for
+robustness checks, and ``ForensicModel`` (inference, state dict + JSON, ``weights_only``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_pipeline.schema import SCHEMA_VERSION
+
+WEIGHTS_FILE = "heads.pt"
+META_FILE = "heads.json"
+FORMAT_VERSION = 1
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+TRAIN_COLUMNS = ["image", "is_fake", "gm_index"]
+PERTURBATIONS = ("clean", "jpeg", "resize")
+MODEL_NAMES = ("fen", "cnn")
+
+
+# --- models ------------------------------------------------------------------------------------
+class PlainCNN(nn.Module):
+    """Raw-pixel baseline: conv3x3 stack (first stride 1, then stride 2) + ReLU, global pool,
+    linear heads for detection (1 logit) and attribution (``n_sources`` logits). No FEN."""
+
+    def __init__(self, n_sources: int, widths: Sequence[int] = (16, 32, 48)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = 3
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(prev, w, 3, stride=1 if i == 0 else 2, padding=1), nn.ReLU(inplace=True)]
+            prev = w
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.detection = nn.Linear(prev, 1)
+        self.attribution = nn.Linear(prev, n_sources) if n_sources > 0 else None
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.features(images)
+        out = {"embedding": z, "detection_logit": self.detection(z).squeeze(1)}
+        if self.attribution is not None:
+            out["attribution_logits"] = self.attribution(z)
+        return out
+
+
+class FingerprintClassifier(nn.Module):
+    """DetectionAttributionModel whose forward also returns the attribution head's pooled
+    penultimate features (``embedding``), for same-source linking (DDP-safe: one forward)."""
+
+    def __init__(self, n_sources: int, fen_depth: int, fen_width: int, head_widths: Sequence[int]) -> None:
+        super().__init__()
+        from models.fen import FEN
+        from models.heads import DetectionAttributionModel
+
+        self.net = DetectionAttributionModel(n_sources, FEN(fen_depth, fen_width), tuple(head_widths))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        fp = self.net.fen(images)
+        out = {"fingerprint": fp, "detection_logit": self.net.detection_head(fp).squeeze(1)}
+        head = self.net.attribution_head
+        if head is not None:
+            z = head.net[:-1](fp)  # ShallowHead: convs, pool, flatten | linear
+            out["embedding"] = z
+            out["attribution_logits"] = head.net[-1](z)
+        else:
+            out["embedding"] = self.net.detection_head.net[:-1](fp)
+        return out
+
+
+def build_module(meta: dict[str, Any]) -> nn.Module:
+    n = len(meta.get("sources", []))
+    if meta["kind"] == "fen":
+        return FingerprintClassifier(n, int(meta["fen_depth"]), int(meta["fen_width"]), meta["head_widths"])
+    if meta["kind"] == "cnn":
+        return PlainCNN(n, meta["cnn_widths"])
+    raise ValueError(f"unknown forensic model kind {meta['kind']!r}")
+
+
+def model_meta(kind: str, sources: Sequence[str], image_size: int, fen_depth: int, fen_width: int,
+               head_widths: Sequence[int] = (16, 32), cnn_widths: Sequence[int] | None = None) -> dict[str, Any]:
+    """The JSON that rebuilds a forensic model (saved beside its weights)."""
+    return {
+        "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION, "kind": kind,
+        "sources": [str(s) for s in sources], "image_size": int(image_size),
+        "fen_depth": int(fen_depth), "fen_width": int(fen_width), "head_widths": [int(w) for w in head_widths],
+        "cnn_widths": [int(w) for w in (cnn_widths or (fen_width, 2 * fen_width, 3 * fen_width))],
+    }
+
+
+def n_params(module: nn.Module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def task_loss(out: dict[str, torch.Tensor], is_fake: torch.Tensor, source: torch.Tensor | None,
+              weights, task_scale: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """FEN model: models.heads.heads_loss (tasks x scale + constraints); plain CNN: the same task
+    terms without constraints (it has no fingerprint)."""
+    if "fingerprint" in out:
+        from models.heads import heads_loss
+
+        return heads_loss(out, is_fake, source, weights, task_scale)
+    det = F.binary_cross_entropy_with_logits(out["detection_logit"].float(), is_fake.float())
+    total, log = task_scale * det, {"detection": float(det.detach())}
+    if source is not None and "attribution_logits" in out:
+        att = F.cross_entropy(out["attribution_logits"].float(), source.long())
+        total = total + task_scale * att
+        log["attribution"] = float(att.detach())
+    log["total"] = float(total.detach())
+    return total, log
+
+
+# --- features for linking ------------------------------------------------------------------------
+def fingerprint_stats(fp: torch.Tensor, bins: int = 12) -> np.ndarray:
+    """Pooled statistics of fingerprints [B,3,H,W]: per-channel mean |F| and std, and the
+    radially averaged log spectrum of the gray fingerprint (``bins`` rings)."""
+    from models.constraints import spectrum, to_gray
+
+    fp = fp.detach().float()
+    spec = torch.log1p(spectrum(to_gray(fp)))  # [B,H,W], centred
+    h, w = spec.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h) - h // 2, torch.arange(w) - w // 2, indexing="ij")
+    r = torch.sqrt(yy.float() ** 2 + xx.float() ** 2)
+    ring = torch.clamp((r / (r.max() + 1e-6) * bins).long(), max=bins - 1).flatten()
+    flat = spec.flatten(1)
+    radial = torch.zeros(len(fp), bins).index_add_(1, ring, flat) / torch.bincount(ring, minlength=bins).clamp(min=1)
+    stats = torch.cat([fp.abs().mean(dim=(2, 3)), fp.std(dim=(2, 3)), radial], dim=1)
+    return stats.numpy()
+
+
+def pixel_stats(images: np.ndarray, bins: int = 8) -> np.ndarray:
+    """Raw-pixel baseline features of uint8 [N,H,W,3]: per-channel mean, std and histograms."""
+    x = np.asarray(images, dtype=np.float32) / 255.0
+    mean, std = x.mean(axis=(1, 2)), x.std(axis=(1, 2))
+    idx = np.minimum((x * bins).astype(np.int64), bins - 1)
+    hist = np.stack([np.stack([np.bincount(idx[i, :, :, c].ravel(), minlength=bins) for c in range(3)])
+                     for i in range(len(x))]).reshape(len(x), -1) / float(x.shape[1] * x.shape[2])
+    return np.concatenate([mean, std, hist], axis=1).astype(np.float32)
+
+
+def perturb(images: torch.Tensor, kind: str, jpeg_quality: int = 75, resize_factor: float = 0.5) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> the same after 'clean' (nothing), 'jpeg' (torchvision v2.JPEG) or
+    'resize' (down by ``resize_factor`` and back, antialiased)."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as TF
+
+    if kind == "clean":
+        return images
+    if kind == "jpeg":
+        return v2.JPEG(quality=int(jpeg_quality))(images)
+    if kind == "resize":
+        h, w = images.shape[-2:]
+        small = TF.resize(images, [max(1, round(h * resize_factor)), max(1, round(w * resize_factor))], antialias=True)
+        return TF.resize(small, [h, w], antialias=True)
+    raise ValueError(f"unknown perturbation {kind!r}; known: {PERTURBATIONS}")
+
+
+# --- inference wrapper ---------------------------------------------------------------------------
+class ForensicModel:
+    """Detector / attributor for inference: ``predict(images)`` -> fake probability, source
+    probabilities, embedding; ``save``/``load`` as state dict + JSON (``weights_only=True``)."""
+
+    def __init__(self, module: nn.Module, meta: dict[str, Any], batch_size: int = 128) -> None:
+        self.module = module.eval()
+        self.meta = meta
+        self.batch_size = batch_size
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.meta.get("sources", []))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """uint8 [N,H,W,3] (or a list of [H,W,3] of any sizes) -> {'fake_prob' [N], 'source_probs'
+        [N,K] (when it has an attribution head), 'embedding' [N,D]}."""
+        from data_pipeline.preprocess import normalize, resize
+
+        arr = np.stack([resize(np.asarray(a, dtype=np.uint8), self.image_size) for a in images])
+        outs: dict[str, list[np.ndarray]] = {}
+        for i in range(0, len(arr), self.batch_size):
+            o = self.module(torch.from_numpy(normalize(arr[i : i + self.batch_size])))
+            outs.setdefault("fake_prob", []).append(torch.sigmoid(o["detection_logit"]).numpy())
+            outs.setdefault("embedding", []).append(o["embedding"].numpy())
+            if "attribution_logits" in o:
+                outs.setdefault("source_probs", []).append(torch.softmax(o["attribution_logits"], 1).numpy())
+        return {k: np.concatenate(v) for k, v in outs.items()}
+
+    def fingerprint(self, images: np.ndarray) -> np.ndarray | None:
+        """float [N,3,S,S] fingerprints (FEN models only)."""
+        if self.meta["kind"] != "fen":
+            return None
+        from data_pipeline.preprocess import normalize, resize
+
+        arr = np.stack([resize(np.asarray(a, dtype=np.uint8), self.image_size) for a in images])
+        with torch.no_grad():
+            return self.module.net.fen(torch.from_numpy(normalize(arr))).numpy()
+
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in self.module.state_dict().items()}, d / WEIGHTS_FILE)
+        (d / META_FILE).write_text(json.dumps(self.meta, indent=2))
+        return d
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], state: dict[str, Any]) -> ForensicModel:
+        if str(meta.get("schema_version", "")).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(f"forensic model saved with schema {meta.get('schema_version')}, this code has {SCHEMA_VERSION}")
+        module = build_module(meta)
+        module.load_state_dict(state)
+        return cls(module, meta)
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str = "cpu") -> ForensicModel:
+        d = Path(directory)
+        meta = json.loads((d / META_FILE).read_text())
+        state = torch.load(d / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+        return cls.from_state(meta, state)
+
+

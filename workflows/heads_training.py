@@ -1,0 +1,404 @@
+"""Forensic models (real-vs-fake detection, attribution, same-source embeddings) and their Ray Train loop.
+
+Two models are trained side by side in one Ray Train worker loop, on the same batches, with
+the same optimizer settings and epochs (so the comparison is "same budget, same data"):
+
+- ``fen``: :class:`models.heads.DetectionAttributionModel` (one FEN shared by a detection head
+  and an attribution head over the training GMs + real), trained with the fingerprint
+  constraints (detection weights, PAPER.md).
+- ``cnn``: :class:`PlainCNN`, a small conv net on raw pixels: no FEN, no constraints.
+
+The loop mirrors ``workflows/training.py``: Ray Data shards in, a checkpoint every epoch
+(models, optimizers, epoch, history and each model's best state so far by its own
+validation score), rank-0 MLflow logging through ``MlflowClient`` with a run id, exact
+resume after a worker death. ``ForensicModel`` is the inference wrapper (state dict + JSON,
+loaded with ``weights_only=True``); ``ForensicPyfunc`` its MLflow face.
+
+Image splits (by a seeded hash of the image id, so every worker agrees):
+``test`` = ``is_validation_image(id, test_fraction, seed)``; ``val`` (checkpoint selection)
+= not test and ``is_validation_image(id, val_fraction, seed + 1)``; ``train`` = the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_pipeline.schema import SCHEMA_VERSION
+from models.forensics import (  # noqa: F401  (re-exported for workflows and tests)
+    FORMAT_VERSION,
+    HISTORY_FILE,
+    META_FILE,
+    MODEL_NAMES,
+    PERTURBATIONS,
+    STATE_FILE,
+    TRAIN_COLUMNS,
+    WEIGHTS_FILE,
+    FingerprintClassifier,
+    ForensicModel,
+    PlainCNN,
+    build_module,
+    fingerprint_stats,
+    model_meta,
+    n_params,
+    perturb,
+    pixel_stats,
+    task_loss,
+)
+
+# --- MLflow packaging ----------------------------------------------------------------------------
+try:
+    import mlflow.pyfunc as _pyfunc
+
+    _PythonModel: type = _pyfunc.PythonModel
+except Exception:  # pragma: no cover - mlflow is a dependency; keep torch-only use possible
+    _PythonModel = object
+
+
+class ForensicPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
+    """pyfunc face of :class:`ForensicModel`: uint8 [N,H,W,3] -> a table per image.
+
+    role 'detector': fake_prob; role 'attributor': source, source_prob, fake_prob.
+    """
+
+    def __init__(self, role: str = "detector") -> None:
+        if role not in ("detector", "attributor"):
+            raise ValueError(f"role must be detector or attributor, got {role!r}")
+        self.role = role
+
+    def load_context(self, context) -> None:
+        self.model = ForensicModel.load(context.artifacts["forensic"])
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        images = np.asarray(model_input)
+        if images.ndim == 3:
+            images = images[None]
+        out = self.model.predict(images.astype(np.uint8))
+        df = pd.DataFrame({"fake_prob": out["fake_prob"].astype(np.float64)})
+        if self.role == "attributor":
+            if "source_probs" not in out:
+                raise ValueError("this forensic model has no attribution head")
+            probs = out["source_probs"]
+            df.insert(0, "source_prob", probs.max(axis=1).astype(np.float64))
+            df.insert(0, "source", [self.model.sources[i] for i in probs.argmax(axis=1)])
+        return df
+
+
+def log_forensic_model(model: ForensicModel, role: str, register_as: str | None, alias: str = "champion",
+                       tags: dict[str, str] | None = None) -> tuple[str, str | None]:
+    """Log ``model`` as a pyfunc into the active run (artifact name = role), register it and
+    point ``alias`` at the new version. Returns (model_uri, version or None)."""
+    import mlflow
+
+    from workflows.registry import REPO_ROOT
+
+    size = model.image_size
+    example = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = model.save(Path(tmp) / "forensic")
+        wrapper = ForensicPyfunc(role)
+        wrapper.model = model
+        output = wrapper.predict(None, example)
+        del wrapper.model
+        info = mlflow.pyfunc.log_model(
+            name=role, python_model=wrapper, artifacts={"forensic": str(bundle)},
+            signature=mlflow.models.infer_signature(example, output), input_example=example,
+            code_paths=[str(REPO_ROOT / p) for p in ("models", "data_pipeline", "workflows")],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "pillow",
+                              "scikit-learn", "torchvision", f"mlflow=={mlflow.__version__}"],
+        )
+    version = None
+    if register_as:
+        mv = mlflow.register_model(info.model_uri, register_as)
+        client = mlflow.MlflowClient()
+        all_tags = {"schema_version": SCHEMA_VERSION, "role": role, "kind": model.meta["kind"],
+                    "sources": json.dumps(model.sources), **(tags or {})}
+        for k, v in all_tags.items():
+            client.set_model_version_tag(register_as, mv.version, k, str(v))
+        client.set_registered_model_alias(register_as, alias, mv.version)
+        version = str(mv.version)
+    return info.model_uri, version
+
+
+# --- data -------------------------------------------------------------------------------------------
+def split_of(image_ids: np.ndarray, test_fraction: float, val_fraction: float, seed: int) -> np.ndarray:
+    """'train' / 'val' / 'test' per image id (seeded hashes; see module docstring)."""
+    from data_pipeline.folds import validation_mask
+
+    test = validation_mask(image_ids, test_fraction, seed)
+    val = ~test & validation_mask(image_ids, val_fraction, seed + 1)
+    return np.where(test, "test", np.where(val, "val", "train"))
+
+
+def _keep_split(batch: dict[str, np.ndarray], part: str, test_fraction: float, val_fraction: float,
+                seed: int) -> dict[str, np.ndarray]:
+    keep = split_of(batch["image_id"], test_fraction, val_fraction, seed) == part
+    return {k: v[keep] for k, v in batch.items()}
+
+
+def raw_dataset(col, gm_ids: Sequence[str], part: str | None, test_fraction: float, val_fraction: float, seed: int):
+    """Undecoded rows (image_id, gm_id, is_fake, image bytes) of ``gm_ids`` in split ``part``
+    (None = every image)."""
+    import ray.data
+    from ray.data.expressions import col as column
+
+    ds = ray.data.read_parquet(col.shard_uris(), columns=["image_id", "gm_id", "is_fake", "image"])
+    ds = ds.filter(expr=column("gm_id").is_in(list(gm_ids)))
+    if part is not None:
+        ds = ds.map_batches(_keep_split, batch_format="numpy", batch_size=1024,
+                            fn_kwargs={"part": part, "test_fraction": test_fraction, "val_fraction": val_fraction,
+                                       "seed": seed})
+    return ds
+
+
+def train_dataset(col, gm_ids: Sequence[str], part: str, size: int, gm_index: dict[str, int],
+                  test_fraction: float, val_fraction: float, seed: int):
+    """Decoded, normalized rows for training (columns TRAIN_COLUMNS) via data_pipeline.ray_data."""
+    from data_pipeline.ray_data import DecodeBatch, decode_batch, label_lookup
+
+    ds = raw_dataset(col, gm_ids, part, test_fraction, val_fraction, seed)
+    decoder = DecodeBatch(label_lookup(col), size, gm_index, "all")
+    return ds.map_batches(decode_batch, batch_size=256, batch_format="numpy",
+                          fn_kwargs={"decoder": decoder}).select_columns(TRAIN_COLUMNS)
+
+
+# --- the Ray Train worker loop ------------------------------------------------------------------
+def _log_epoch_to_mlflow(run_id: str | None, metrics: dict[str, float], epoch: int,
+                         tracking_uri: str | None = None) -> None:
+    if not run_id:
+        return
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    ts = int(time.time() * 1000)
+    MlflowClient(tracking_uri).log_batch(
+        run_id, metrics=[Metric(k.replace("/", "."), float(v), ts, epoch) for k, v in metrics.items() if np.isfinite(v)])
+
+
+def _val_metrics(models: dict[str, nn.Module], shard, device) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    fake = {n: [] for n in models}
+    att = {n: [] for n in models}
+    y, src = [], []
+    with torch.no_grad():
+        for batch in shard.iter_torch_batches(batch_size=256, device=device):
+            for n, m in models.items():
+                o = m(batch["image"])
+                fake[n].append(torch.sigmoid(o["detection_logit"]).cpu().numpy())
+                if "attribution_logits" in o:
+                    att[n].append(o["attribution_logits"].argmax(1).cpu().numpy())
+            y.append(batch["is_fake"].cpu().numpy())
+            src.append(batch["gm_index"].cpu().numpy())
+    out: dict[str, float] = {}
+    if not y:
+        return out
+    yy, ss = np.concatenate(y), np.concatenate(src)
+    for n in models:
+        p = np.concatenate(fake[n])
+        auc = float(roc_auc_score(yy, p)) if len(np.unique(yy)) == 2 else float(((p >= 0.5) == yy).mean())
+        out[f"{n}/val/detection_auc"] = auc
+        score = auc
+        if att[n]:
+            acc = float((np.concatenate(att[n]) == ss).mean())
+            out[f"{n}/val/attribution_acc"] = acc
+            score = (auc + acc) / 2
+        out[f"{n}/val_score"] = score
+    return out
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    """Ray Train worker: FEN detector/attributor and the plain CNN on the same batches."""
+    import ray.train
+    import ray.train.torch
+
+    from models.constraints import ConstraintWeights
+
+    torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(cfg["seed"] * 1000 + rank)
+    metas: dict[str, dict[str, Any]] = cfg["models"]
+    models = {n: build_module(m) for n, m in metas.items()}
+    weights = ConstraintWeights.from_dict(cfg["weights"])
+    attribution = bool(cfg.get("attribution", True))
+
+    start_epoch, history, opt_states = 0, [], {}
+    best: dict[str, Any] = {n: {"score": -np.inf, "epoch": -1, "state": None} for n in models}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            history = json.loads((Path(d) / HISTORY_FILE).read_text())
+        for n, m in models.items():
+            m.load_state_dict(state["models"][n])
+        opt_states = state["optimizers"]
+        best = state["best"]
+        start_epoch = int(state["epoch"]) + 1
+
+    device = ray.train.torch.get_device()
+    wrapped = {n: ray.train.torch.prepare_model(m) for n, m in models.items()}
+    raw = {n: (w.module if hasattr(w, "module") else w) for n, w in wrapped.items()}
+    optims = {n: torch.optim.Adam(w.parameters(), lr=cfg["lr"]) for n, w in wrapped.items()}
+    for n, s in opt_states.items():
+        optims[n].load_state_dict(s)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch, cfg["epochs"]):
+        for w in wrapped.values():
+            w.train()
+        t0, n_img, sums = time.time(), 0, {}
+        for batch in train_shard.iter_torch_batches(
+            batch_size=cfg["batch_size"], device=device, local_shuffle_buffer_size=4 * cfg["batch_size"],
+            local_shuffle_seed=cfg["seed"] * 1000 + epoch,
+        ):
+            x, is_fake = batch["image"], batch["is_fake"]
+            source = batch["gm_index"] if attribution else None
+            for n, w in wrapped.items():
+                loss, log = task_loss(w(x), is_fake, source, weights, cfg["task_scale"])
+                optims[n].zero_grad(set_to_none=True)
+                loss.backward()
+                optims[n].step()
+                for k, v in log.items():
+                    sums[f"{n}/train/{k}"] = sums.get(f"{n}/train/{k}", 0.0) + v * len(x)
+            n_img += len(x)
+        metrics: dict[str, float] = {k: v / max(n_img, 1) for k, v in sums.items()}
+        metrics["epoch"] = float(epoch)
+        metrics["train/images_per_s"] = n_img / max(time.time() - t0, 1e-9)
+        if rank == 0:
+            for w in wrapped.values():
+                w.eval()
+            metrics.update(_val_metrics(raw, val_shard, device))
+            for n in models:
+                score = metrics.get(f"{n}/val_score", float(epoch))  # no val images: keep the latest
+                if score >= best[n]["score"]:
+                    best[n] = {"score": float(score), "epoch": epoch,
+                               "state": {k: v.detach().cpu().clone() for k, v in raw[n].state_dict().items()}}
+        history.append({k: float(v) for k, v in metrics.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save({"models": {n: {k: v.cpu() for k, v in m.state_dict().items()} for n, m in raw.items()},
+                            "optimizers": {n: o.state_dict() for n, o in optims.items()},
+                            "best": best, "epoch": epoch}, Path(tmp) / STATE_FILE)
+                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if rank == 0:
+            _log_epoch_to_mlflow(cfg.get("mlflow_run_id"), metrics, epoch, cfg.get("tracking_uri"))
+            marker = cfg.get("fault_marker")
+            if epoch == cfg.get("kill_after_epoch", -1) and marker and not os.path.exists(marker):
+                Path(marker).write_text(f"killed after epoch {epoch}\n")
+                os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, recovered by FailureConfig
+
+
+@dataclass
+class HeadsResult:
+    states: dict[str, dict[str, Any]]  # model name -> best state dict (by its own val score)
+    best_epochs: dict[str, int]
+    history: list[dict[str, float]]
+    checkpoint_path: str
+
+
+def fit_heads(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storage_path: str, num_workers: int,
+              use_gpu: bool, cpus_per_worker: float, keep_checkpoints: int, max_failures: int) -> HeadsResult:
+    """One TorchTrainer for both models; re-running with the same (storage_path, name) resumes it."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=keep_checkpoints, checkpoint_score_attribute="epoch", checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
+        datasets={"train": train_ds, "val": val_ds},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} produced no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        history = json.loads((Path(d) / HISTORY_FILE).read_text())
+    states = {n: (b["state"] if b["state"] is not None else state["models"][n]) for n, b in state["best"].items()}
+    return HeadsResult(states, {n: int(b["epoch"]) for n, b in state["best"].items()}, history, result.checkpoint.path)
+
+
+# --- batch evaluation (Ray Data actor pool) -----------------------------------------------------
+class EvalBatch:
+    """Ray Data actor: undecoded rows -> per model and perturbation the fake probability, plus
+    (clean images) source probabilities and the linking features of every kind."""
+
+    def __init__(self, bundles: dict[str, tuple[dict[str, Any], dict[str, Any]]], jpeg_quality: int = 75,
+                 resize_factor: float = 0.5, perturbations: Sequence[str] = PERTURBATIONS):
+        torch.set_num_threads(1)
+        self.models = {n: ForensicModel.from_state(meta, state) for n, (meta, state) in bundles.items()}
+        self.jpeg_quality, self.resize_factor = jpeg_quality, resize_factor
+        self.perturbations = tuple(perturbations)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from data_pipeline.preprocess import decode_image, resize
+
+        out = {k: batch[k] for k in ("image_id", "gm_id", "is_fake")}
+        size = next(iter(self.models.values())).image_size
+        imgs = np.stack([resize(decode_image(b), size) for b in batch["image"]])
+        out["emb_pixels"] = pixel_stats(imgs)
+        x = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
+        for kind in self.perturbations:
+            xp = perturb(x, kind, self.jpeg_quality, self.resize_factor).permute(0, 2, 3, 1).numpy()
+            for n, m in self.models.items():
+                p = m.predict(xp)
+                out[f"{n}_fake_{kind}"] = p["fake_prob"].astype(np.float32)
+                if kind == "clean":
+                    out[f"emb_{n}"] = p["embedding"].astype(np.float32)
+                    if "source_probs" in p:
+                        out[f"{n}_source_probs"] = p["source_probs"].astype(np.float32)
+                    fp = m.fingerprint(xp)
+                    if fp is not None:
+                        out[f"emb_{n}_fpstats"] = fingerprint_stats(torch.from_numpy(fp))
+        return out
+
+
+def evaluate_dataset(ds, bundles: dict[str, tuple[dict[str, Any], dict[str, Any]]], jpeg_quality: int = 75,
+                     resize_factor: float = 0.5, batch_size: int = 128, actors: int = 1,
+                     use_gpu: bool = False) -> dict[str, np.ndarray]:
+    """Every row of ``ds`` through an EvalBatch actor pool -> concatenated columns."""
+    import ray.data
+
+    out = ds.map_batches(
+        EvalBatch, fn_constructor_kwargs={"bundles": bundles, "jpeg_quality": jpeg_quality,
+                                          "resize_factor": resize_factor},
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=1 if use_gpu else 0, num_cpus=1,
+    )
+    cols: dict[str, list[np.ndarray]] = {}
+    for b in out.iter_batches(batch_size=4096, batch_format="numpy"):
+        for k, v in b.items():
+            cols.setdefault(k, []).append(v)
+    if not cols:
+        raise RuntimeError("no images to evaluate")
+    c = {k: np.concatenate(v) for k, v in cols.items()}
+    c["gm_id"], c["image_id"] = c["gm_id"].astype(str), c["image_id"].astype(str)
+    c["is_fake"] = c["is_fake"].astype(np.int64)
+    return c

@@ -1,0 +1,424 @@
+"""Parse images: predicted GM hyperparameters, fake probability and nearest known GM per image.
+
+    python workflows/parse.py PATH... [--model models:/gm-parser@champion | DIR]
+        [--detector models:/gm-detector@champion | DIR] [--attributor models:/gm-attributor@champion | DIR]
+        [--json] [--report DIR] [--batch-size N]
+
+PATHs are image files or folders (searched recursively; hidden files skipped). Each file is
+checked on its own: missing, empty, unreadable, truncated, tiny or huge files are reported
+and skipped, never fatal. More than ``--ray-threshold`` images go through Ray Data batch
+inference with an actor pool; fewer run in this process.
+
+Models load from the MLflow registry (``models:/NAME@ALIAS`` or any MLflow model URI; the
+weights are read from the logged artifact with ``torch.load(weights_only=True)``) or from a
+local directory (``Parser.save`` / ``ForensicModel.save`` output, or a downloaded MLflow model).
+The detector and attributor are optional: the registry champions are used when they exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from workflows.runtime import die  # noqa: E402
+
+DEFAULT_PARSER = "models:/gm-parser@champion"
+DEFAULT_DETECTOR = "models:/gm-detector@champion"
+DEFAULT_ATTRIBUTOR = "models:/gm-attributor@champion"
+MAX_PIXELS = 50_000_000  # ~7000 x 7000; PIL's decompression-bomb limit is set to this too
+MAX_FILE_BYTES = 256 * 2**20
+MIN_SIDE = 16
+SHOW_CONTINUOUS = ("num_layers", "num_conv_layers", "num_norm_layers", "num_filters", "num_blocks", "num_params")
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+# --- loading models --------------------------------------------------------------------------------
+def _find_bundle(root: Path, meta_file: str) -> Path | None:
+    if (root / meta_file).is_file():
+        return root
+    hits = sorted(root.rglob(meta_file))
+    return hits[0].parent if hits else None
+
+
+def resolve_model_dir(ref: str, meta_file: str, workdir: Path) -> Path:
+    """A local bundle directory for ``ref`` (a directory, or an MLflow model URI to download)."""
+    p = Path(ref).expanduser()
+    if "://" not in ref and ":" not in ref.split("/")[0] or p.exists():
+        if not p.is_dir():
+            raise ModelLoadError(f"{ref}: no such model directory")
+        found = _find_bundle(p, meta_file)
+        if found is None:
+            raise ModelLoadError(f"{ref}: no {meta_file} inside (not a saved model of this kind)")
+        return found
+    import mlflow
+
+    from workflows.runtime import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(workdir / f"dl-{abs(hash(ref))}"))
+    except Exception as e:  # MLflow raises several types for a missing name / alias / store
+        raise ModelLoadError(f"{ref}: cannot load from MLflow at {tracking_uri()}: {str(e).splitlines()[0][:300]}") from None
+    found = _find_bundle(Path(local), meta_file)
+    if found is None:
+        raise ModelLoadError(f"{ref}: the MLflow model holds no {meta_file} (not a gmparse model of this kind)")
+    return found
+
+
+def load_payloads(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], list[str]]:
+    """Model payloads (meta + state dicts; small, shippable to Ray actors) and notes for the user."""
+    import torch
+
+    from models.parser import META_FILE as PARSER_META
+    from models.parser import WEIGHTS_FILE as PARSER_WEIGHTS
+    from workflows.heads_training import META_FILE, WEIGHTS_FILE
+
+    payloads: dict[str, Any] = {}
+    notes: list[str] = []
+    specs = [("parser", args.model, DEFAULT_PARSER, PARSER_META, PARSER_WEIGHTS),
+             ("detector", args.detector, DEFAULT_DETECTOR, META_FILE, WEIGHTS_FILE),
+             ("attributor", args.attributor, DEFAULT_ATTRIBUTOR, META_FILE, WEIGHTS_FILE)]
+    for role, ref, default, meta_file, weights_file in specs:
+        if ref is None and role != "parser":
+            ref, optional = default, True
+        else:
+            ref, optional = ref or default, False
+        if ref.lower() == "none":
+            continue
+        try:
+            d = resolve_model_dir(ref, meta_file, workdir)
+            meta = json.loads((d / meta_file).read_text())
+            state = torch.load(d / weights_file, map_location="cpu", weights_only=True)
+        except ModelLoadError as e:
+            if optional:
+                notes.append(f"no {role}: {e}")
+                continue
+            raise
+        except Exception as e:
+            raise ModelLoadError(f"{ref}: cannot read the {role}: {type(e).__name__}: {e}") from None
+        payloads[role] = {"meta": meta, "state": state, "ref": ref}
+    if "attributor" in payloads and not payloads["attributor"]["meta"].get("sources"):
+        notes.append("the attributor has no attribution classes; nearest GM not available")
+        payloads.pop("attributor")
+    return payloads, notes
+
+
+# --- reading files ---------------------------------------------------------------------------------
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Files as given, folders recursively (sorted, hidden entries skipped); order kept."""
+    out: list[Path] = []
+    for s in paths:
+        p = Path(s).expanduser()
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file()
+                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        else:
+            out.append(p)
+    return out
+
+
+def read_image(path: str, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES,
+               min_side: int = MIN_SIDE) -> tuple[np.ndarray | None, str]:
+    """-> (uint8 [H,W,3], '') or (None, why it was skipped). Never raises for a bad file."""
+    from PIL import Image
+
+    from data_pipeline.preprocess import to_rgb_uint8
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    p = Path(path)
+    try:
+        if not p.exists():
+            return None, "missing file"
+        if not p.is_file():
+            return None, "not a regular file"
+        size = p.stat().st_size
+        if size == 0:
+            return None, "empty file"
+        if size > max_bytes:
+            return None, f"file too large ({size / 2**20:.0f} MiB > {max_bytes / 2**20:.0f} MiB)"
+        data = p.read_bytes()
+    except OSError as e:
+        return None, f"cannot read: {e.strerror or e}"
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                return None, f"image too large ({w}x{h} > {max_pixels} pixels)"
+            if min(w, h) < min_side:
+                return None, f"image too small ({w}x{h}; need >= {min_side} px a side)"
+            try:
+                img.load()
+                arr = to_rgb_uint8(img)
+            except Exception as e:
+                return None, f"corrupt image ({img.format}): {str(e)[:120]}"
+    except Image.DecompressionBombError as e:
+        return None, f"image too large: {str(e)[:120]}"
+    except Exception as e:
+        return None, f"not a readable image: {type(e).__name__}: {str(e)[:120]}"
+    return arr, ""
+
+
+# --- prediction --------------------------------------------------------------------------------------
+class ImagePredictor:
+    """Paths -> one JSON-able result per path. Used locally and as a Ray Data actor."""
+
+    def __init__(self, payloads: dict[str, Any], limits: dict[str, int] | None = None, threads: int = 0):
+        import torch
+
+        from data_pipeline.schema import Ranges
+        from models.config import ModelConfig
+        from models.parser import Parser, ParsingModel
+        from workflows.heads_training import ForensicModel
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.limits = limits or {}
+        self.parser = self.detector = self.attributor = None
+        if "parser" in payloads:
+            meta = payloads["parser"]["meta"]
+            model = ParsingModel(ModelConfig.from_dict(meta["config"]))
+            model.load_state_dict(payloads["parser"]["state"])
+            self.parser = Parser(model.eval(), Ranges.from_dict(meta["ranges"]))
+        if "detector" in payloads:
+            self.detector = ForensicModel.from_state(payloads["detector"]["meta"], payloads["detector"]["state"])
+        if "attributor" in payloads:
+            self.attributor = ForensicModel.from_state(payloads["attributor"]["meta"], payloads["attributor"]["state"])
+
+    def predict_images(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = [{} for _ in images]
+        if not images:
+            return rows
+        if self.parser is not None:
+            from data_pipeline.preprocess import resize
+
+            size = self.parser.config.image_size
+            arr = np.stack([resize(im, size) for im in images])
+            for r, d in zip(rows, self.parser.describe(self.parser.predict_arrays(arr))):
+                r["hyperparameters"] = {
+                    "continuous": d["continuous_raw"],
+                    "continuous_norm": d["continuous"],
+                    "discrete": {k: {"class": v["class"], "prob": v["probs"][v["class"]], "probs": v["probs"]}
+                                 for k, v in d["discrete"].items()},
+                    "loss_types": d["loss_types"],
+                    "loss_groups": d["loss_groups"],
+                }
+        if self.detector is not None:
+            fake = self.detector.predict(images)["fake_prob"]
+            for r, f in zip(rows, fake):
+                r["fake_prob"] = float(f)
+        if self.attributor is not None:
+            probs = self.attributor.predict(images)["source_probs"]
+            names = self.attributor.sources
+            for r, pr in zip(rows, probs):
+                top = np.argsort(-pr)[:3]
+                r["nearest_gm"] = {"source": names[top[0]], "prob": float(pr[top[0]]),
+                                   "top3": [[names[i], float(pr[i])] for i in top]}
+        return rows
+
+    def parse_paths(self, paths: list[str]) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        ok: list[tuple[int, np.ndarray]] = []
+        for p in paths:
+            img, why = read_image(p, **self.limits)
+            r: dict[str, Any] = {"path": str(p), "status": "ok" if img is not None else "skipped"}
+            if img is None:
+                r["reason"] = why
+            else:
+                r["height"], r["width"] = int(img.shape[0]), int(img.shape[1])
+                ok.append((len(results), img))
+            results.append(r)
+        try:
+            preds = self.predict_images([im for _, im in ok])
+        except Exception as e:  # a batch that fails (odd model, OOM): report per file, keep going
+            preds = [{"status": "skipped", "reason": f"prediction failed: {type(e).__name__}: {e}"} for _ in ok]
+        for (i, _), pr in zip(ok, preds):
+            results[i].update(pr)
+        return results
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = self.parse_paths([str(p) for p in batch["path"]])
+        return {"index": batch["index"], "result": np.array([json.dumps(r) for r in rows], dtype=object)}
+
+
+def parse_files(paths: list[Path], payloads: dict[str, Any], batch_size: int = 32, ray_threshold: int = 64,
+                limits: dict[str, int] | None = None, actors: int = 1) -> tuple[list[dict[str, Any]], str]:
+    """-> (one result per path in input order, 'local' or 'ray')."""
+    strs = [str(p) for p in paths]
+    if len(strs) <= ray_threshold:
+        predictor = ImagePredictor(payloads, limits)
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(strs), batch_size):
+            out += predictor.parse_paths(strs[i : i + batch_size])
+        return out, "local"
+    import ray.data
+
+    from workflows.runtime import init_ray
+
+    init_ray()
+    ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(strs)])
+    res = ds.map_batches(ImagePredictor, fn_constructor_kwargs={"payloads": payloads, "limits": limits, "threads": 1},
+                         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                         num_cpus=1)
+    results: list[dict[str, Any] | None] = [None] * len(strs)
+    for b in res.iter_batches(batch_size=1024, batch_format="numpy"):
+        for i, r in zip(b["index"], b["result"]):
+            results[int(i)] = json.loads(r)
+    missing = [strs[i] for i, r in enumerate(results) if r is None]
+    if missing:
+        raise RuntimeError(f"Ray Data returned no result for {len(missing)} file(s), e.g. {missing[0]}")
+    return results, "ray"  # type: ignore[return-value]
+
+
+# --- output ----------------------------------------------------------------------------------------
+def _fmt_num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    lines = [f"{'#':>3} {'file':40} {'size':>11} {'fake prob':>9}  {'nearest known GM (prob)':34} status"]
+    for i, r in enumerate(results, 1):
+        name = r["path"] if len(r["path"]) <= 40 else "..." + r["path"][-37:]
+        if r["status"] != "ok":
+            lines.append(f"{i:>3} {name:40} {'':>11} {'':>9}  {'':34} skipped: {r.get('reason', '')}")
+            continue
+        size = f"{r['width']}x{r['height']}"
+        fake = f"{r['fake_prob']:.3f}" if "fake_prob" in r else "-"
+        near = f"{r['nearest_gm']['source']} ({r['nearest_gm']['prob']:.2f})" if "nearest_gm" in r else "-"
+        lines.append(f"{i:>3} {name:40} {size:>11} {fake:>9}  {near:34} ok")
+    for i, r in enumerate(results, 1):
+        hp = r.get("hyperparameters")
+        if r["status"] != "ok" or not hp:
+            continue
+        cont = ", ".join(f"{k} {_fmt_num(hp['continuous'][k])}" for k in SHOW_CONTINUOUS)
+        disc = ", ".join(f"{k} {v['class']} ({v['prob']:.2f})" for k, v in hp["discrete"].items())
+        losses = sorted(hp["loss_types"].items(), key=lambda kv: -kv[1])[:4]
+        lines.append(f"\n[{i}] {r['path']}")
+        lines.append(f"    architecture: {cont}")
+        lines.append(f"    {disc}")
+        lines.append("    likely loss types: " + ", ".join(f"{t} {p:.2f}" for t, p in losses))
+    n_ok = sum(r["status"] == "ok" for r in results)
+    lines.append(f"\n{n_ok} image(s) parsed, {len(results) - n_ok} skipped")
+    return "\n".join(lines)
+
+
+def write_report(results: list[dict[str, Any]], payloads: dict[str, Any], out: Path, max_figures: int = 200) -> Path:
+    """Per-image figures (image, fingerprint, spectrum) and a Markdown summary in ``out``."""
+    import torch
+
+    from data_pipeline.preprocess import normalize, resize
+    from workflows.figures import close, fingerprints_by_family
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    fen, size = None, 64
+    if "parser" in payloads:
+        from models.config import ModelConfig
+        from models.parser import ParsingModel
+
+        m = ParsingModel(ModelConfig.from_dict(payloads["parser"]["meta"]["config"]))
+        m.load_state_dict(payloads["parser"]["state"])
+        fen, size = m.fen.eval(), m.config.image_size
+    lines = ["# gmparse report", "", f"{len(results)} file(s); models: "
+             + ", ".join(f"{k} `{v['ref']}`" for k, v in payloads.items()), "",
+             "| # | file | size | fake prob | nearest GM | norm type | loss types (top 2) | figure |",
+             "|---|---|---|---|---|---|---|---|"]
+    skipped = []
+    n_fig = 0
+    for i, r in enumerate(results, 1):
+        if r["status"] != "ok":
+            skipped.append(f"- `{r['path']}`: {r.get('reason', '')}")
+            continue
+        fig_cell = ""
+        if fen is not None and n_fig < max_figures:
+            img, _ = read_image(r["path"])
+            if img is not None:
+                small = resize(img, size)
+                with torch.no_grad():
+                    fp = fen(torch.from_numpy(normalize(small[None])))[0].numpy()
+                fig = fingerprints_by_family({Path(r["path"]).name[:24]: small}, {Path(r["path"]).name[:24]: fp},
+                                             "")
+                fname = f"figures/{i:05d}.png"
+                fig.savefig(out / fname, dpi=90)
+                close(fig)
+                fig_cell, n_fig = f"![]({fname})", n_fig + 1
+        hp = r.get("hyperparameters", {})
+        norm = hp["discrete"]["norm_type"] if hp else None
+        losses = sorted(hp.get("loss_types", {}).items(), key=lambda kv: -kv[1])[:2]
+        cells = [str(i), f"`{r['path']}`", f"{r['width']}x{r['height']}",
+                 f"{r['fake_prob']:.3f}" if "fake_prob" in r else "-",
+                 f"{r['nearest_gm']['source']} ({r['nearest_gm']['prob']:.2f})" if "nearest_gm" in r else "-",
+                 f"{norm['class']} ({norm['prob']:.2f})" if norm else "-",
+                 ", ".join(f"{t} {p:.2f}" for t, p in losses) or "-", fig_cell]
+        lines.append("| " + " | ".join(cells) + " |")
+    if skipped:
+        lines += ["", f"## Skipped ({len(skipped)})", "", *skipped]
+    lines += ["", "Figures: the image as the parser sees it, its fingerprint (FEN residual) and the fingerprint's "
+              "log spectrum.", "", "Full predictions: `results.json`."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return out / "report.md"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", default=DEFAULT_PARSER, help="parser: MLflow model URI or directory")
+    p.add_argument("--detector", help=f"detector URI or directory (default {DEFAULT_DETECTOR} when registered; "
+                                      "'none' to skip)")
+    p.add_argument("--attributor", help=f"attributor URI or directory (default {DEFAULT_ATTRIBUTOR} when "
+                                        "registered; 'none' to skip)")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per file) instead of a table")
+    p.add_argument("--report", help="write per-image figures and report.md into this folder")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ray-threshold", type=int, default=64, help="more images than this go through Ray Data")
+    p.add_argument("--actors", type=int, default=1, help="Ray Data actor pool size")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are skipped")
+    p.add_argument("--min-side", type=int, default=MIN_SIDE, help="smaller images are skipped")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.batch_size < 1:
+        die("--batch-size must be >= 1")
+    paths = expand_paths(args.paths)
+    if not paths:
+        die(f"no files found under {args.paths}")
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            payloads, notes = load_payloads(args, Path(tmp))
+        except ModelLoadError as e:
+            die(str(e))
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    limits = {"max_pixels": args.max_pixels, "min_side": args.min_side}
+    results, mode = parse_files(paths, payloads, args.batch_size, args.ray_threshold, limits, args.actors)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_table(results))
+        print(f"({len(results)} file(s) in {time.time() - t0:.1f} s, {mode} inference)", file=sys.stderr)
+    if args.report:
+        md = write_report(results, payloads, Path(args.report))
+        print(f"report: {md}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    sys.exit(main())
