@@ -1,0 +1,110 @@
+"""6. Quality: the default preset's cross-fold table, copied from the main job's MLflow parent run.
+
+Looks up the newest finished parent run (no parent of its own) tagged ``preset=default`` in the
+experiment ``gmparse-cv`` of the tracking store (``MLFLOW_TRACKING_URI``, default
+``sqlite:///<repo>/mlflow.db``, see workflows/runtime.py) and copies its ``tables/cv_summary.txt``
+(``tables/cv_summary.json`` formatted when the text is missing), with the run id, wall seconds and
+the driver's peak RSS it logged. A missing local store is not created: the table says "not run yet".
+
+Usage: python benchmarks/bench_quality.py [--preset default] [--experiment gmparse-cv]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+PRODUCE = "make run  (= .venv/bin/python workflows/cv_folds.py --preset {preset})"
+
+
+def find_run(uri: str, experiment: str, preset: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return client, None
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.preset = '{preset}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=50,
+    )
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return client, (parents[0] if parents else None)
+
+
+def summary_table(client, run) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return Path(client.download_artifacts(run.info.run_id, "tables/cv_summary.txt", tmp)).read_text().splitlines()
+        except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+            pass
+        try:
+            summary = json.loads(Path(client.download_artifacts(run.info.run_id, "tables/cv_summary.json", tmp)).read_text())
+        except Exception:  # noqa: BLE001
+            return []
+    from workflows.cv_folds import format_summary
+
+    return format_summary(summary).splitlines()
+
+
+def main() -> None:
+    t_start = time.time()
+    ap = common.base_args(__doc__)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--experiment", default="gmparse-cv")
+    args = ap.parse_args()
+    from workflows.runtime import tracking_uri
+
+    uri = tracking_uri()
+    produce = PRODUCE.format(preset=args.preset) if args.preset == "default" else (
+        f".venv/bin/python workflows/cv_folds.py --preset {args.preset}")
+    run, client, error = None, None, None
+    local_db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+    if local_db is not None and not Path(local_db).exists():
+        error = f"no tracking store at {local_db}"
+    else:
+        try:
+            client, run = find_run(uri, args.experiment, args.preset)
+        except Exception as e:  # noqa: BLE001 - an unreachable server, a broken store
+            error = f"{type(e).__name__}: {e}"[:300]
+    notes: list[str] = []
+    if run is None:
+        rows = [["not run yet", error or f"no finished '{args.experiment}' parent run tagged preset={args.preset}",
+                 f"`{produce}`"]]
+        columns = ["status", "why", "command to produce it"]
+        how = f"Tracking store {uri}, experiment {args.experiment}, tag preset={args.preset}."
+    else:
+        lines = summary_table(client, run)
+        m = run.data.metrics
+        columns = ["level", "metric", "model (mean ± std)", "random baseline", "worst p", "better?"]
+        rows = []
+        for line in lines[1:]:
+            parts = line.split()
+            if len(parts) < 9:
+                continue
+            rows.append([parts[0], parts[1], f"{parts[2]} ± {parts[4]}", f"{parts[5]} ± {parts[7]}", parts[8],
+                         " ".join(parts[9:])])
+        if not rows:
+            rows = [["—", "the run has no tables/cv_summary artifact", "", "", "", ""]]
+        params = run.data.params
+        how = (f"MLflow run `{run.info.run_id}` ({run.info.run_name}, experiment {args.experiment}, "
+               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(run.info.start_time / 1000))}) in {uri}: "
+               f"{params.get('folds', '?')} GM-disjoint folds x {params.get('epochs', '?')} epochs on "
+               f"{params.get('gms', '?')} GMs; baseline = labels shuffled across GMs.")
+        if "wall_seconds" in m:
+            notes.append(f"main job wall time: {m['wall_seconds']:.0f} s ({m['wall_seconds'] / 60:.1f} min); "
+                         f"driver peak RSS {m.get('driver_max_rss_mb', float('nan')):.0f} MiB")
+    section = common.Section(name="quality", title=f"6. Quality ({args.preset} preset, cross-fold, unseen GMs)",
+                             how=how, columns=columns, rows=rows, notes=notes)
+    common.finish(section, args, t_start)
+
+
+if __name__ == "__main__":
+    main()

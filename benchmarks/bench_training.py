@@ -1,0 +1,241 @@
+"""2. Training: FEN+PN steps/s under Ray Train (1 and 2 workers) vs a plain PyTorch loop.
+
+The model and batches are the default preset's (``workflows.config.job_config("default")``:
+FEN 6x24 at 32x32, batch 64, Adam, ``models.losses.compute_loss`` with the paper's constraint
+weights and class weights). Ray Train runs a ``TorchTrainer`` whose per-worker loop is the
+training half of ``workflows.training.train_loop_per_worker`` (same model, ``prepare_model``,
+``get_dataset_shard('train').iter_torch_batches`` with the same local shuffle, a
+``ray.train.report`` per epoch) with per-step timing added, over the training split of the
+collection decoded by ``data_pipeline.ray_data.image_dataset(...).materialize()`` (as
+``cv_folds`` does with ``cache_decoded``). The plain loop trains the same model over the same
+decoded images, already in memory as torch tensors, shuffled per epoch. One torch thread per
+process. Steady state excludes the first epoch; start-up = ``trainer.fit()`` called -> first
+optimizer step done on rank 0 (Ray itself already running; its start-up is in section 1).
+
+Usage: python benchmarks/bench_training.py [--quick] [--collection PATH] [--epochs 4] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+TARGET = 0.9  # 1-worker Ray Train steady-state throughput >= 0.9x the plain loop
+
+
+def loop_config(col, epochs: int, out_dir: str) -> dict[str, Any]:
+    import dataclasses
+
+    from workflows.config import job_config
+    from workflows.training import make_loop_config
+
+    cfg = dataclasses.replace(job_config("default"), epochs=epochs, image_size=col.image_size)
+    gms = list(col.gms["gm_id"])
+    lc = make_loop_config(cfg, col.targets(gms))
+    lc["out_dir"] = out_dir
+    return lc
+
+
+def _epoch_stats(epochs: list[dict[str, float]]) -> dict[str, float]:
+    steady = epochs[1:] or epochs
+    secs = sum(e["seconds"] for e in steady)
+    return {"steps_per_s": sum(e["steps"] for e in steady) / secs, "images_per_s": sum(e["images"] for e in steady) / secs,
+            "first_epoch_s": epochs[0]["seconds"]}
+
+
+def timed_loop_per_worker(cfg: dict[str, Any]) -> None:
+    """The training half of workflows.training.train_loop_per_worker, timed per epoch."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from models.config import ModelConfig
+    from models.constraints import ConstraintWeights
+    from models.losses import compute_loss
+    from models.parser import ParsingModel
+
+    torch.set_num_threads(1)
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(cfg["seed"] * 1000 + rank)
+    model = ParsingModel(ModelConfig.from_dict(cfg["model"]))
+    weights = ConstraintWeights.from_dict(cfg["weights"])
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    class_weights = [torch.tensor(w, dtype=torch.float32, device=device) for w in cfg["class_weights"]]
+    shard = ray.train.get_dataset_shard("train")
+    first_step, epochs = None, []
+    for epoch in range(cfg["epochs"]):
+        model.train()
+        t0, steps, n = time.time(), 0, 0
+        for batch in shard.iter_torch_batches(batch_size=cfg["batch_size"], device=device,
+                                              local_shuffle_buffer_size=4 * cfg["batch_size"],
+                                              local_shuffle_seed=cfg["seed"] * 1000 + epoch):
+            out = model(batch["image"])
+            targets = {k: batch[k] for k in ("continuous", "discrete", "loss", "group")}
+            loss, _ = compute_loss(out, targets, weights, class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            n += len(batch["image"])
+            if first_step is None:
+                first_step = time.time()
+        epochs.append({"seconds": time.time() - t0, "steps": steps, "images": n})
+        ray.train.report({"epoch": epoch, "images": n})
+    sys.path.insert(0, cfg["bench_dir"])
+    import common as bench_common
+
+    Path(cfg["out_dir"], f"rank{rank}.json").write_text(json.dumps(
+        {"first_step": first_step, "epochs": epochs, "memory": bench_common.peak_memory_mb()}))
+
+
+def ray_train_run(ds, lc: dict[str, Any], workers: int, loop=timed_loop_per_worker) -> dict[str, Any]:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    out_dir = Path(lc["out_dir"]) / f"run-{uuid.uuid4().hex[:8]}"
+    out_dir.mkdir(parents=True)
+    cfg = {**lc, "out_dir": str(out_dir), "bench_dir": str(Path(__file__).resolve().parent)}
+    trainer = TorchTrainer(
+        loop, train_loop_config=cfg,
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name=out_dir.name, storage_path=str(common.WORK_DIR / "ray-train")),
+        datasets={"train": ds}, dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    t0 = time.time()
+    trainer.fit()
+    wall = time.time() - t0
+    ranks = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
+    if len(ranks) != workers:
+        raise RuntimeError(f"expected {workers} worker reports in {out_dir}, got {len(ranks)}")
+    n_ep = len(ranks[0]["epochs"])
+    steady = range(1, n_ep) if n_ep > 1 else range(n_ep)
+    images = sum(r["epochs"][e]["images"] for r in ranks for e in steady)
+    secs = sum(max(r["epochs"][e]["seconds"] for r in ranks) for e in steady)
+    r0 = _epoch_stats(ranks[0]["epochs"])
+    return {"images_per_s": images / secs, "steps_per_s": r0["steps_per_s"], "startup_s": ranks[0]["first_step"] - t0,
+            "first_epoch_s": r0["first_epoch_s"], "fit_wall_s": wall, "memory": [r["memory"] for r in ranks]}
+
+
+def plain_run(images, labels: dict[str, Any], lc: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from models.config import ModelConfig
+    from models.constraints import ConstraintWeights
+    from models.losses import compute_loss
+    from models.parser import ParsingModel
+
+    t_start = time.time()
+    torch.manual_seed(lc["seed"])
+    model = ParsingModel(ModelConfig.from_dict(lc["model"]))
+    weights = ConstraintWeights.from_dict(lc["weights"])
+    class_weights = [torch.tensor(w, dtype=torch.float32) for w in lc["class_weights"]]
+    optimizer = torch.optim.Adam(model.parameters(), lr=lc["lr"])
+    b, n_all = lc["batch_size"], len(images)
+    gen = torch.Generator().manual_seed(lc["seed"])
+    first_step, epochs = None, []
+    for _ in range(lc["epochs"]):
+        model.train()
+        t0, steps, n = time.time(), 0, 0
+        perm = torch.randperm(n_all, generator=gen)
+        for i in range(0, n_all, b):
+            idx = perm[i : i + b]
+            out = model(images[idx])
+            loss, _ = compute_loss(out, {k: v[idx] for k, v in labels.items()}, weights, class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            n += len(idx)
+            if first_step is None:
+                first_step = time.time()
+        epochs.append({"seconds": time.time() - t0, "steps": steps, "images": n})
+    return {**_epoch_stats(epochs), "startup_s": first_step - t_start}
+
+
+def decoded_arrays(ds):
+    """All rows of a materialized image dataset as torch tensors (the plain loop's input)."""
+    import numpy as np
+    import torch
+
+    cols: dict[str, list] = {}
+    for batch in ds.iter_batches(batch_size=4096, batch_format="numpy"):
+        for k in ("image", "continuous", "discrete", "loss", "group"):
+            cols.setdefault(k, []).append(batch[k])
+    arr = {k: torch.from_numpy(np.concatenate(v)) for k, v in cols.items()}
+    return arr.pop("image"), arr
+
+
+def main() -> None:
+    t_start = time.time()
+    ap = common.base_args(__doc__)
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per run, the first excluded (4; quick 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per contender, best kept (2; quick 1)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+    epochs = args.epochs or (3 if args.quick else 4)
+    repeats = args.repeats or (1 if args.quick else 2)
+    common.one_torch_thread()
+    col = common.get_collection(args.collection)
+    out_root = common.WORK_DIR / "training"
+    out_root.mkdir(parents=True, exist_ok=True)
+    lc = loop_config(col, epochs, str(out_root))
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], **{f"ray{w}": [] for w in args.workers}}
+    cores = common.n_cores()
+    with common.ray_session(max(8, 4 * cores)):
+        from data_pipeline.ray_data import image_dataset
+        from workflows.training import TRAIN_COLUMNS
+
+        ds = image_dataset(col, split="train", val_fraction=0.15, seed=0).select_columns(TRAIN_COLUMNS).materialize()
+        images, labels = decoded_arrays(ds)
+        for _ in range(repeats):  # interleaved
+            runs["plain"].append(plain_run(images, labels, lc))
+            for w in args.workers:
+                runs[f"ray{w}"].append(ray_train_run(ds, lc, w))
+            print("; ".join(f"{k}: {[round(r['images_per_s']) for r in v]} img/s" for k, v in runs.items()), flush=True)
+    best = {k: max(v, key=lambda r: r["images_per_s"]) for k, v in runs.items()}
+    plain = best["plain"]
+    rows = [["plain PyTorch loop (1 process)", plain["steps_per_s"], plain["images_per_s"], 1.0, plain["startup_s"],
+             plain["first_epoch_s"], "", ""]]
+    targets = []
+    for w in args.workers:
+        r = best[f"ray{w}"]
+        ratio = r["images_per_s"] / plain["images_per_s"]
+        met = ratio >= TARGET if w == 1 else None
+        rows.append([f"Ray Train TorchTrainer, {w} worker{'s' if w > 1 else ''}", r["steps_per_s"], r["images_per_s"],
+                     ratio, r["startup_s"], r["first_epoch_s"], f">= {TARGET}x plain" if w == 1 else "",
+                     common.met_cell(met) if w == 1 else ""])
+        if w == 1:
+            targets.append(common.Target("Ray Train 1 worker / plain loop, steady-state images/s", round(ratio, 3),
+                                         f">= {TARGET}", met))
+    n_train = len(images)
+    section = common.Section(
+        name="training",
+        title="2. Training (FEN+PN steps/s, steady state)",
+        how=(f"Default preset model {lc['model']['fen_depth']}x{lc['model']['fen_width']} FEN at "
+             f"{lc['model']['image_size']}px, batch {lc['batch_size']}, {n_train} training images of "
+             f"{common.collection_label(col)}; {epochs} epochs per run, the first excluded; best of {repeats} "
+             "interleaved run(s). steps/s is per worker (rank 0); images/s is global. start-up = fit() called -> "
+             "first optimizer step done (plain: model built -> first step)."),
+        columns=["loop", "steps/s", "images/s", "ratio to plain", "start-up s", "1st epoch s", "target", "met?"],
+        rows=rows,
+        targets=targets,
+        notes=["2 workers on a 2-core machine shared with the Ray driver and data tasks cannot scale linearly; "
+               "no target is set for it.",
+               "fit() wall seconds (incl. start-up and shutdown): "
+               + ", ".join(f"{w} worker(s) {best[f'ray{w}']['fit_wall_s']:.1f}" for w in args.workers)],
+    )
+    common.finish(section, args, t_start)
+
+
+if __name__ == "__main__":
+    main()
