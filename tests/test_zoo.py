@@ -217,7 +217,7 @@ def test_make_gm_per_family(spec: GMSpec, crops: np.ndarray) -> None:
     assert r.labels.discrete["downsampling"] == cls("downsampling", "yes" if a.downsampling else "no")
     assert r.labels.continuous["num_params"] > 0 and r.labels.continuous["num_blocks"] >= 1
     assert set(r.quality) >= {"pixel_std", "diversity_ratio", "dist_real_trained", "dist_real_untrained", "improvement"}
-    assert r.attempts == 1 and r.steps == TINY.steps and isinstance(r.passed, bool)
+    assert r.attempts == 1 and r.steps == TINY.family_steps(spec.family) and isinstance(r.passed, bool)
 
 
 def test_make_gm_is_deterministic(crops: np.ndarray) -> None:
@@ -230,7 +230,7 @@ def test_make_gm_is_deterministic(crops: np.ndarray) -> None:
 def test_failing_gate_retries_then_rebuilds(crops: np.ndarray) -> None:
     impossible = TINY.with_(min_improvement=1e9, max_retries=1, max_rebuilds=1, retry_steps=1)
     r = make_gm(FAMILY_CASES[0], crops, 2, impossible)
-    assert not r.passed and r.attempts == 4 and r.steps == TINY.steps + 1
+    assert not r.passed and r.attempts == 4 and r.steps == TINY.family_steps("gan") + 1
     assert r.build_seed != FAMILY_CASES[0].seed
 
 
@@ -272,3 +272,24 @@ def test_presets_exist() -> None:
     assert {"smoke", "default", "large"} <= set(ZOO_PRESETS)
     assert ZOO_PRESETS["smoke"].steps < ZOO_PRESETS["default"].steps < ZOO_PRESETS["large"].steps
     assert len(DISCRETE_NAMES) == 6
+
+
+def test_smoke_preset_passes_most_fixed_specs(crops: np.ndarray) -> None:
+    """A regression guard on few-step training: the smoke preset's GMs (one per family and
+    three GAN losses, 16x16) mostly clear the gate, each within the preset's time cap."""
+    cfg = ZOO_PRESETS["smoke"]
+    specs = sample_specs(MIN_COVERING_N, 0, S)
+    picked = [specs[i] for i in (0, 2, 3, 4, 5, 7, 10)]  # gan x3 losses, diffusion, AR, AE, VAE
+    results = [make_gm(s, crops, 4, cfg) for s in picked]
+    passed = [r.spec.gm_id for r in results if r.passed]
+    assert len(passed) >= len(picked) - 1, [(r.spec.gm_id, r.passed, r.quality) for r in results]
+    assert all(r.train_seconds <= cfg.max_seconds + 2.0 for r in results)
+    for r in results:
+        if r.passed:
+            assert r.quality["improvement"] >= cfg.min_improvement
+
+
+def test_time_cap_stops_retries_and_rebuilds(crops: np.ndarray) -> None:
+    capped = TINY.with_(min_improvement=1e9, max_retries=5, max_rebuilds=3, retry_steps=50, max_seconds=1e-3)
+    r = make_gm(FAMILY_CASES[0], crops, 2, capped)
+    assert not r.passed and r.attempts == 1 and r.build_seed == FAMILY_CASES[0].seed

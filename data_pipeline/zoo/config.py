@@ -1,0 +1,76 @@
+"""Training budgets and quality-gate thresholds of the zoo (one dataclass, three presets)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+#: per-family learning-rate multipliers of ``lr`` (few-step training wants fast GANs/VAEs)
+FAMILY_LR_SCALE: tuple[tuple[str, float], ...] = (
+    ("gan", 2.0), ("vae", 3.0), ("autoencoder", 4.0), ("diffusion", 4.0), ("autoregressive", 4.0),
+)  # fmt: skip
+#: per-family multipliers of ``steps`` / ``retry_steps`` (diffusion steps are cheap and it needs many)
+FAMILY_STEP_SCALE: tuple[tuple[str, float], ...] = (
+    ("gan", 1.0), ("vae", 1.0), ("autoencoder", 1.0), ("diffusion", 2.0), ("autoregressive", 1.0),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ZooTrainConfig:
+    """How long each GM trains, when its images are good enough, and how often to retry.
+
+    A GM whose samples fail the gate trains ``retry_steps`` more, up to ``max_retries``
+    times; then it is rebuilt from a seed derived from the spec's, up to ``max_rebuilds``
+    times (same architecture, so the same labels). ``max_seconds`` caps one GM's wall time:
+    no retry or rebuild starts that would (by the measured step time) end past it, and
+    training stops at it. Under the cap the schedule is deterministic; only GMs slow enough
+    to hit it depend on the machine's speed.
+    """
+
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 5e-4  # base rate; each family's is lr * its lr_scale
+    retry_steps: int = 100
+    max_retries: int = 2
+    max_rebuilds: int = 1
+    max_seconds: float = 90.0
+    gate_images: int = 64
+    min_pixel_std: float = 4.0  # mean per-image pixel std, 0..255 scale
+    min_diversity_ratio: float = 0.25  # sample diversity / real-crop diversity
+    min_improvement: float = 1.5  # untrained distance / trained distance to the real crops
+    lr_scale: tuple[tuple[str, float], ...] = FAMILY_LR_SCALE
+    step_scale: tuple[tuple[str, float], ...] = FAMILY_STEP_SCALE
+    gan_d_width: int = 16  # channels of the critic's first layer
+    gan_d_lr_ratio: float = 2.0  # critic lr / generator lr (TTUR)
+    gan_spectral: bool = True  # spectral norm in the critic (not for wasserstein, which has its penalty)
+    gan_mbstd: bool = True  # minibatch-std channel in the critic (against mode collapse)
+    gan_init: bool = True  # He init, zero biases for GAN generators and VAE decoders
+    gan_gp_weight: float = 10.0  # WGAN-GP gradient-penalty weight
+    gan_wgan_spectral: bool = False  # spectral norm in the WGAN-GP critic too
+    gan_wgan_betas: tuple[float, float] = (0.5, 0.9)
+    gan_instance_noise: float = 0.1  # std of noise on the critic's inputs, decayed to 0 over training
+    vae_kl_scale: float = 0.1  # multiplies the spec's beta (beta << 1 avoids posterior collapse)
+    vae_kl_warmup: int = 100  # steps over which the KL weight ramps up from 0
+    diffusion_timesteps: int = 100
+    diffusion_sample_steps: int = 10
+    ar_levels: int = 16
+
+    def with_(self, **changes: object) -> ZooTrainConfig:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def family_lr(self, family: str) -> float:
+        return self.lr * dict(self.lr_scale).get(family, 1.0)
+
+    def family_steps(self, family: str, retry: bool = False) -> int:
+        base = self.retry_steps if retry else self.steps
+        return max(1, int(round(base * dict(self.step_scale).get(family, 1.0))))
+
+
+ZOO_PRESETS: dict[str, ZooTrainConfig] = {
+    "smoke": ZooTrainConfig(  # plumbing runs: short, a lenient gate, <= 8 s of CPU per GM
+        steps=40, batch_size=16, lr=5e-4, retry_steps=20, max_retries=2, max_rebuilds=1, max_seconds=8.0,
+        gate_images=32, diffusion_sample_steps=5, min_diversity_ratio=0.1, min_improvement=1.2,
+    ),
+    "default": ZooTrainConfig(),
+    "large": ZooTrainConfig(steps=1500, batch_size=64, retry_steps=500, max_retries=3, max_rebuilds=2,
+                            max_seconds=900.0, gate_images=128, min_improvement=2.0, diffusion_sample_steps=20),
+}  # fmt: skip

@@ -1,0 +1,176 @@
+"""GM specs: what to build, and a covering sampler so every label value occurs.
+
+A spec names the family, the loss set, the architecture knobs (:class:`ArchSpec`) and a
+seed; it never carries labels, which are measured from the built module. ``sample_specs``
+first cycles through loss configurations covering all of ``schema.LOSS_TYPES`` and picks,
+per discrete field, the least-used class the family allows, so every loss type and every
+discrete class occurs once ``n >= MIN_COVERING_N``; after that choices are random.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from data_pipeline.schema import DISCRETE, DISCRETE_NAMES, FAMILIES, LOSS_TYPES, NONLINEARITIES
+
+from .backbone import POOLING, ArchSpec, stage_count
+from .layers import HIDDEN_ACTS
+
+#: (family, loss set) in the order the covering design cycles through; covers LOSS_TYPES
+LOSS_CONFIGS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("gan", frozenset({"adversarial"})),
+    ("vae", frozenset({"kl", "l1"})),
+    ("diffusion", frozenset({"mse"})),
+    ("autoregressive", frozenset({"cross_entropy"})),
+    ("gan", frozenset({"hinge"})),
+    ("autoencoder", frozenset({"l2"})),
+    ("gan", frozenset({"least_squares"})),
+    ("vae", frozenset({"kl", "l2"})),
+    ("gan", frozenset({"wasserstein"})),
+    ("autoencoder", frozenset({"l1", "adversarial"})),
+    ("gan", frozenset({"mmd"})),
+    ("autoencoder", frozenset({"l2", "least_squares"})),
+    ("gan", frozenset({"adversarial"})),
+    ("autoencoder", frozenset({"l1", "hinge"})),
+)
+assert set().union(*(ls for _, ls in LOSS_CONFIGS)) == set(LOSS_TYPES)
+ZOO_FAMILIES: tuple[str, ...] = ("gan", "vae", "autoencoder", "diffusion", "autoregressive")
+assert set(ZOO_FAMILIES) <= set(FAMILIES)
+LATENT_FAMILIES = frozenset({"gan", "vae"})
+#: the smallest n at which sample_specs guarantees full coverage
+MIN_COVERING_N = 16
+
+
+@dataclass(frozen=True)
+class GMSpec:
+    """Everything needed to rebuild one zoo GM (JSON round-trips)."""
+
+    gm_id: str
+    family: str
+    loss_types: frozenset[str]
+    seed: int
+    image_size: int
+    arch: ArchSpec
+    options: dict = field(default_factory=dict, hash=False, compare=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loss_types", frozenset(self.loss_types))
+        if self.family not in ZOO_FAMILIES:
+            raise ValueError(f"zoo family must be one of {ZOO_FAMILIES}, got {self.family!r}")
+        unknown = self.loss_types - set(LOSS_TYPES)
+        if unknown:
+            raise ValueError(f"unknown loss types {sorted(unknown)}")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["loss_types"] = sorted(self.loss_types)
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> GMSpec:
+        d = json.loads(s)
+        d["arch"] = ArchSpec(**d["arch"])
+        d["loss_types"] = frozenset(d["loss_types"])
+        return cls(**d)
+
+
+def _allowed(family: str, name: str, chosen: dict[str, str]) -> tuple[str, ...]:
+    """Discrete classes a family can realise (given the choices made so far)."""
+    values = DISCRETE[name]
+    if family == "autoregressive":  # row-causal: no resampling; instance stats would leak rows
+        return {"downsampling": ("no",), "upsampling": ("nearest",), "norm_type": ("batch", "none")}.get(
+            name, values
+        )
+    if name == "norm_type" and family in LATENT_FAMILIES:
+        # a latent decoder with plain instance norm fixes every sample's channel statistics
+        # (each image gets the same color moments): its samples cannot pass the diversity gate
+        return tuple(v for v in values if v != "instance")
+    if name == "upsampling" and family not in LATENT_FAMILIES and chosen["downsampling"] == "no":
+        return ("nearest",)  # an image-to-image net without down-sampling has no up-sampling
+    return values
+
+
+def _family_options(family: str, rng: np.random.Generator) -> dict:
+    if family == "vae":
+        return {"beta": float(rng.choice([0.25, 0.5, 1.0]))}
+    if family == "autoencoder":
+        m = np.eye(3) + rng.normal(0, 0.2, (3, 3))
+        m /= m.sum(axis=1, keepdims=True)
+        return {
+            "color_matrix": np.round(m, 4).tolist(),
+            "gamma": float(np.round(rng.uniform(0.7, 1.4), 3)),
+            "filter": str(rng.choice(["none", "blur", "sharpen"])),
+            "adv_weight": 0.05,
+        }
+    return {}
+
+
+def _sample_arch(family: str, disc: dict[str, str], image_size: int, rng: np.random.Generator) -> ArchSpec:
+    downsampling = disc["downsampling"] == "yes"
+    skip = disc["skip_connection"] == "yes"
+    mid_blocks = int(rng.integers(0, 4))
+    if skip or family == "autoregressive":
+        mid_blocks = max(mid_blocks, 1)
+    max_down = max(1, min(2, stage_count(image_size)))
+    return ArchSpec(
+        width=int(rng.choice([8, 12, 16, 24])),
+        fc_layers=int(rng.integers(0, 4)),
+        fc_hidden=int(rng.choice([32, 64, 128])),
+        stage_blocks=bool(rng.random() < 0.4) and family != "autoregressive",
+        mid_blocks=mid_blocks,
+        layers_per_block=int(rng.integers(1, 4)),
+        norm=disc["norm_type"],
+        act=str(rng.choice(HIDDEN_ACTS)),
+        block_act=disc["last_block_nonlinearity"],
+        last_act=disc["last_layer_nonlinearity"],
+        upsampling=disc["upsampling"],
+        skip=skip,
+        downsampling=downsampling,
+        down_stages=int(rng.integers(1, max_down + 1)) if downsampling else 1,
+        pool=str(rng.choice(POOLING)) if downsampling else "none",
+        z_dim=int(rng.choice([16, 32, 64])),
+    )
+
+
+def sample_specs(n: int, seed: int, image_size: int) -> list[GMSpec]:
+    """``n`` GM specs, deterministic by ``seed``; covering every loss type and discrete
+    class once ``n >= MIN_COVERING_N`` (asserted by the tests)."""
+    if image_size not in (16, 32, 64, 128):
+        raise ValueError(f"image_size must be 16, 32, 64 or 128, got {image_size}")
+    rng = np.random.default_rng(seed)
+    used = {name: dict.fromkeys(values, 0) for name, values in DISCRETE.items()}
+    order = ("downsampling",) + tuple(k for k in DISCRETE_NAMES if k != "downsampling")
+    specs = []
+    for i in range(n):
+        if i < len(LOSS_CONFIGS):
+            family, losses = LOSS_CONFIGS[i]
+        else:
+            family, losses = LOSS_CONFIGS[int(rng.integers(len(LOSS_CONFIGS)))]
+        disc: dict[str, str] = {}
+        for name in order:
+            allowed = _allowed(family, name, disc)
+            counts = np.array([used[name][v] for v in allowed])
+            if (np.array(list(used[name].values())) == 0).any():
+                pool = [v for v, c in zip(allowed, counts) if c == counts.min()]
+            else:
+                pool = list(allowed)
+            disc[name] = str(pool[int(rng.integers(len(pool)))])
+            used[name][disc[name]] += 1
+        assert disc["last_layer_nonlinearity"] in NONLINEARITIES
+        arch = _sample_arch(family, disc, image_size, rng)
+        gm_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        specs.append(
+            GMSpec(
+                gm_id=f"{family}-{'-'.join(sorted(losses))}-{i:03d}",
+                family=family,
+                loss_types=losses,
+                seed=gm_seed,
+                image_size=image_size,
+                arch=arch,
+                options=_family_options(family, rng),
+            )
+        )
+    return specs

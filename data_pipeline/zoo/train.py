@@ -1,0 +1,118 @@
+"""Build, briefly train, gate and sample one zoo GM (one call per Ray task upstream)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from data_pipeline.schema import GMLabels
+
+from .config import ZooTrainConfig
+from .families import build_family
+from .introspect import measure_architecture
+from .quality import QualityReference, gate_figures, gate_passes
+from .specs import GMSpec
+
+
+@dataclass
+class GMResult:
+    """One GM's images, measured labels and gate record."""
+
+    spec: GMSpec
+    images: np.ndarray  # uint8 [n_images, S, S, 3]
+    labels: GMLabels
+    quality: dict[str, float] = field(default_factory=dict)
+    passed: bool = False
+    attempts: int = 0  # gate evaluations, over all builds
+    steps: int = 0  # training steps of the kept build
+    train_seconds: float = 0.0  # CPU time of the whole call (this thread; ~ wall on an idle core)
+    build_seed: int = 0  # the seed of the kept build (spec.seed unless rebuilt)
+
+
+def _to_tensor(crops: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).float() / 127.5 - 1.0
+
+
+def _derived_seed(seed: int, k: int) -> int:
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
+def _over_budget(t0: float, cfg: ZooTrainConfig, more_seconds: float) -> bool:
+    """Whether ``more_seconds`` of work, started now, would end past ``cfg.max_seconds``.
+
+    Time is this thread's CPU time (torch runs single-threaded here), so a GM on a busy
+    machine is not cut short for waiting on the scheduler; on an idle core it is wall time."""
+    return time.thread_time() - t0 + more_seconds > cfg.max_seconds
+
+
+def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainConfig) -> GMResult:
+    """Train ``spec``'s GM on ``real_crops`` (uint8 [N, S, S, 3], S = spec.image_size) until
+    its samples pass the quality gate (or retries run out); return ``n_images`` samples.
+
+    Single-threaded and deterministic given ``spec.seed``.
+    """
+    real_crops = np.asarray(real_crops)
+    s = spec.image_size
+    if real_crops.dtype != np.uint8 or real_crops.ndim != 4 or real_crops.shape[1:] != (s, s, 3):
+        raise ValueError(f"real_crops must be uint8 [N, {s}, {s}, 3], got {real_crops.dtype} {real_crops.shape}")
+    if len(real_crops) < 2:
+        raise ValueError("need at least 2 real crops")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t0 = time.thread_time()
+    try:
+        real = _to_tensor(real_crops)
+        n_gate = min(cfg.gate_images, len(real_crops))
+        gate_rng = np.random.default_rng(spec.seed)
+        reference = QualityReference(real_crops[gate_rng.choice(len(real_crops), n_gate, replace=False)])
+        attempts = 0
+        sec_per_step = 0.0  # measured, for the wall-time cap
+        gate_seconds = 0.0
+        for rebuild in range(cfg.max_rebuilds + 1):
+            if rebuild and _over_budget(t0, cfg, cfg.family_steps(spec.family) * sec_per_step + 2 * gate_seconds):
+                break
+            seed = spec.seed if rebuild == 0 else _derived_seed(spec.seed, rebuild)
+            torch.manual_seed(seed)
+            batch_gen = torch.Generator().manual_seed(seed + 1)
+            gm = build_family(spec, cfg)
+            tg = time.thread_time()
+            untrained = gm.sample(n_gate, real, torch.Generator().manual_seed(seed + 2))
+            gate_seconds = time.thread_time() - tg
+            steps = 0
+            for retry in range(cfg.max_retries + 1):
+                n_steps = cfg.family_steps(spec.family, retry=retry > 0)
+                if retry and _over_budget(t0, cfg, n_steps * sec_per_step + gate_seconds):
+                    break
+                ts, done = time.thread_time(), 0
+                for _ in range(n_steps):
+                    idx = torch.randint(len(real), (cfg.batch_size,), generator=batch_gen)
+                    batch = real[idx]
+                    flip = torch.rand(len(idx), generator=batch_gen) < 0.5
+                    gm.train_step(torch.where(flip[:, None, None, None], batch.flip(3), batch))
+                    gm.n_steps += 1
+                    steps += 1
+                    done += 1
+                    if _over_budget(t0, cfg, gate_seconds):
+                        break
+                sec_per_step = (time.thread_time() - ts) / max(1, done)
+                attempts += 1
+                tg = time.thread_time()
+                samples = gm.sample(n_gate, real, torch.Generator().manual_seed(seed + 2))
+                quality = gate_figures(samples, reference, untrained)
+                gate_seconds = time.thread_time() - tg
+                passed = gate_passes(quality, cfg)
+                if passed:
+                    break
+            if passed:
+                break
+        images = gm.sample(n_images, real, torch.Generator().manual_seed(seed + 3))
+        labels = measure_architecture(gm.net, spec.loss_types)
+    finally:
+        torch.set_num_threads(threads)
+    return GMResult(
+        spec=spec, images=images, labels=labels, quality=quality, passed=passed, attempts=attempts,
+        steps=steps, train_seconds=time.thread_time() - t0, build_seed=seed,
+    )  # fmt: skip
