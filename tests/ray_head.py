@@ -8,6 +8,7 @@ temp dir; their workers exit when their raylet goes.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -63,7 +64,15 @@ def stop_head(temp_dir: Path, grace_s: float = 10.0) -> None:
 @contextmanager
 def local_head(env: dict[str, str] | None = None, num_cpus: int = 8, timeout_s: float = 180) -> Iterator[Head]:
     temp_dir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: unix socket paths are limited
-    env = {**os.environ, **(env or {})}
+    env = {
+        **os.environ,
+        # the job's `python` must be this environment's, not whatever comes first on PATH
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        # token auth on, with a token of this head's own (server and `ray job` client alike)
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        **(env or {}),
+    }
     port, dash = free_port(), free_port()
     cmd = [
         RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),

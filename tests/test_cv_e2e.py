@@ -97,9 +97,10 @@ def test_interrupt_leaves_no_running_mlflow_run(smoke_collection, tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    log = open(tmp_path / "job.log", "w")  # a file, not a pipe: a full pipe nobody reads blocks the job
     proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "workflows" / "cv_folds.py"), *SMOKE_ARGS,
                              "--collection", smoke_collection.path, "--storage-path", str(tmp_path / "runs"),
-                             "--epochs", "50"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--epochs", "50"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     client = MlflowClient(uri)
     deadline = time.time() + 240
     try:
@@ -115,6 +116,7 @@ def test_interrupt_leaves_no_running_mlflow_run(smoke_collection, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+        log.close()
     runs = _runs(client)
     assert runs and all(r.info.status != "RUNNING" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
     assert proc.returncode != 0

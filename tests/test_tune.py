@@ -58,18 +58,20 @@ def test_smoke_sweep_interrupt_and_resume(smoke_collection, tmp_path):
         exp = client.get_experiment_by_name("gmparse-tune") if (tmp_path / "mlflow.db").exists() else None
         return [r for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags] if exp else []
 
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = open(tmp_path / "sweep.log", "w")  # a file, not a pipe: nobody reads a pipe, and a full one blocks
+    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 420
         while time.time() < deadline and not any(r.info.status == "FINISHED" for r in trial_runs()):
             time.sleep(3)
         first = {r.data.tags["trial_id"]: r for r in trial_runs() if r.info.status == "FINISHED"}
-        assert first, "no trial finished before the interrupt"
+        assert first, "no trial finished before the interrupt:\n" + (tmp_path / "sweep.log").read_text()[-3000:]
         proc.send_signal(2)
         proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
+        log.close()
     if not (tmp_path / "best.json").exists():  # interrupted before the end: resume it
         r = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             tuner = tune.Tuner(
                 trainable, param_space={**fixed, "ablation": tune.grid_search(list(ABLATIONS))},
                 tune_config=tune.TuneConfig(metric="val_score", mode="max", max_concurrent_trials=args.max_concurrent),
-                run_config=tune.RunConfig(name=sweep_name, storage_path=storage),
+                run_config=tune.RunConfig(name=sweep_name, storage_path=storage, verbose=1),
             )
         else:
             params = {k: tune.loguniform(*v) for k, v in space.items()}
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                     scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=1),
                     max_concurrent_trials=args.max_concurrent,
                 ),
-                run_config=tune.RunConfig(name=sweep_name, storage_path=storage),
+                run_config=tune.RunConfig(name=sweep_name, storage_path=storage, verbose=1),
             )
         grid = tuner.fit()
         df = grid.get_dataframe(filter_metric="val_score", filter_mode="max")
