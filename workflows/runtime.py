@@ -30,7 +30,9 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
     env = {"MLFLOW_TRACKING_URI": tracking_uri()}
     runtime_env = {"env_vars": env}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=not quiet)
+        # inside `ray job submit` the job's runtime env is already in force and cannot be merged
+        # with another; the tracking URI reaches workers through the training configs anyway
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=not quiet)
     else:
         cpus = num_cpus or max(8, 4 * (os.cpu_count() or 1))
         ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=not quiet)
