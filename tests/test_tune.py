@@ -62,9 +62,13 @@ def test_smoke_sweep_interrupt_and_resume(smoke_collection, tmp_path):
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 420
-        while time.time() < deadline and not any(r.info.status == "FINISHED" for r in trial_runs()):
+        def trained():  # trials whose only epoch is logged (finished training)
+            return {r.data.tags["trial_id"]: r for r in trial_runs()
+                    if [m.step for m in client.get_metric_history(r.info.run_id, "epoch")] == [0]}
+
+        while time.time() < deadline and not trained():
             time.sleep(3)
-        first = {r.data.tags["trial_id"]: r for r in trial_runs() if r.info.status == "FINISHED"}
+        first = trained()
         assert first, "no trial finished before the interrupt:\n" + (tmp_path / "sweep.log").read_text()[-3000:]
         proc.send_signal(2)
         proc.wait(timeout=180)

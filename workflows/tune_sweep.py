@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                 trainable, param_space={**fixed, **params},
                 tune_config=tune.TuneConfig(
                     metric="val_score", mode="max", num_samples=args.num_samples, search_alg=search,
-                    scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=1),
+                    # max_t one past the last epoch: a full-length trial ends by itself (its run FINISHED),
+                    # only trials ASHA cuts short are stopped (their runs marked KILLED below)
+                    scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs + 1, grace_period=1),
                     max_concurrent_trials=args.max_concurrent,
                 ),
                 run_config=tune.RunConfig(name=sweep_name, storage_path=storage, verbose=1),
