@@ -76,9 +76,8 @@ def test_smoke_sweep_interrupt_and_resume(smoke_collection, tmp_path):
         if proc.poll() is None:
             proc.kill()
         log.close()
-    if not (tmp_path / "best.json").exists():  # interrupted before the end: resume it
-        r = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     runs = trial_runs()
     ids = [r.data.tags["trial_id"] for r in runs]
     assert len(ids) == len(set(ids)) == 2, ids  # no trial redone as a new run

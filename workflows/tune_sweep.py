@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
                 run_config=tune.RunConfig(name=sweep_name, storage_path=storage, verbose=1),
             )
         grid = tuner.fit()
+        expected = len(ABLATIONS) if args.ablation else args.num_samples
+        if len(grid) < expected:  # Ctrl-C: Tune saved its state and returned early
+            print(f"sweep interrupted after {len(grid)} of {expected} trials; continue it with --resume")
+            return 130
         df = grid.get_dataframe(filter_metric="val_score", filter_mode="max")
         _close_stopped_trials(client, exp.experiment_id, parent.info.run_id)
         if args.ablation:
