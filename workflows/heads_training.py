@@ -152,10 +152,11 @@ def _keep_split(batch: dict[str, np.ndarray], part: str, test_fraction: float, v
 def raw_dataset(col, gm_ids: Sequence[str], part: str | None, test_fraction: float, val_fraction: float, seed: int):
     """Undecoded rows (image_id, gm_id, is_fake, image bytes) of ``gm_ids`` in split ``part``
     (None = every image)."""
-    import ray.data
     from ray.data.expressions import col as column
 
-    ds = ray.data.read_parquet(col.shard_uris(), columns=["image_id", "gm_id", "is_fake", "image"])
+    from data_pipeline.ray_data import read_shards
+
+    ds = read_shards(col).select_columns(["image_id", "gm_id", "is_fake", "image"])
     ds = ds.filter(expr=column("gm_id").is_in(list(gm_ids)))
     if part is not None:
         ds = ds.map_batches(_keep_split, batch_format="numpy", batch_size=1024,
