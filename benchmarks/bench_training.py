@@ -175,12 +175,22 @@ def decoded_arrays(ds):
     return arr.pop("image"), arr
 
 
+def subset_gms(col, max_images: int) -> list[str]:
+    """The first GMs (sorted ids) whose images add up to about ``max_images``: epochs long
+    enough for a steady rate, short enough for the default collection."""
+    per_gm = col.manifest["counts"]["images"] / max(len(col.gms), 1)
+    ids = sorted(col.gms["gm_id"])
+    return ids[: max(2, int(round(max_images / per_gm)))]
+
+
 def main() -> None:
     t_start = time.time()
     ap = common.base_args(__doc__)
     ap.add_argument("--epochs", type=int, default=None, help="epochs per run, the first excluded (4; quick 3)")
     ap.add_argument("--repeats", type=int, default=None, help="runs per contender, best kept (2; quick 1)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--max-images", type=int, default=None,
+                    help="use the first GMs holding about this many images (4000; quick 1000)")
     args = ap.parse_args()
     epochs = args.epochs or (3 if args.quick else 4)
     repeats = args.repeats or (1 if args.quick else 2)
@@ -195,7 +205,8 @@ def main() -> None:
         from data_pipeline.ray_data import image_dataset
         from workflows.training import TRAIN_COLUMNS
 
-        ds = image_dataset(col, split="train", val_fraction=0.15, seed=0).select_columns(TRAIN_COLUMNS).materialize()
+        gms = subset_gms(col, args.max_images or (1000 if args.quick else 4000))
+        ds = image_dataset(col, gms, split="train", val_fraction=0.15, seed=0).select_columns(TRAIN_COLUMNS).materialize()
         images, labels = decoded_arrays(ds)
         for _ in range(repeats):  # interleaved
             runs["plain"].append(plain_run(images, labels, lc))
@@ -222,7 +233,7 @@ def main() -> None:
         name="training",
         title="2. Training (FEN+PN steps/s, steady state)",
         how=(f"Default preset model {lc['model']['fen_depth']}x{lc['model']['fen_width']} FEN at "
-             f"{lc['model']['image_size']}px, batch {lc['batch_size']}, {n_train} training images of "
+             f"{lc['model']['image_size']}px, batch {lc['batch_size']}, {n_train} training images ({len(gms)} GMs) of "
              f"{common.collection_label(col)}; {epochs} epochs per run, the first excluded; best of {repeats} "
              "interleaved run(s). steps/s is per worker (rank 0); images/s is global. start-up = fit() called -> "
              "first optimizer step done (plain: model built -> first step)."),

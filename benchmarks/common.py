@@ -184,19 +184,22 @@ def cpu_affinity(cpus: set[int] | None) -> Iterator[None]:
 
 # --- the collection --------------------------------------------------------------------------
 def get_collection(path: str | None):
-    """``--collection PATH`` or the smoke zoo (built once under data/collections/, then reused)."""
+    """``--collection PATH``; else the default collection when ``make run`` has built it (the
+    default preset's figures, and passes long enough to amortize per-pass costs); else the
+    smoke zoo (built once under data/collections/, then reused)."""
     from data_pipeline.build import build_config, ensure_collection
     from data_pipeline.collection import CollectionError, open_collection
 
     if path:
         return open_collection(path)
-    cfg = build_config("smoke")
-    try:
-        col = open_collection(REPO_ROOT / cfg.default_path())
-        if col.manifest.get("build_key") == cfg.key():
-            return col
-    except CollectionError:
-        pass
+    for preset in ("default", "smoke"):
+        cfg = build_config(preset)
+        try:
+            col = open_collection(REPO_ROOT / cfg.default_path())
+            if col.manifest.get("build_key") == cfg.key():
+                return col
+        except CollectionError:
+            pass
     import ray
 
     started = not ray.is_initialized()
