@@ -11,7 +11,14 @@ import pytest
 from conftest import REPO_ROOT
 
 from workflows.config import JobConfig
-from workflows.tune_sweep import ABLATIONS, DEFAULT_SPACE, SpaceError, ablation_weights, parse_space
+from workflows.tune_sweep import (
+    ABLATIONS,
+    DEFAULT_SPACE,
+    SpaceError,
+    ablation_table,
+    ablation_weights,
+    parse_space,
+)
 
 
 def test_space_overrides_and_errors():
@@ -35,6 +42,17 @@ def test_ablation_switches_each_constraint_off():
     assert ablation_weights("no_spectrum", cfg)["spectrum"] == 0 and ablation_weights("no_spectrum", cfg)["magnitude"] > 0
     assert set(ablation_weights("none", cfg).values()) == {0.0}
     assert len(ABLATIONS) == 6
+
+
+def test_ablation_table_has_every_variant_and_the_random_baseline():
+    trials = {a: {"gm.score": 0.5 + i / 100, "gm.continuous.l1": 0.2, "baseline.gm.score": 0.3}
+              for i, a in enumerate(ABLATIONS)}
+    lines = ablation_table(trials).splitlines()
+    assert all(a in lines[0] for a in ABLATIONS) and lines[0].split()[-1] == "random"
+    score = next(line for line in lines if line.startswith("parsing score")).split()[2:]
+    assert [float(v) for v in score] == [0.5 + i / 100 for i in range(len(ABLATIONS))] + [0.3]
+    missing = next(line for line in lines if line.startswith("loss-type AUC")).split()
+    assert missing[-1] == "nan"  # a metric nobody logged shows as nan, not as a number
 
 
 def test_bad_space_is_a_clear_cli_error():
@@ -86,3 +104,6 @@ def test_smoke_sweep_interrupt_and_resume(smoke_collection, tmp_path):
         assert steps == [0], (tid, steps)
     assert (tmp_path / "best.json").exists()
     assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+    for run in runs:  # each trial's best checkpoint scored at GM level beside the random baseline
+        m = client.get_run(run.info.run_id).data.metrics
+        assert 0 <= m["gm.score"] <= 1 and 0 <= m["baseline.gm.score"] <= 1, m
