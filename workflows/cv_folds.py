@@ -31,7 +31,7 @@ from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError, op
 from data_pipeline.folds import Fold, FoldError, gm_folds  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
 from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
-from workflows.runtime import REPO_ROOT, SetupError, die, init_mlflow, init_ray  # noqa: E402
+from workflows.runtime import REPO_ROOT, SetupError, die, init_mlflow, init_ray, resumable_run_name  # noqa: E402
 
 EXPERIMENT = "gmparse-cv"
 SUMMARY_METRICS = [  # the per-group rows of the cross-fold table (GM level, as the paper reports)
@@ -210,11 +210,7 @@ def _open_or_build(args: argparse.Namespace, cfg: JobConfig) -> Collection:
 
 def _run_name(col: Collection, cfg: JobConfig, storage: Path | str, resume: bool) -> str:
     base = f"cv-{cfg.preset}-{str(col.manifest.get('build_key', col.manifest.get('gms_sha256', '')))[:8]}-{cfg.key()}"
-    if resume and "://" not in str(storage):
-        previous = sorted(Path(storage).glob(f"{base}-*-fold-0")) + sorted(Path(storage).glob(f"{base}-*-final"))
-        if previous:
-            return previous[-1].name.rsplit("-fold-", 1)[0].rsplit("-final", 1)[0]
-    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return resumable_run_name(base, storage, resume)
 
 
 def main(argv: list[str] | None = None) -> int:

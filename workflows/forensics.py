@@ -40,7 +40,7 @@ from data_pipeline.build import build_config, ensure_collection  # noqa: E402
 from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError, open_collection  # noqa: E402
 from data_pipeline.folds import Fold, FoldError, gm_folds  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
-from workflows.runtime import REPO_ROOT, SetupError, die, init_mlflow, init_ray  # noqa: E402
+from workflows.runtime import REPO_ROOT, SetupError, die, init_mlflow, init_ray, resumable_run_name  # noqa: E402
 
 EXPERIMENT = "gmparse-forensics"
 TASKS = ("detect", "attribute", "link")
@@ -112,6 +112,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="collection folder or URI (default: $GMPARSE_COLLECTION, else build/reuse the preset's zoo)")
     p.add_argument("--config", help="JSON/YAML overrides of the preset")
     p.add_argument("--storage-path", help="Ray Train storage (checkpoints)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest interrupted run of this config (its trainers restart from checkpoints)")
     p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
     add_dataclass_args(p, ForensicsConfig, "forensics (overrides the preset)", skip=("preset",))
     return p
@@ -402,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
     storage = args.storage_path or os.environ.get("GMPARSE_STORAGE") or str(REPO_ROOT / "runs")
     key = str(col.manifest.get("build_key", col.manifest.get("gms_sha256", "")))[:8]
-    run_name = f"forensics-{cfg.preset}-{key}-{cfg.key()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = resumable_run_name(f"forensics-{cfg.preset}-{key}-{cfg.key()}", storage, args.resume)
     print(f"collection {col.path}: {len(col.fake_gms)} GMs, {col.manifest['counts']['images']} images; tasks "
           f"{sorted(tasks)}; {len(folds)} folds, {cfg.epochs} epochs, {cfg.num_workers} worker(s), "
           f"{'GPU' if use_gpu else 'CPU'}; run {run_name}", flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -66,3 +67,16 @@ def init_mlflow(experiment: str, timeout_s: float = 10.0) -> str:
 def die(msg: str, code: int = 2) -> None:
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def resumable_run_name(base: str, storage: Path | str, resume: bool) -> str:
+    """``base-<timestamp>``; with ``resume``, the newest earlier run of ``base`` under ``storage``
+    (its Ray Train folders ``<name>-fold-0`` or ``<name>-final``), so its trainers pick up their
+    checkpoints. Remote storage (``s3://``...) cannot be listed here: a new name is used."""
+    if resume and "://" not in str(storage):
+        previous = sorted(Path(storage).glob(f"{base}-*-fold-0")) + sorted(Path(storage).glob(f"{base}-*-final"))
+        if previous:
+            names = {p.name.rsplit("-fold-", 1)[0].rsplit("-final", 1)[0] for p in previous}
+            return max(names)  # the timestamps sort as text
+        print(f"nothing to resume under {storage} for {base}; starting a new run", flush=True)
+    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
