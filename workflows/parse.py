@@ -407,12 +407,16 @@ def main(argv: list[str] | None = None) -> int:
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     limits = {"max_pixels": args.max_pixels, "min_side": args.min_side}
+    t_parse = time.time()
     results, mode = parse_files(paths, payloads, args.batch_size, args.ray_threshold, limits, args.actors)
+    t_end = time.time()
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         print(format_table(results))
-        print(f"({len(results)} file(s) in {time.time() - t0:.1f} s, {mode} inference)", file=sys.stderr)
+    # on stderr, so --json output stays one JSON document
+    print(f"({len(results)} file(s) in {t_end - t0:.1f} s: models loaded in {t_parse - t0:.1f} s, then "
+          f"{len(results) / max(t_end - t_parse, 1e-9):.1f} images/s, {mode} inference)", file=sys.stderr)
     if args.report:
         md = write_report(results, payloads, Path(args.report))
         print(f"report: {md}", file=sys.stderr)
