@@ -156,17 +156,29 @@ def log_gm_level(run_id: str, val_ds, cfg: JobConfig, state: dict[str, Any], col
                                               for k, v in metrics.items() if np.isfinite(v)])
 
 
-def objective_figure(df, keys: list[str]):
+def objective_figure(df, keys: list[str], full_length: int, paper: dict[str, float] | None = None):
+    """val_score against each swept value (log x): filled dots ran all epochs, hollow ones were
+    stopped early by ASHA (their score is from fewer epochs); dashed line: the paper's value."""
+    from matplotlib.ticker import NullFormatter
+
     from workflows.figures import plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), sharey=True)
+    full = df.get("training_iteration", full_length) >= full_length
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4), sharey=True)
     for ax, k in zip(np.atleast_1d(axes), keys):
         col = f"config/{k}"
         if col in df:
-            ax.scatter(df[col], df["val_score"], s=18)
+            ax.scatter(df[col][full], df["val_score"][full], s=22, color="C0", label="all epochs")
+            ax.scatter(df[col][~full], df["val_score"][~full], s=22, facecolors="none", edgecolors="C0",
+                       label="stopped by ASHA")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        if paper and k in paper:
+            ax.axvline(paper[k], color="gray", ls="--", lw=1, label="paper")
         ax.set_xlabel(k)
-    np.atleast_1d(axes)[0].set_ylabel("val_score (GM-disjoint)")
+    first = np.atleast_1d(axes)[0]
+    first.set_ylabel("val_score (GM-disjoint)")
+    first.legend(fontsize=7, loc="best")
     fig.suptitle("objective against each swept value")
     fig.tight_layout()
     return fig
@@ -285,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_metric("best_val_score", float(best.metrics["val_score"]))
             from workflows.figures import close
 
-            fig = objective_figure(df, list(space))
+            fig = objective_figure(df, list(space), cfg.epochs, {k: getattr(cfg, k) for k in space})
             mlflow.log_figure(fig, "figures/objective_vs_weights.png")
             close(fig)
             cols = ["trial_id", "val_score", *[f"config/{k}" for k in space if f"config/{k}" in df]]
