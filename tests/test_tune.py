@@ -80,9 +80,10 @@ def test_smoke_sweep_interrupt_and_resume(smoke_collection, tmp_path):
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 420
-        def trained():  # trials whose only epoch is logged (finished training)
+        def trained():  # trials whose only epoch is logged and checkpointed (finished training)
             return {r.data.tags["trial_id"]: r for r in trial_runs()
-                    if [m.step for m in client.get_metric_history(r.info.run_id, "epoch")] == [0]}
+                    if [m.step for m in client.get_metric_history(r.info.run_id, "epoch")] == [0]
+                    and any((tmp_path / "runs").glob(f"*-trial-{r.data.tags['trial_id']}/checkpoint_*"))}
 
         while time.time() < deadline and not trained():
             time.sleep(3)
