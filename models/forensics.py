@@ -95,22 +95,33 @@ def model_meta(kind: str, sources: Sequence[str], image_size: int, fen_depth: in
     }
 
 
+def balanced_class_weights(counts: Sequence[int]) -> np.ndarray:
+    """scikit-learn's "balanced" weights, n / (k * count): every class weighs the same in the loss
+    (the real class holds ~16x more images than one GM in the default collection; unweighted, the
+    attributor learns to answer "real" for everything). Absent classes get weight 0."""
+    c = np.asarray(counts, dtype=np.float64)
+    present = c > 0
+    w = np.zeros_like(c)
+    w[present] = c.sum() / (present.sum() * c[present])
+    return w.astype(np.float32)
+
+
 def n_params(module: nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
 def task_loss(out: dict[str, torch.Tensor], is_fake: torch.Tensor, source: torch.Tensor | None,
-              weights, task_scale: float) -> tuple[torch.Tensor, dict[str, float]]:
+              weights, task_scale: float, source_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """FEN model: models.heads.heads_loss (tasks x scale + constraints); plain CNN: the same task
-    terms without constraints (it has no fingerprint)."""
+    terms without constraints (it has no fingerprint). ``source_weight``: per-class CE weights."""
     if "fingerprint" in out:
         from models.heads import heads_loss
 
-        return heads_loss(out, is_fake, source, weights, task_scale)
+        return heads_loss(out, is_fake, source, weights, task_scale, source_weight)
     det = F.binary_cross_entropy_with_logits(out["detection_logit"].float(), is_fake.float())
     total, log = task_scale * det, {"detection": float(det.detach())}
     if source is not None and "attribution_logits" in out:
-        att = F.cross_entropy(out["attribution_logits"].float(), source.long())
+        att = F.cross_entropy(out["attribution_logits"].float(), source.long(), weight=source_weight)
         total = total + task_scale * att
         log["attribution"] = float(att.detach())
     log["total"] = float(total.detach())

@@ -59,10 +59,12 @@ def heads_loss(
     source: torch.Tensor | None = None,
     weights: ConstraintWeights | None = None,
     task_scale: float = 10.0,
+    source_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """BCE (detection) and/or CE (attribution) x ``task_scale`` + constraints (detection weights).
 
-    Pass the targets of the tasks being trained; a missing one is skipped.
+    Pass the targets of the tasks being trained; a missing one is skipped. ``source_weight``
+    (one weight per source class) balances the attribution classes, e.g. real against each GM.
     """
     weights = weights or ConstraintWeights.detection()
     total, terms = constraint_loss(outputs["fingerprint"].float(), weights)
@@ -75,7 +77,7 @@ def heads_loss(
     if source is not None:
         if "attribution_logits" not in outputs:
             raise ValueError("attribution targets given but the model has no attribution head")
-        att = F.cross_entropy(outputs["attribution_logits"].float(), source.long())
+        att = F.cross_entropy(outputs["attribution_logits"].float(), source.long(), weight=source_weight)
         total = total + task_scale * att
         log["attribution"] = float(att.detach())
     log["total"] = float(total.detach())

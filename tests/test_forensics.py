@@ -139,3 +139,22 @@ def test_forensics_end_to_end(smoke_collection, sqlite_tracking, tmp_path, capsy
     assert set(a["source"]) <= {*smoke_collection.fake_gms["gm_id"], "real"}
     mv = client.get_model_version_by_alias("gm-attributor", "champion")
     assert mv.tags["role"] == "attributor"
+
+
+def test_balanced_class_weights_make_every_class_weigh_the_same():
+    import numpy as np
+    import torch
+
+    from models.forensics import PlainCNN, balanced_class_weights, task_loss
+
+    counts = [10, 10, 160, 0]  # two GMs, a big real class, a class with no images
+    w = balanced_class_weights(counts)
+    assert w[3] == 0 and np.allclose(w[:3] * np.array(counts[:3]), 180 / 3)  # n / k per class
+    model = PlainCNN(4, (4, 8)).eval()
+    x, is_fake = torch.randn(6, 3, 16, 16), torch.tensor([1, 1, 0, 0, 0, 0])
+    source = torch.tensor([0, 1, 2, 2, 2, 2])
+    with torch.no_grad():
+        out = model(x)
+        plain, _ = task_loss(out, is_fake, source, None, 1.0)
+        weighted, log = task_loss(out, is_fake, source, None, 1.0, torch.from_numpy(w))
+    assert torch.isfinite(weighted) and not torch.isclose(plain, weighted) and "attribution" in log

@@ -132,6 +132,7 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, name: str,
            run_id: str):
     import mlflow
 
+    from models.forensics import balanced_class_weights
     from workflows.heads_training import build_module, fit_heads, n_params, train_dataset
 
     gm_index = {g: i for i, g in enumerate(classes)}
@@ -140,9 +141,12 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, name: str,
     train_ds = train_dataset(col, classes, "train", cfg.image_size, gm_index, **split)
     val_ds = train_dataset(col, classes, "val", cfg.image_size, gm_index, **split)
     mlflow.log_params({f"params_{n}": n_params(build_module(m)) for n, m in metas.items()})
+    counts = col.read_images(classes, columns=["gm_id"]).column("gm_id").value_counts().to_pylist()
+    per_class = {str(d["values"]): int(d["counts"]) for d in counts}
+    source_weight = balanced_class_weights([per_class.get(c, 0) for c in classes])
     loop = {"models": metas, "weights": cfg.weights(), "lr": cfg.lr, "epochs": cfg.epochs,
             "batch_size": cfg.batch_size, "seed": cfg.seed, "task_scale": cfg.task_scale, "mlflow_run_id": run_id,
-            "tracking_uri": mlflow.get_tracking_uri()}
+            "tracking_uri": mlflow.get_tracking_uri(), "source_weight": source_weight.tolist()}
     t0 = time.time()
     res = fit_heads(name, loop, train_ds, val_ds, storage_path=storage, num_workers=cfg.num_workers,
                     use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=cfg.keep_checkpoints,

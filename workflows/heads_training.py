@@ -235,6 +235,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     models = {n: build_module(m) for n, m in metas.items()}
     weights = ConstraintWeights.from_dict(cfg["weights"])
     attribution = bool(cfg.get("attribution", True))
+    source_weight = (torch.tensor(cfg["source_weight"], dtype=torch.float32)
+                     if attribution and cfg.get("source_weight") is not None else None)
 
     start_epoch, history, opt_states = 0, [], {}
     best: dict[str, Any] = {n: {"score": -np.inf, "epoch": -1, "state": None} for n in models}
@@ -258,6 +260,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    if source_weight is not None:
+        source_weight = source_weight.to(device)
     for epoch in range(start_epoch, cfg["epochs"]):
         for w in wrapped.values():
             w.train()
@@ -269,7 +273,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             x, is_fake = batch["image"], batch["is_fake"]
             source = batch["gm_index"] if attribution else None
             for n, w in wrapped.items():
-                loss, log = task_loss(w(x), is_fake, source, weights, cfg["task_scale"])
+                loss, log = task_loss(w(x), is_fake, source, weights, cfg["task_scale"], source_weight)
                 optims[n].zero_grad(set_to_none=True)
                 loss.backward()
                 optims[n].step()
