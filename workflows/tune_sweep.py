@@ -141,6 +141,7 @@ def trial_fn(config: dict[str, Any]) -> None:
 def log_gm_level(run_id: str, val_ds, cfg: JobConfig, state: dict[str, Any], col: Collection, use_gpu: bool) -> None:
     """The best checkpoint on the validation GMs at GM level, beside the shuffled-label baseline
     (the main job's evaluation), as ``gm.*`` and ``baseline.gm.*`` metrics of the trial's run."""
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from models.metrics import evaluate_parsing
@@ -149,8 +150,6 @@ def log_gm_level(run_id: str, val_ds, cfg: JobConfig, state: dict[str, Any], col
     pred, targets, gm_ids, _, _ = predict_dataset(val_ds, cfg.model_config().to_dict(), state, use_gpu=use_gpu)
     gm = evaluate_parsing(pred, targets, gm_ids, col.ranges, n_shuffles=cfg.n_shuffles, seed=cfg.seed)["gm"]
     metrics = {f"gm.{k}": v for k, v in gm.model.items()} | {f"baseline.gm.{k}": v for k, v in gm.baseline.items()}
-    from mlflow.entities import Metric
-
     ts = int(time.time() * 1000)
     MlflowClient().log_batch(run_id, metrics=[Metric(k.replace("/", "."), float(v), ts, 0)
                                               for k, v in metrics.items() if np.isfinite(v)])
@@ -287,7 +286,6 @@ def main(argv: list[str] | None = None) -> int:
             trials = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
             table = ablation_table({r.data.params.get("ablation"): r.data.metrics for r in trials})
             mlflow.log_text(table, "tables/ablation.txt")
-            mlflow.log_text(table, "tables/ablation.txt")
             print(table)
         else:
             best = grid.get_best_result(metric="val_score", mode="max")
@@ -333,6 +331,7 @@ def ablation_table(trials: dict[str | None, dict[str, float]]) -> str:
         lines.append(f"{label:30}" + "".join(f"{v:14.4f}" for v in vals)
                      + f"{base.get(f'baseline.gm.{key}', float('nan')):14.4f}")
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     sys.exit(main())
