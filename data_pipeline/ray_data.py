@@ -82,7 +82,7 @@ def image_dataset(col: Collection, gm_ids: Sequence[str] | None = None, size: in
 
     size = size or col.image_size
     ds = read_shards(col).select_columns(["image_id", "gm_id", "is_fake", "image"])
-    if gm_ids is not None:  # an Arrow predicate, pushed down to the Parquet scan
+    if gm_ids is not None:  # an expression filter (Ray pushes it into the Parquet scan where it can)
         ds = ds.filter(expr=column("gm_id").is_in(list(gm_ids)))
     # a plain function runs as stateless tasks (cheap on small machines); the label table
     # travels with each task, which is small (one row per GM)
@@ -98,7 +98,7 @@ def read_shards(col: Collection):
     Uses Ray Data's V1 Parquet reader: Ray 2.60's default V2 reader packs a collection's
     small shards (here 63 files, 39 MB) into one read task behind a single ListFiles task
     (about 10 s on the 2-core dev box), so decoding ran in one task and never in parallel;
-    V1 reads them as ~40 tasks and runs about 2x faster end to end
+    V1 reads them as ~40 tasks and ran 2.4-2.6x faster end to end on the default collection
     (``benchmarks/bench_pipeline.py`` compares them).
     The flag is read when the plan is built, so it is set only around this call.
     """
