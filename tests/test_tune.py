@@ -110,3 +110,29 @@ def test_smoke_sweep_interrupt_and_resume(smoke_collection, tmp_path):
     for run in finished:  # each trial's best checkpoint scored at GM level beside the random baseline
         m = client.get_run(run.info.run_id).data.metrics
         assert 0 <= m["gm.score"] <= 1 and 0 <= m["baseline.gm.score"] <= 1, m
+
+
+def test_stopped_trials_get_their_last_epoch_and_are_closed(tmp_path):
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from workflows.tune_sweep import _close_stopped_trials
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("t")
+    parent = client.create_run(exp).info.run_id
+    runs = {tid: client.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_id": tid}).info.run_id
+            for tid in ("stopped", "errored", "done")}
+    client.log_metric(runs["stopped"], "epoch", 0.0, step=0)  # epoch 0 logged; epoch 1 reported, not logged
+    client.set_terminated(runs["done"], "FINISHED")
+    grid = [SimpleNamespace(metrics={"trial_id": "stopped", "epoch": 1.0, "val_score": 0.4, "train/total": 2.0,
+                                     "config/lr": 0.1}),
+            SimpleNamespace(metrics={}), SimpleNamespace(metrics={"trial_id": "done", "epoch": 3.0})]
+    _close_stopped_trials(client, exp, parent, grid)
+    stopped = client.get_run(runs["stopped"])
+    assert stopped.info.status == "KILLED" and stopped.data.tags["stopped_by"] == "scheduler"
+    assert [m.step for m in client.get_metric_history(runs["stopped"], "epoch")] == [0, 1]
+    assert stopped.data.metrics["val_score"] == 0.4 and "config/lr" not in stopped.data.metrics
+    assert client.get_run(runs["errored"]).data.tags["stopped_by"] == "error"
+    assert client.get_run(runs["done"]).info.status == "FINISHED"  # left alone

@@ -26,7 +26,7 @@ STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 
 
-def _log_epoch_to_mlflow(run_id: str | None, metrics: dict[str, float], epoch: int,
+def log_epoch_to_mlflow(run_id: str | None, metrics: dict[str, float], epoch: int,
                          tracking_uri: str | None = None) -> None:
     if not run_id:
         return
@@ -121,8 +121,6 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         else:
             metrics["val_score"] = 0.0
         history.append({k: float(v) for k, v in metrics.items()})
-        if rank == 0:  # before report(): a trial that ASHA stops on this report keeps its last epoch in MLflow
-            _log_epoch_to_mlflow(cfg.get("mlflow_run_id"), metrics, epoch, cfg.get("mlflow_tracking_uri"))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
@@ -134,7 +132,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
-        if rank == 0:
+        if rank == 0:  # after report(): a worker lost before its checkpoint is registered logs nothing twice
+            log_epoch_to_mlflow(cfg.get("mlflow_run_id"), metrics, epoch, cfg.get("mlflow_tracking_uri"))
             marker = cfg.get("fault_marker")
             if epoch == cfg.get("kill_after_epoch", -1) and marker and not os.path.exists(marker):
                 Path(marker).write_text(f"killed after epoch {epoch}\n")

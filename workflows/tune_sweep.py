@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sweep interrupted after {len(grid)} of {expected} trials; continue it with --resume")
             return 130
         df = grid.get_dataframe(filter_metric="val_score", filter_mode="max")
-        _close_stopped_trials(client, exp.experiment_id, parent.info.run_id)
+        _close_stopped_trials(client, exp.experiment_id, parent.info.run_id, grid)
         if args.ablation:
             trials = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
             table = ablation_table({r.data.params.get("ablation"): r.data.metrics for r in trials})
@@ -307,12 +307,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _close_stopped_trials(client, experiment_id: str, parent_id: str) -> None:
-    """Trials stopped early by ASHA never reach their own end: mark their runs KILLED."""
+def _close_stopped_trials(client, experiment_id: str, parent_id: str, grid) -> None:
+    """Trials stopped early by ASHA never reach their own end: their last reported epoch (which
+    the stopped worker had no time to log) is copied from Tune's results, and their runs are
+    marked KILLED."""
+    from workflows.training import log_epoch_to_mlflow
+
+    last = {r.metrics.get("trial_id"): r.metrics for r in grid if r.metrics}
     for r in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"):
-        if r.info.status == "RUNNING":
-            client.set_tag(r.info.run_id, "stopped_by", "scheduler")
-            client.set_terminated(r.info.run_id, "KILLED")
+        if r.info.status != "RUNNING":
+            continue
+        m = last.get(r.data.tags.get("trial_id"), {})
+        if "epoch" in m:
+            logged = {x.step for x in client.get_metric_history(r.info.run_id, "epoch")}
+            if int(m["epoch"]) not in logged:
+                log_epoch_to_mlflow(r.info.run_id, {k: v for k, v in m.items() if k == "val_score" or k == "epoch"
+                                                    or k.startswith(("train/", "val/", "worker/"))},
+                                    int(m["epoch"]), client.tracking_uri)
+        client.set_tag(r.info.run_id, "stopped_by", "scheduler" if m else "error")
+        client.set_terminated(r.info.run_id, "KILLED")
 
 
 ABLATION_ROWS = (("continuous.l1", "continuous L1 (lower better)"), ("discrete.f1", "discrete macro-F1"),
