@@ -115,3 +115,19 @@ def read_shards(col: Collection):
 
 def decode_batch(batch: dict[str, np.ndarray], decoder: DecodeBatch) -> dict[str, np.ndarray]:
     return decoder(batch)
+
+
+def shuffle_each_epoch(ds, seed: int):
+    """``ds`` with its rows globally shuffled, in a new order each time it is iterated (each
+    training epoch); seeded, though Ray Data's block order still varies from run to run.
+
+    Needed because a collection's shards each hold one GM (the builder and ingest write them
+    so), and Ray Data reads a shard as a block: iterating the plain dataset, even through a
+    local shuffle buffer of a few batches, gave batches of one or two GMs. With the FEN's
+    BatchNorm and a cross-entropy over GMs that trains on one GM at a time; measured on the
+    default collection (in memory, FEN attributor, 2 epochs), held-out accuracy on fake
+    images was 0.000 in GM order against 0.188 shuffled (chance 0.016).
+    """
+    from ray.data import RandomSeedConfig
+
+    return ds.random_shuffle(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))

@@ -70,3 +70,24 @@ def test_ray_data_reader_splits_and_normalizes(smoke_collection):
     assert np.allclose(row["continuous"], expected.continuous[0]) and (row["loss"] == expected.loss[0]).all()
     real = image_dataset(col, [REAL_GM_ID], size=16).take(2)
     assert all(r["is_fake"] == 0 for r in real)
+
+
+def test_training_order_mixes_gms_and_changes_each_epoch(smoke_collection):
+    """Shards hold one GM each; the training order must not (see shuffle_each_epoch)."""
+    from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
+
+    col = smoke_collection
+    gms = list(col.fake_gms["gm_id"])
+    ds = image_dataset(col, gms, size=8).materialize()
+    first = [b["gm_id"] for b in ds.iter_batches(batch_size=16)][0]
+    assert len(set(first)) <= 2  # the unshuffled order: a batch is one or two GMs
+
+    def epoch(d):
+        return [list(b["gm_id"]) for b in d.iter_batches(batch_size=16)]
+
+    shuffled = shuffle_each_epoch(ds, seed=0)
+    e1, e2 = epoch(shuffled), epoch(shuffled)
+    expected = len(gms) * (1 - (1 - 1 / len(gms)) ** 16)  # distinct GMs in 16 random rows
+    assert np.mean([len(set(b)) for b in e1[:-1]]) >= 0.7 * expected
+    assert sum(map(len, e1)) == sum(map(len, e2)) == ds.count()
+    assert e1 != e2  # a new order each epoch

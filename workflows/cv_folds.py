@@ -113,7 +113,7 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
     """Train one fold (or the final model when ``fold.test_gms`` is empty), evaluate, log."""
     import mlflow
 
-    from data_pipeline.ray_data import image_dataset
+    from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
     from models.metrics import evaluate_parsing, metric_table
     from workflows.figures import discrete_confusion, learning_curves
     from workflows.inference import predict_dataset
@@ -127,6 +127,7 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
     val_ds = image_dataset(col, fold.train_gms, split="val", **ds_args)
     if cfg.cache_decoded:  # decode once, not once per epoch (fits in the object store when small)
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
+    train_ds = shuffle_each_epoch(train_ds, cfg.seed)  # shards hold one GM each: mix them in every batch
     exp_id, parent_id, uri = parent or (None, None, None)
     if uri:  # (experiment id, parent run id, tracking URI): also right in a Ray task (--concurrent-folds)
         mlflow.set_tracking_uri(uri)

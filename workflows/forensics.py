@@ -78,6 +78,7 @@ class ForensicsConfig:
     max_link_images: int = 2000
     keep_checkpoints: int = 2
     max_failures: int = 2
+    cache_decoded: bool = True  # materialize decoded images once per training run (small collections)
     register: bool = True
 
     def head(self) -> tuple[int, ...]:
@@ -92,7 +93,7 @@ class ForensicsConfig:
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
-        for k in ("register", "max_failures", "use_gpu", "keep_checkpoints"):
+        for k in ("register", "max_failures", "use_gpu", "keep_checkpoints", "cache_decoded"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -132,6 +133,7 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, name: str,
            run_id: str):
     import mlflow
 
+    from data_pipeline.ray_data import shuffle_each_epoch
     from models.forensics import balanced_class_weights
     from workflows.heads_training import build_module, fit_heads, n_params, train_dataset
 
@@ -140,6 +142,9 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, name: str,
     split = {"test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     train_ds = train_dataset(col, classes, "train", cfg.image_size, gm_index, **split)
     val_ds = train_dataset(col, classes, "val", cfg.image_size, gm_index, **split)
+    if cfg.cache_decoded:  # decode once, not once per epoch (fits in the object store when small)
+        train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
+    train_ds = shuffle_each_epoch(train_ds, cfg.seed)  # shards hold one GM each: mix them in every batch
     mlflow.log_params({f"params_{n}": n_params(build_module(m)) for n, m in metas.items()})
     counts = col.read_images(classes, columns=["gm_id"]).column("gm_id").value_counts().to_pylist()
     per_class = {str(d["values"]): int(d["counts"]) for d in counts}
