@@ -6,8 +6,8 @@ weights and class weights). Ray Train runs a ``TorchTrainer`` whose per-worker l
 training half of ``workflows.training.train_loop_per_worker`` (same model, ``prepare_model``,
 ``get_dataset_shard('train').iter_torch_batches`` with the same local shuffle, a
 ``ray.train.report`` per epoch) with per-step timing added, over the training split of the
-collection decoded by ``data_pipeline.ray_data.image_dataset(...).materialize()`` (as
-``cv_folds`` does with ``cache_decoded``). The plain loop trains the same model over the same
+collection decoded by ``data_pipeline.ray_data.image_dataset(...).materialize()`` and
+reshuffled each epoch by ``shuffle_each_epoch`` (as ``cv_folds`` does with ``cache_decoded``). The plain loop trains the same model over the same
 decoded images, already in memory as torch tensors, shuffled per epoch. One torch thread per
 process. Steady state excludes the first epoch; start-up = ``trainer.fit()`` called -> first
 optimizer step done on rank 0 (Ray itself already running; its start-up is in section 1).
@@ -202,7 +202,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], **{f"ray{w}": [] for w in args.workers}}
     cores = common.n_cores()
     with common.ray_session(max(8, 4 * cores)):
-        from data_pipeline.ray_data import image_dataset
+        from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
         from workflows.training import TRAIN_COLUMNS
 
         gms = subset_gms(col, args.max_images or (1000 if args.quick else 4000))
@@ -211,7 +211,7 @@ def main() -> None:
         for _ in range(repeats):  # interleaved
             runs["plain"].append(plain_run(images, labels, lc))
             for w in args.workers:
-                runs[f"ray{w}"].append(ray_train_run(ds, lc, w))
+                runs[f"ray{w}"].append(ray_train_run(shuffle_each_epoch(ds, 0), lc, w))
             print("; ".join(f"{k}: {[round(r['images_per_s']) for r in v]} img/s" for k, v in runs.items()), flush=True)
     best = {k: max(v, key=lambda r: r["images_per_s"]) for k, v in runs.items()}
     plain = best["plain"]
