@@ -177,18 +177,6 @@ def train_dataset(col, gm_ids: Sequence[str], part: str, size: int, gm_index: di
 
 
 # --- the Ray Train worker loop ------------------------------------------------------------------
-def _log_epoch_to_mlflow(run_id: str | None, metrics: dict[str, float], epoch: int,
-                         tracking_uri: str | None = None) -> None:
-    if not run_id:
-        return
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    ts = int(time.time() * 1000)
-    MlflowClient(tracking_uri).log_batch(
-        run_id, metrics=[Metric(k.replace("/", "."), float(v), ts, epoch) for k, v in metrics.items() if np.isfinite(v)])
-
-
 def _val_metrics(models: dict[str, nn.Module], shard, device) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
@@ -227,6 +215,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     import ray.train.torch
 
     from models.constraints import ConstraintWeights
+    from workflows.training import log_epoch_to_mlflow
 
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
     rank = ray.train.get_context().get_world_rank()
@@ -303,7 +292,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if rank == 0:
-            _log_epoch_to_mlflow(cfg.get("mlflow_run_id"), metrics, epoch, cfg.get("tracking_uri"))
+            log_epoch_to_mlflow(cfg.get("mlflow_run_id"), metrics, epoch, cfg.get("tracking_uri"))
             marker = cfg.get("fault_marker")
             if epoch == cfg.get("kill_after_epoch", -1) and marker and not os.path.exists(marker):
                 Path(marker).write_text(f"killed after epoch {epoch}\n")
