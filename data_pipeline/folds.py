@@ -61,3 +61,21 @@ def is_validation_image(image_id: str, val_fraction: float, seed: int = 0) -> bo
 
 def validation_mask(image_ids: np.ndarray, val_fraction: float, seed: int = 0) -> np.ndarray:
     return np.fromiter((is_validation_image(str(i), val_fraction, seed) for i in image_ids), bool, len(image_ids))
+
+
+def holdout_gms(gms: pd.DataFrame, train_gms: tuple[str, ...] | list[str], share: float, seed: int = 0
+                ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Split a fold's training GMs into (fit, held-out) GMs, family-stratified where every family
+    has two or more GMs. The held-out GMs pick the epoch: unseen in training like the fold's test
+    GMs, but never the test GMs themselves. ``share`` <= 0 holds out nothing."""
+    if share <= 0:
+        return tuple(train_gms), ()
+    from sklearn.model_selection import train_test_split
+
+    ids = sorted(train_gms)
+    fam = gms.set_index("gm_id").loc[ids, "family"].to_numpy()
+    _, counts = np.unique(fam, return_counts=True)
+    n_val = max(1, round(share * len(ids)))
+    strat = fam if counts.min() >= 2 and n_val >= len(counts) else None
+    fit, val = train_test_split(ids, test_size=n_val, random_state=seed, stratify=strat)
+    return tuple(sorted(fit)), tuple(sorted(val))

@@ -65,3 +65,28 @@ def denormalize(x: np.ndarray) -> np.ndarray:
     """Inverse of :func:`normalize` back to uint8 [N, H, W, 3]."""
     img = np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1) * IMAGE_STD + IMAGE_MEAN
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+FIT_MODES = ("resize", "crop", "tile")
+
+
+def fit_to_size(image: np.ndarray, size: int, mode: str = "resize") -> np.ndarray:
+    """uint8 [H, W, 3] -> [k, size, size, 3] views a model of input ``size`` reads.
+
+    ``resize``: the whole image resampled (k = 1); it low-passes a larger image, and with it the
+    high-frequency artefacts a parser reads. ``crop``: the centre ``size`` crop at native
+    resolution (k = 1). ``tile``: every non-overlapping ``size`` tile at native resolution
+    (k >= 1; average the predictions). Images smaller than ``size`` are resized in every mode.
+    """
+    if mode not in FIT_MODES:
+        raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
+    h, w = image.shape[:2]
+    if mode == "resize" or h < size or w < size:
+        return resize(image, size)[None]
+    if mode == "crop":
+        top, left = (h - size) // 2, (w - size) // 2
+        return np.ascontiguousarray(image[top : top + size, left : left + size])[None]
+    ny, nx = h // size, w // size
+    top, left = (h - ny * size) // 2, (w - nx * size) // 2
+    return np.stack([image[top + i * size : top + (i + 1) * size, left + j * size : left + (j + 1) * size]
+                     for i in range(ny) for j in range(nx)])

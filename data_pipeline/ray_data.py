@@ -76,7 +76,9 @@ def image_dataset(col: Collection, gm_ids: Sequence[str] | None = None, size: in
     """A Ray Dataset of decoded, normalized images of ``gm_ids`` (all GMs when None).
 
     Columns: image (float32 [3,S,S]), image_id, gm_id, is_fake, gm_index (position of the
-    GM in ``gm_index``, -1 otherwise), continuous [9], discrete [6], loss [10], group [3].
+    GM in ``gm_index``, -1 otherwise; by default the GM's position in the collection's GM table,
+    so a training loop can average per GM without string columns), continuous [9], discrete [6],
+    loss [10], group [3].
     """
     from ray.data.expressions import col as column
 
@@ -88,8 +90,13 @@ def image_dataset(col: Collection, gm_ids: Sequence[str] | None = None, size: in
     # travels with each task, which is small (one row per GM)
     return ds.map_batches(
         decode_batch, batch_size=batch_size, batch_format="numpy",
-        fn_kwargs={"decoder": DecodeBatch(label_lookup(col), size, gm_index or {}, split, val_fraction, seed)},
+        fn_kwargs={"decoder": DecodeBatch(label_lookup(col), size, gm_index or default_gm_index(col),
+                                          split, val_fraction, seed)},
     )
+
+
+def default_gm_index(col: Collection) -> dict[str, int]:
+    return {str(g): i for i, g in enumerate(col.gms["gm_id"])}
 
 
 def read_shards(col: Collection):
@@ -117,9 +124,11 @@ def decode_batch(batch: dict[str, np.ndarray], decoder: DecodeBatch) -> dict[str
     return decoder(batch)
 
 
-def shuffle_each_epoch(ds, seed: int):
+def shuffle_each_epoch(ds, seed: int, fraction: float = 1.0):
     """``ds`` with its rows globally shuffled, in a new order each time it is iterated (each
     training epoch); seeded, though Ray Data's block order still varies from run to run.
+    ``fraction`` < 1 keeps a fresh random share of the rows each epoch (shorter epochs: more
+    evaluations, and so finer checkpoint choice, for the same number of steps).
 
     Needed because a collection's shards each hold one GM (the builder and ingest write them
     so), and Ray Data reads a shard as a block: iterating the plain dataset, even through a
@@ -130,4 +139,6 @@ def shuffle_each_epoch(ds, seed: int):
     """
     from ray.data import RandomSeedConfig
 
+    if fraction < 1.0:
+        ds = ds.random_sample(fraction, seed=RandomSeedConfig(seed=seed + 1, reseed_after_execution=True))
     return ds.random_shuffle(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))

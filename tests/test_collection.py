@@ -109,6 +109,21 @@ def test_folds_disjoint_stratified_deterministic():
         gm_folds(gms, 50)
 
 
+def test_holdout_gms_splits_training_gms_only():
+    from data_pipeline.folds import holdout_gms
+
+    gms = pd.DataFrame({"gm_id": [f"g{i:02d}" for i in range(40)] + [REAL_GM_ID],
+                        "family": [FAMILIES[i % 5] for i in range(40)] + ["real"]})
+    fold = gm_folds(gms, 4, seed=1)[0]
+    fit, val = holdout_gms(gms, fold.train_gms, 0.2, seed=0)
+    assert len(val) == 6 and sorted(fit + val) == sorted(fold.train_gms)
+    assert not set(val) & set(fold.test_gms)  # held-out GMs never include the fold's test GMs
+    fam = dict(zip(gms["gm_id"], gms["family"]))
+    assert {fam[g] for g in val} == set(FAMILIES)  # stratified by family
+    assert (fit, val) == holdout_gms(gms, fold.train_gms, 0.2, seed=0)
+    assert holdout_gms(gms, fold.train_gms, 0.0) == (tuple(fold.train_gms), ())
+
+
 def test_validation_mask_is_deterministic():
     ids = np.array([f"g/{i:06d}" for i in range(2000)], dtype=object)
     m = validation_mask(ids, 0.2, seed=3)
@@ -128,3 +143,21 @@ def test_publish_to_uri_and_read_back(tmp_path):
     assert col.path == uri and all(u.startswith("file://") for u in col.shard_uris())
     t = col.read_images(["gm05"]).to_pydict()
     assert np.array_equal(decode_image(t["image"][0]), images["gm05"][0])
+
+
+def test_fit_to_size_modes() -> None:
+    import numpy as np
+    import pytest
+
+    from data_pipeline.preprocess import fit_to_size
+
+    img = np.arange(64 * 96 * 3, dtype=np.int64).reshape(64, 96, 3).astype(np.uint8)
+    assert fit_to_size(img, 32, "resize").shape == (1, 32, 32, 3)
+    crop = fit_to_size(img, 32, "crop")
+    assert crop.shape == (1, 32, 32, 3) and (crop[0] == img[16:48, 32:64]).all()  # native pixels, centred
+    tiles = fit_to_size(img, 32, "tile")
+    assert tiles.shape == (6, 32, 32, 3) and (tiles[5] == img[32:64, 64:96]).all()
+    small = np.zeros((16, 16, 3), np.uint8)
+    assert fit_to_size(small, 32, "crop").shape == (1, 32, 32, 3)  # smaller than the model: resized up
+    with pytest.raises(ValueError, match="mode"):
+        fit_to_size(img, 32, "stretch")
