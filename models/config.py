@@ -22,6 +22,10 @@ class ModelConfig:
     variant: str = "direct"  # "direct" or "cluster" (journal version)
     n_clusters: int = 12
     dropout: float = 0.3
+    #: what the PN reads: "fingerprint" (the paper), "spectrum" (the fingerprint's per-channel
+    #: log-magnitude spectrum), "both" (6 channels) or "branch" (fingerprint + a linear spectral
+    #: branch, models.pn.SpectralBranch); see models.parser.ParsingModel
+    pn_input: str = "fingerprint"
 
     @classmethod
     def preset(cls, name: str, task: str = "parsing") -> ModelConfig:

@@ -28,7 +28,7 @@ from data_pipeline.schema import (
 
 from .config import ModelConfig
 from .fen import FEN
-from .pn import ParsingNetwork, fit_clusters
+from .pn import ParsingNetwork, SpectralBranch, fit_clusters
 from .predictions import Predictions
 
 WEIGHTS_FILE = "model.pt"
@@ -36,15 +36,44 @@ META_FILE = "parser.json"
 FORMAT_VERSION = 1
 
 
+PN_INPUTS = ("fingerprint", "spectrum", "both", "branch")
+
+
+def log_spectrum(fingerprint: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> centred log1p |FFT2| per channel, same shape (differentiable).
+
+    GM artefacts (transposed-convolution checkerboards, up-sampling grids) are periodic, so
+    they are peaks at fixed places of the spectrum wherever they sit in the image.
+    """
+    return torch.log1p(torch.fft.fftshift(torch.fft.fft2(fingerprint.float()), dim=(-2, -1)).abs())
+
+
 class ParsingModel(nn.Module):
-    """FEN followed by PN; ``forward`` returns the PN outputs plus 'fingerprint'."""
+    """FEN followed by PN; ``forward`` returns the PN outputs plus 'fingerprint'.
+
+    ``config.pn_input`` picks what the PN reads: the fingerprint (the paper), its
+    log-magnitude spectrum, both stacked as 6 channels (the spectrum through a BatchNorm so its
+    scale is learned), or ``branch``: the fingerprint through the conv encoder plus a
+    :class:`~models.pn.SpectralBranch` over its spectrum (changes beyond the paper, see the README).
+    """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
         self.config = config or ModelConfig()
         c = self.config
+        if c.pn_input not in PN_INPUTS:
+            raise ValueError(f"pn_input must be one of {PN_INPUTS}, got {c.pn_input!r}")
         self.fen = FEN(c.fen_depth, c.fen_width)
-        self.pn = ParsingNetwork(c.pn_widths, c.pn_fc, c.pn_branch, c.dropout, c.variant, c.n_clusters)
+        channels = 6 if c.pn_input == "both" else 3
+        self.spectrum_norm = nn.BatchNorm2d(3) if c.pn_input in ("spectrum", "both") else None
+        self.spectral = SpectralBranch(c.image_size, c.pn_fc, c.dropout) if c.pn_input == "branch" else None
+        self.pn = ParsingNetwork(c.pn_widths, c.pn_fc, c.pn_branch, c.dropout, c.variant, c.n_clusters, channels)
+
+    def pn_input(self, fingerprint: torch.Tensor) -> torch.Tensor:
+        if self.spectrum_norm is None:
+            return fingerprint
+        spec = self.spectrum_norm(log_spectrum(fingerprint))
+        return spec if self.config.pn_input == "spectrum" else torch.cat([fingerprint, spec], dim=1)
 
     def fit_centres(self, gm_targets: TargetArrays, seed: int = 0) -> np.ndarray:
         """Cluster variant: k-means the training GMs' continuous vectors (one row per GM) into the PN."""
@@ -55,7 +84,8 @@ class ParsingModel(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, Any]:
         """Normalized images [B,3,H,W] -> PN outputs + 'fingerprint' (what compute_loss takes)."""
         fingerprint = self.fen(images)
-        out = self.pn(fingerprint)
+        extra = self.spectral(fingerprint) if self.spectral is not None else None
+        out = self.pn(self.pn_input(fingerprint), extra)
         out["fingerprint"] = fingerprint
         return out
 

@@ -89,8 +89,12 @@ class ParsingNetwork(nn.Module):
             raise ValueError(f"centres must be {tuple(self.centres.shape)}, got {tuple(c.shape)}")
         self.centres.copy_(c)
 
-    def forward(self, fingerprint: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    def forward(self, fingerprint: torch.Tensor, extra: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """``extra``: features [B, fc] added to the encoder's (a :class:`SpectralBranch`'s output)."""
         h = self.encoder(fingerprint)
+        if extra is not None:
+            h = h + extra
         a, g, lt = self.arch_branch(h), self.group_branch(h), self.loss_branch(h)
         out: dict[str, torch.Tensor | list[torch.Tensor]] = {}
         if self.variant == "direct":
@@ -111,6 +115,31 @@ class ParsingNetwork(nn.Module):
         out["loss_logits"] = loss_logits
         out["loss_prob"] = torch.sigmoid(loss_logits) * group_prob[:, self.group_index]
         return out
+
+
+class SpectralBranch(nn.Module):
+    """Fingerprint -> per-channel log1p |rFFT2| -> every frequency bin standardized (BatchNorm1d)
+    -> dropout -> linear -> ReLU, a [B, out] feature the PN adds to its encoder's.
+
+    Not in the paper. The PN's conv encoder ends in global average pooling, so it cannot tell
+    where in the spectrum energy sits, and GM up-sampling artefacts are exactly energy at fixed
+    frequencies (a 2x transposed-conv checkerboard is a peak at Nyquist). This branch reads each
+    frequency bin by position, as the classical spectral baseline does, but learns end to end,
+    with gradients into the FEN.
+    """
+
+    def __init__(self, image_size: int, out: int, dropout: float = 0.0, channels: int = 3) -> None:
+        super().__init__()
+        self.image_size = image_size
+        dim = channels * image_size * (image_size // 2 + 1)
+        self.norm = nn.BatchNorm1d(dim)
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, out), nn.ReLU(inplace=True))
+
+    def forward(self, fingerprint: torch.Tensor) -> torch.Tensor:
+        if fingerprint.shape[-1] != self.image_size or fingerprint.shape[-2] != self.image_size:
+            raise ValueError(f"spectral branch built for {self.image_size}px, got {tuple(fingerprint.shape[-2:])}")
+        spec = torch.log1p(torch.fft.rfft2(fingerprint.float()).abs()).flatten(1)
+        return self.proj(self.norm(spec))
 
 
 def class_weights(targets: TargetArrays) -> list[torch.Tensor]:

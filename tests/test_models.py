@@ -242,3 +242,41 @@ def test_models_never_import_ray_or_mlflow() -> None:
                 names = [node.module]
             found += [(path.name, n) for n in names if n.split(".")[0] in {"ray", "mlflow"}]
     assert not found
+
+
+@pytest.mark.parametrize("pn_input", ["fingerprint", "spectrum", "both", "branch"])
+def test_pn_input_variants_train_and_roundtrip(pn_input: str, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from models.config import ModelConfig
+    from models.parser import Parser, ParsingModel
+
+    cfg = replace(ModelConfig.preset("smoke"), pn_input=pn_input)
+    model = ParsingModel(cfg)
+    x = torch.randn(4, 3, 32, 32)
+    out = model(x)
+    assert out["continuous"].shape == (4, 9)
+    out["continuous"].sum().backward()  # the spectrum path is differentiable back into the FEN
+    assert model.fen.body[0].weight.grad is not None and model.fen.body[0].weight.grad.abs().sum() > 0
+    assert (model.spectrum_norm is None) == (pn_input in ("fingerprint", "branch"))
+    assert (model.spectral is None) == (pn_input != "branch")
+    from data_pipeline.schema import RED116
+
+    Parser(model.eval(), RED116).save(tmp_path)
+    again = Parser.load(tmp_path)
+    assert again.config.pn_input == pn_input
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(x)["continuous"], model(x)["continuous"])
+
+
+def test_log_spectrum_sees_a_checkerboard_and_bad_pn_input() -> None:
+    from models.config import ModelConfig
+    from models.parser import ParsingModel, log_spectrum
+
+    board = torch.zeros(1, 3, 8, 8)
+    board[..., ::2, ::2] = 1.0
+    board[..., 1::2, 1::2] = 1.0
+    spec = log_spectrum(board - board.mean())
+    assert spec[0, 0, 0, 0] > 1.0 and spec[0, 0, 4, 4] < 1e-4  # energy at Nyquist (corner), none at DC (centre)
+    with pytest.raises(ValueError, match="pn_input"):
+        ParsingModel(ModelConfig(pn_input="pixels"))

@@ -1,0 +1,74 @@
+"""One training epoch and batched prediction for FEN+PN, in plain torch.
+
+The Ray Train worker loop (``workflows/training.py``) and the in-process diagnosis
+(``benchmarks/diagnose_parsing.py``) both call these, so the step they time and tune is one
+piece of code (the ``train_one_epoch`` / ``evaluate`` split of torchvision's references).
+A batch is a dict of tensors: ``image`` plus the targets of :func:`models.losses.compute_loss`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_pipeline.schema import TargetArrays
+
+from .constraints import ConstraintWeights
+from .losses import compute_loss
+from .predictions import Predictions
+
+TARGET_KEYS = ("continuous", "discrete", "loss", "group")
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Mapping[str, torch.Tensor]],
+                    weights: ConstraintWeights, class_weights: Sequence[torch.Tensor] | None = None,
+                    device: torch.device | str | None = None) -> dict[str, float]:
+    """Train over ``batches`` once -> image-weighted means of the loss terms, ``images`` and ``images_per_s``."""
+    model.train()
+    t0, n_img, sums = time.time(), 0, {}
+    for batch in batches:
+        x = batch["image"].to(device) if device is not None else batch["image"]
+        targets = {k: batch[k].to(x.device) for k in TARGET_KEYS}
+        out = model(x)
+        loss, log = compute_loss(out, targets, weights, class_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        b = len(x)
+        n_img += b
+        for k, v in log.items():
+            sums[k] = sums.get(k, 0.0) + v * b
+    metrics = {k: v / max(n_img, 1) for k, v in sums.items()}
+    metrics["images"] = float(n_img)
+    metrics["images_per_s"] = n_img / max(time.time() - t0, 1e-9)
+    return metrics
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
+                    device: torch.device | str | None = None,
+                    keep: Sequence[str] = TARGET_KEYS) -> tuple[Predictions, dict[str, np.ndarray]]:
+    """Eval-mode predictions over ``batches`` plus the concatenated ``keep`` columns (numpy)."""
+    was_training = model.training
+    model.eval()
+    parts, cols = [], {k: [] for k in keep}
+    try:
+        for batch in batches:
+            x = batch["image"].to(device) if device is not None else batch["image"]
+            parts.append(Predictions.from_outputs(model(x)))
+            for k in keep:
+                v = batch[k]
+                cols[k].append(v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+    finally:
+        model.train(was_training)
+    if not parts:
+        raise ValueError("no batches to predict on")
+    return Predictions.concat(parts), {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def targets_of(cols: Mapping[str, np.ndarray]) -> TargetArrays:
+    return TargetArrays(*(cols[k] for k in TARGET_KEYS))
