@@ -34,10 +34,15 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
 
     storage = tmp_path / "runs"
     rc = cv_folds.main([*SMOKE_ARGS, "--collection", smoke_collection.path, "--storage-path", str(storage),
-                        "--epochs", "2", "--kill-after-epoch", "0"])
+                        "--epochs", "2", "--kill-after-epoch", "0", "--val-gms", "0.25",
+                        "--test-collection", smoke_collection.path])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "Cross-fold results" in out and "continuous/l1" in out and "loss/auc" in out
+    assert "Per fold" in out and "continuous/l1" in out and "loss/auc" in out
+    pooled = out[out.index("Pooled over all"):]
+    n_gms = len(smoke_collection.fake_gms)
+    assert f"Pooled over all {n_gms} GMs" in pooled and "FEN+PN" in pooled and "classic" in pooled
+    assert "Trained on" in out and "tested on every GM" in out  # --test-collection
     assert list(storage.glob("*.killed")), "the fault injection did not kill a worker"
 
     client = MlflowClient()
@@ -58,6 +63,18 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
         a.path for a in client.list_artifacts(fold0.info.run_id, "figures")}
     assert "test.gm.loss.auc" in fold0.data.metrics
     assert "cv.gm.continuous.l1" in parents[0].data.metrics and "cv_baseline.gm.loss.f1" in parents[0].data.metrics
+    pm = parents[0].data.metrics
+    for col in ("fen_pn", "classical", "random", "p_fen_pn_vs_random", "p_fen_pn_vs_classical"):
+        assert f"pooled.{col}.discrete.acc" in pm, col
+    assert 0 < pm["pooled.p_fen_pn_vs_random.discrete.acc"] <= 1
+    rows = json.loads(open(client.download_artifacts(
+        parents[0].info.run_id, "tables/pooled.json", str(tmp_path))).read())
+    assert {r["gms"] for r in rows} == {n_gms} and rows[0]["shuffles"] == 2000
+    assert "tables/external.json" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "tables")}
+    assert "classical.gm.discrete.acc" in fold0.data.metrics
+    curve = client.get_metric_history(fold0.info.run_id, "unseen_gm.score")  # watched per epoch, never picked on
+    assert sorted(m.step for m in curve) == [0, 1]
+    assert client.get_metric_history(fold0.info.run_id, "valgm_gm.score")  # what picks the epoch (--val-gms)
 
     mv = client.get_model_version_by_alias("gm-parser", "champion")
     assert mv.tags["schema_version"] == schema.SCHEMA_VERSION
@@ -157,7 +174,7 @@ def test_ray_job_submit_against_mlflow_server(smoke_collection, tmp_path):
             )
             assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
             assert "succeeded" in (r.stdout + r.stderr).lower()
-            assert "Cross-fold results" in r.stdout
+            assert "Pooled over all" in r.stdout
         client = MlflowClient(uri)
         runs = _runs(client)
         assert {x.info.status for x in runs} == {"FINISHED"} and len(runs) == 4  # parent, 2 folds, final

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from data_pipeline.build import build_config, ensure_collection  # noqa: E402
 from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError, open_collection  # noqa: E402
-from data_pipeline.folds import Fold, FoldError, gm_folds  # noqa: E402
+from data_pipeline.folds import Fold, FoldError, gm_folds, holdout_gms  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
 from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
 from workflows.runtime import REPO_ROOT, SetupError, die, init_mlflow, init_ray, resumable_run_name  # noqa: E402
@@ -57,6 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", help="Ray Train storage (checkpoints); s3://... or NFS on clusters")
     p.add_argument("--resume", action="store_true", help="continue the last run of this config and collection")
     p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
+    p.add_argument("--test-collection", help="after training the final parser, score it on every GM of this "
+                   "collection (e.g. an ingested folder of your own GMs) beside the classical baseline")
     add_dataclass_args(p, JobConfig, "job (overrides the preset)", skip=("preset",))
     return p
 
@@ -115,31 +117,43 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
 
     from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
     from models.metrics import evaluate_parsing, metric_table
+    from models.significance import metrics_of
+    from workflows.evaluation import classical_baseline, gm_level
     from workflows.figures import discrete_confusion, learning_curves
     from workflows.inference import predict_dataset
     from workflows.training import fit_fold, make_loop_config
 
     label = f"fold-{fold.index}" if evaluate else "final"
     model_cfg = cfg.model_config()
-    loop_config = make_loop_config(cfg, col.targets(fold.train_gms), fault_marker)
+    fit_gms, val_gms = holdout_gms(col.gms, fold.train_gms, cfg.val_gms, cfg.seed + max(fold.index, 0))
+    loop_config = make_loop_config(cfg, col.targets(fit_gms), fault_marker)
     ds_args = {"size": cfg.image_size, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
-    train_ds = image_dataset(col, fold.train_gms, split="train", **ds_args)
-    val_ds = image_dataset(col, fold.train_gms, split="val", **ds_args)
+    train_ds = image_dataset(col, fit_gms, split="train", **ds_args)
+    val_ds = image_dataset(col, fit_gms, split="val", **ds_args)
+    # per-epoch GM-level curves: held-out GMs pick the epoch; the fold's unseen GMs are only watched
+    # (a quarter of their images, by the same seeded hash)
+    watch = {**ds_args, "val_fraction": 0.25, "split": "val"}
+    eval_ds = {"valgm": image_dataset(col, val_gms, **watch)} if val_gms else {}
+    if fold.test_gms:
+        eval_ds["unseen"] = image_dataset(col, fold.test_gms, **watch)
     if cfg.cache_decoded:  # decode once, not once per epoch (fits in the object store when small)
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
-    train_ds = shuffle_each_epoch(train_ds, cfg.seed)  # shards hold one GM each: mix them in every batch
+        eval_ds = {k: v.materialize() for k, v in eval_ds.items()}
+    train_ds = shuffle_each_epoch(train_ds, cfg.seed, cfg.epoch_fraction)  # shards hold one GM each: mix them
     exp_id, parent_id, uri = parent or (None, None, None)
     if uri:  # (experiment id, parent run id, tracking URI): also right in a Ray task (--concurrent-folds)
         mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_name=label, nested=True, tags={"fold": label}, experiment_id=exp_id,
                           parent_run_id=parent_id) as run:
-        mlflow.log_params({"fold": label, "train_gms": len(fold.train_gms), "test_gms": len(fold.test_gms)})
-        mlflow.log_dict({"train_gms": list(fold.train_gms), "test_gms": list(fold.test_gms)}, "split.json")
+        mlflow.log_params({"fold": label, "train_gms": len(fit_gms), "val_gms": len(val_gms),
+                           "test_gms": len(fold.test_gms)})
+        mlflow.log_dict({"train_gms": list(fit_gms), "val_gms": list(val_gms), "test_gms": list(fold.test_gms)},
+                        "split.json")
         loop_config["mlflow_run_id"] = run.info.run_id
         t0 = time.time()
         res = fit_fold(f"{run_name}-{label}", loop_config, train_ds, val_ds, storage_path=storage_path,
                        num_workers=cfg.num_workers, use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker,
-                       keep_checkpoints=cfg.keep_checkpoints, max_failures=cfg.max_failures)
+                       keep_checkpoints=cfg.keep_checkpoints, max_failures=cfg.max_failures, eval_ds=eval_ds)
         mlflow.log_metrics({"train_seconds": time.time() - t0, "best_epoch": res.best_epoch})
         mlflow.log_dict(res.history, "history.json")
         _log_figure(learning_curves(res.history, f"{label}: learning curves"), "figures/learning_curves.png")
@@ -165,11 +179,20 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
         _log_figure(family_fingerprints(col, list(fold.test_gms), model_cfg.to_dict(), res.state, cfg.image_size,
                                         f"{label}: fingerprints of unseen GMs"), "figures/fingerprints.png")
         out["rows"] = rows
+        out["gm_ids"], out["gm_pred"], out["gm_targets"] = gm_level(pred, targets, gm_ids)
+        ids, cpred, secs = classical_baseline(col, fold.train_gms, fold.test_gms, cfg.image_size,
+                                              cfg.baseline_images_per_gm, cfg.val_fraction, cfg.seed)
+        out["classical_gm_ids"], out["classical_pred"] = ids, cpred
+        out["classical"] = metrics_of(cpred, out["gm_targets"])
+        mlflow.log_metrics({"classical_seconds": secs, **{
+            metric_key("gm", k, "classical"): v for k, v in out["classical"].items() if np.isfinite(v)}})
         return out
 
 
-def summarize_folds(fold_rows: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Mean ± std across folds of every (level, metric) row, model and baseline."""
+def summarize_folds(fold_rows: list[list[dict[str, Any]]],
+                    classical: list[dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """Mean ± std across folds of every (level, metric) row: model, random baseline and, at GM
+    level, the classical baseline."""
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rows in fold_rows:
         for r in rows:
@@ -180,26 +203,29 @@ def summarize_folds(fold_rows: list[list[dict[str, Any]]]) -> list[dict[str, Any
         m = np.array([r["model"] for r in rs], float)
         b = np.array([r["baseline"] for r in rs], float)
         p = np.array([r["p_value"] for r in rs], float)
+        c = np.array([f.get(name, np.nan) for f in classical or []] if level == "gm" else [], float)
         out.append({"level": level, "metric": name, "model_mean": float(np.nanmean(m)), "model_std": float(np.nanstd(m)),
                     "baseline_mean": float(np.nanmean(b)), "baseline_std": float(np.nanstd(b)),
+                    "classical_mean": float(np.nanmean(c)) if np.isfinite(c).any() else float("nan"),
+                    "classical_std": float(np.nanstd(c)) if np.isfinite(c).any() else float("nan"),
                     "p_value_max": float(np.nanmax(p)) if np.isfinite(p).any() else float("nan"), "folds": len(rs)})
     return out
 
 
 def format_summary(summary: list[dict[str, Any]]) -> str:
+    """Per-fold spread (mean ± std over folds): FEN+PN, the classical baseline, random ground truth."""
     keyed = {(r["level"], r["metric"]): r for r in summary}
-    lines = [f"{'level':6} {'metric':16} {'model (mean ± std)':>22} {'random baseline':>22} {'worst p':>8}  "
-             "better than baseline? (p < 0.05 in every fold)"]
+    lines = [f"{'level':6} {'metric':16} {'FEN+PN (mean ± std)':>20} {'classical':>16} {'random':>16} "
+             f"{'worst-fold p':>12}"]
     for level, name in SUMMARY_METRICS:
         r = keyed.get((level, name))
         if r is None:
             continue
-        lower = name.endswith("l1")
-        diff = (r["baseline_mean"] - r["model_mean"]) if lower else (r["model_mean"] - r["baseline_mean"])
-        verdict = "NO" if diff <= 1e-9 else "yes" if r["p_value_max"] < 0.05 else "yes, not significant"
-        lines.append(f"{level:6} {name:16} {r['model_mean']:>13.4f} ± {r['model_std']:.4f} "
-                     f"{r['baseline_mean']:>13.4f} ± {r['baseline_std']:.4f} {r['p_value_max']:8.3f}  "
-                     f"{verdict}{' (lower is better)' if lower else ''}")
+        cls = (f"{r['classical_mean']:7.4f} ± {r['classical_std']:.4f}" if np.isfinite(r.get("classical_mean", np.nan))
+               else f"{'—':>16}")
+        lines.append(f"{level:6} {name:16} {r['model_mean']:11.4f} ± {r['model_std']:.4f} {cls:>16} "
+                     f"{r['baseline_mean']:7.4f} ± {r['baseline_std']:.4f} {r['p_value_max']:12.3f}"
+                     f"{'  (lower is better)' if name.endswith('l1') else ''}")
     return "\n".join(lines)
 
 
@@ -225,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.collection:  # bad input is an error before Ray starts or anything trains
             gm_folds(open_collection(args.collection).gms, cfg.folds, cfg.seed)
+        if args.test_collection:
+            if not cfg.final_model:
+                raise SetupError("--test-collection scores the final parser: drop --final-model false")
+            if open_collection(args.test_collection).fake_gms.empty:
+                raise SetupError(f"--test-collection {args.test_collection} has no GMs to score")
         init_mlflow(args.experiment)
         init_ray()
         col = _open_or_build(args, cfg)
@@ -255,15 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             results = ray.get(refs)
         else:
             results = [run_fold(col, f, cfg, run_name, storage, use_gpu, True, fault_marker, ids) for f in folds]
-        summary = summarize_folds([r["rows"] for r in results])
-        for r in summary:
-            mlflow.log_metric(metric_key(r["level"], r["metric"], "cv"), r["model_mean"])
-            mlflow.log_metric(metric_key(r["level"], r["metric"], "cv_baseline"), r["baseline_mean"])
-        mlflow.log_dict(summary, "tables/cv_summary.json")
-        table = format_summary(summary)
-        mlflow.log_text(table, "tables/cv_summary.txt")
-        print(f"\nCross-fold results on unseen GMs ({len(folds)} folds; baseline = labels shuffled across GMs):")
-        print(table, flush=True)
+        report_cv(results, cfg)
         if cfg.final_model:
             all_gms = tuple(col.fake_gms["gm_id"])
             final = run_fold(col, Fold(-1, all_gms, ()), cfg, run_name, storage, use_gpu, evaluate=False, parent=ids)
@@ -275,11 +298,55 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.register:
                 uri, version = log_and_register(parser, col, final["run_id"])
                 print(f"registered gm-parser version {version} (alias champion): {uri}")
+            if args.test_collection:
+                report_external(parser, col, open_collection(args.test_collection), cfg)
         mlflow.log_metric("wall_seconds", time.time() - t0)
         mlflow.log_metric("driver_max_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         print(f"done in {time.time() - t0:.0f} s; MLflow run {parent.info.run_id} "
               f"(mlflow server --backend-store-uri {mlflow.get_tracking_uri()})")
     return 0
+
+
+def report_cv(results: list[dict[str, Any]], cfg: JobConfig) -> None:
+    """Print and log the pooled GM-level table (the headline) and the per-fold spread."""
+    import mlflow
+
+    from models.significance import format_pooled, pooled_table
+    from workflows.evaluation import log_pooled, pool
+
+    summary = summarize_folds([r["rows"] for r in results], [r["classical"] for r in results])
+    for r in summary:
+        mlflow.log_metric(metric_key(r["level"], r["metric"], "cv"), r["model_mean"])
+        mlflow.log_metric(metric_key(r["level"], r["metric"], "cv_baseline"), r["baseline_mean"])
+    mlflow.log_dict(summary, "tables/cv_summary.json")
+    spread = format_summary(summary)
+    mlflow.log_text(spread, "tables/cv_summary.txt")
+    parser, classical, targets, _ = pool(results)
+    rows = pooled_table(parser, classical, targets, n_shuffles=cfg.pooled_shuffles, seed=cfg.seed)
+    pooled = format_pooled(rows)
+    log_pooled(rows, pooled)
+    print(f"\nPer fold (mean ± std over {len(results)} folds; random = labels shuffled across a fold's GMs):")
+    print(spread)
+    print(f"\nPooled over all {len(targets.continuous)} GMs, each scored by the fold that never saw it "
+          f"({cfg.pooled_shuffles} shuffles; p paired = FEN+PN vs classical, GMs swapped at random):")
+    print(pooled, flush=True)
+
+
+def report_external(parser, col: Collection, test_col: Collection, cfg: JobConfig) -> None:
+    """The final parser on every GM of another collection (printed and logged as tables/external.*)."""
+    import mlflow
+
+    from workflows.evaluation import external_table
+
+    rows, text = external_table(parser, col, test_col, fit_mode=cfg.fit_mode,
+                                baseline_images_per_gm=cfg.baseline_images_per_gm, seed=cfg.seed,
+                                n_shuffles=cfg.pooled_shuffles)
+    mlflow.log_dict(rows, "tables/external.json")
+    mlflow.log_text(text, "tables/external.txt")
+    mlflow.log_param("test_collection", test_col.path)
+    print(f"\nTrained on {col.path}, tested on every GM of {test_col.path} ({len(test_col.fake_gms)} GMs, "
+          f"{test_col.image_size} px images fed as '{cfg.fit_mode}'):")
+    print(text, flush=True)
 
 
 def log_and_register(parser, col: Collection, run_id: str) -> tuple[str, str | None]:

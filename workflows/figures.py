@@ -16,23 +16,28 @@ from data_pipeline.schema import DISCRETE, DISCRETE_NAMES, TargetArrays  # noqa:
 
 
 def learning_curves(history: Sequence[dict[str, float]], title: str = ""):
-    """Training loss terms and validation score per epoch."""
+    """Training loss terms, and per epoch the GM-level parsing score of the same model on held-out
+    images of training GMs (seen), training GMs held out whole (val GMs) and the fold's unseen
+    GMs: the gap between the first and the last is memorising GMs rather than parsing them."""
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for k in ("train/total", "train/parsing", "train/constraints"):
         if all(k in h for h in history):
             axes[0].plot(epochs, [h[k] for h in history], marker="o", label=k.split("/")[1])
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("loss")
     axes[0].legend()
-    for k in ("val/score", "val/discrete/f1", "val/loss/f1"):
-        if all(k in h for h in history):
-            axes[1].plot(epochs, [h[k] for h in history], marker="o", label=k[4:])
-    if all("val/continuous/l1" in h for h in history):
-        axes[1].plot(epochs, [1 - h["val/continuous/l1"] for h in history], marker="o", label="1 - continuous L1")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel("validation (held-out images)")
-    axes[1].legend()
+    sets = (("val_gm", "seen GMs, held-out images"), ("valgm_gm", "held-out training GMs (picks the epoch)"),
+            ("unseen_gm", "unseen test GMs (only watched)"))
+    for ax, metric, label in ((axes[1], "score", "parsing score (GM level)"),
+                              (axes[2], "discrete/acc", "discrete accuracy (GM level)")):
+        for prefix, name in sets:
+            k = f"{prefix}/{metric}"
+            if history and all(k in h for h in history):
+                ax.plot(epochs, [h[k] for h in history], marker="o", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

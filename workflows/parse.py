@@ -176,7 +176,8 @@ def read_image(path: str, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FIL
 class ImagePredictor:
     """Paths -> one JSON-able result per path. Used locally and as a Ray Data actor."""
 
-    def __init__(self, payloads: dict[str, Any], limits: dict[str, int] | None = None, threads: int = 0):
+    def __init__(self, payloads: dict[str, Any], limits: dict[str, int] | None = None, threads: int = 0,
+                 fit_mode: str = "resize"):
         import torch
 
         from data_pipeline.schema import Ranges
@@ -187,6 +188,7 @@ class ImagePredictor:
         if threads:
             torch.set_num_threads(threads)
         self.limits = limits or {}
+        self.fit_mode = fit_mode
         self.parser = self.detector = self.attributor = None
         if "parser" in payloads:
             meta = payloads["parser"]["meta"]
@@ -203,11 +205,12 @@ class ImagePredictor:
         if not images:
             return rows
         if self.parser is not None:
-            from data_pipeline.preprocess import resize
+            from data_pipeline.preprocess import fit_to_size
 
-            size = self.parser.config.image_size
-            arr = np.stack([resize(im, size) for im in images])
-            for r, d in zip(rows, self.parser.describe(self.parser.predict_arrays(arr))):
+            views = [fit_to_size(im, self.parser.config.image_size, self.fit_mode) for im in images]
+            owner = np.repeat(np.arange(len(images)), [len(v) for v in views])  # tiles of one image: averaged
+            _, pred = self.parser.predict_arrays(np.concatenate(views)).aggregate(owner)
+            for r, d in zip(rows, self.parser.describe(pred)):
                 r["hyperparameters"] = {
                     "continuous": d["continuous_raw"],
                     "continuous_norm": d["continuous"],
@@ -255,11 +258,12 @@ class ImagePredictor:
 
 
 def parse_files(paths: list[Path], payloads: dict[str, Any], batch_size: int = 32, ray_threshold: int = 64,
-                limits: dict[str, int] | None = None, actors: int = 1) -> tuple[list[dict[str, Any]], str]:
+                limits: dict[str, int] | None = None, actors: int = 1,
+                fit_mode: str = "resize") -> tuple[list[dict[str, Any]], str]:
     """-> (one result per path in input order, 'local' or 'ray')."""
     strs = [str(p) for p in paths]
     if len(strs) <= ray_threshold:
-        predictor = ImagePredictor(payloads, limits)
+        predictor = ImagePredictor(payloads, limits, fit_mode=fit_mode)
         out: list[dict[str, Any]] = []
         for i in range(0, len(strs), batch_size):
             out += predictor.parse_paths(strs[i : i + batch_size])
@@ -270,7 +274,8 @@ def parse_files(paths: list[Path], payloads: dict[str, Any], batch_size: int = 3
 
     init_ray()
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(strs)])
-    res = ds.map_batches(ImagePredictor, fn_constructor_kwargs={"payloads": payloads, "limits": limits, "threads": 1},
+    res = ds.map_batches(ImagePredictor, fn_constructor_kwargs={"payloads": payloads, "limits": limits, "threads": 1,
+                                                                  "fit_mode": fit_mode},
                          batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                          num_cpus=1)
     results: list[dict[str, Any] | None] = [None] * len(strs)
@@ -384,6 +389,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (one object per file) instead of a table")
     p.add_argument("--report", help="write per-image figures and report.md into this folder")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--fit-mode", default="resize", choices=["resize", "crop", "tile"],
+                   help="how an image of another size than the parser's reaches it (data_pipeline.preprocess."
+                        "fit_to_size): resize low-passes it; crop/tile read native pixels")
     p.add_argument("--ray-threshold", type=int, default=64, help="more images than this go through Ray Data")
     p.add_argument("--actors", type=int, default=1, help="Ray Data actor pool size")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are skipped")
@@ -408,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {n}", file=sys.stderr)
     limits = {"max_pixels": args.max_pixels, "min_side": args.min_side}
     t_parse = time.time()
-    results, mode = parse_files(paths, payloads, args.batch_size, args.ray_threshold, limits, args.actors)
+    results, mode = parse_files(paths, payloads, args.batch_size, args.ray_threshold, limits, args.actors, args.fit_mode)
     t_end = time.time()
     if args.json:
         print(json.dumps(results, indent=2))

@@ -40,6 +40,40 @@ def log_epoch_to_mlflow(run_id: str | None, metrics: dict[str, float], epoch: in
     )
 
 
+#: evaluation sets rank 0 scores every epoch, when given: ``val`` held-out images of the training
+#: GMs, ``valgm`` training GMs held out whole (then it picks the checkpoint), ``unseen`` the fold's
+#: test GMs (a curve to read, never used to pick anything)
+EVAL_SETS = ("val", "valgm", "unseen")
+EVAL_COLUMNS = [*TRAIN_COLUMNS, "gm_index"]
+
+
+def evaluate_sets(model, names: list[str], device) -> dict[str, float]:
+    """Rank 0: image-level metrics on ``val`` and GM-level metrics on every set -> flat metrics."""
+    import ray.train
+
+    from models.engine import predict_batches, targets_of
+    from models.metrics import parsing_metrics
+    from models.significance import metrics_of
+
+    out: dict[str, float] = {}
+    for name in names:
+        shard = ray.train.get_dataset_shard(name)
+        try:
+            pred, cols = predict_batches(model, shard.iter_torch_batches(batch_size=256, device=device),
+                                         keep=("continuous", "discrete", "loss", "group", "gm_index"))
+        except ValueError:  # an empty set
+            continue
+        targets = targets_of(cols)
+        if name == "val":
+            out.update({f"val/{k}": v for k, v in parsing_metrics(pred, targets).items() if k.count("/") <= 1})
+        ids, first = np.unique(cols["gm_index"], return_index=True)
+        _, gm_pred = pred.aggregate(cols["gm_index"])
+        gm = metrics_of(gm_pred, type(targets)(*(np.asarray(getattr(targets, f))[first] for f in
+                                                ("continuous", "discrete", "loss", "group"))))
+        out.update({f"{name}_gm/{k}": v for k, v in gm.items() if k.count("/") <= 1 or k.endswith("upsampling")})
+    return out
+
+
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     """Ray Train worker: FEN+PN training with checkpoint-every-epoch and exact resume."""
     import ray.train
@@ -48,10 +82,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     from models.config import ModelConfig
     from models.constraints import ConstraintWeights
-    from models.losses import compute_loss
-    from models.metrics import parsing_metrics
+    from models.engine import train_one_epoch
     from models.parser import ParsingModel
-    from models.predictions import Predictions
 
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
     ctx = ray.train.get_context()
@@ -76,48 +108,27 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     raw_model = model.module if hasattr(model, "module") else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     class_weights = [w.to(device) for w in class_weights]
+    eval_sets = [n for n in cfg.get("eval_sets", ["val"]) if n in EVAL_SETS]
+    select_on = "valgm_gm/score" if "valgm" in eval_sets else "val/score"
 
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
     for epoch in range(start_epoch, cfg["epochs"]):
-        model.train()
-        t0, n_img, sums = time.time(), 0, {}
-        for batch in train_shard.iter_torch_batches(
+        batches = train_shard.iter_torch_batches(
             batch_size=cfg["batch_size"], device=device, local_shuffle_buffer_size=4 * cfg["batch_size"],
-            local_shuffle_seed=cfg["seed"] * 1000 + epoch,
-        ):
-            out = model(batch["image"])
-            targets = {k: batch[k] for k in ("continuous", "discrete", "loss", "group")}
-            loss, log = compute_loss(out, targets, weights, class_weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            b = len(batch["image"])
-            n_img += b
-            for k, v in log.items():
-                sums[k] = sums.get(k, 0.0) + v * b
-        metrics: dict[str, float] = {f"train/{k}": v / max(n_img, 1) for k, v in sums.items()}
+            local_shuffle_seed=cfg["seed"] * 1000 + epoch, drop_last=True,  # BatchNorm needs > 1 row
+        )
+        tr = train_one_epoch(model, optimizer, batches, weights, class_weights)
+        metrics: dict[str, float] = {f"train/{k}": v for k, v in tr.items() if k not in ("images", "images_per_s")}
         metrics["epoch"] = float(epoch)
-        metrics["train/images_per_s"] = n_img / max(time.time() - t0, 1e-9)
+        metrics["train/images_per_s"] = tr["images_per_s"]
         metrics["worker/max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if rank == 0:
-            model.eval()
-            parts, tgt = [], {k: [] for k in ("continuous", "discrete", "loss", "group")}
-            with torch.no_grad():
-                for batch in val_shard.iter_torch_batches(batch_size=256, device=device):
-                    parts.append(Predictions.from_outputs(raw_model(batch["image"])))
-                    for k in tgt:
-                        tgt[k].append(batch[k].cpu().numpy())
-            if parts:
-                from data_pipeline.schema import TargetArrays
-
-                vm = parsing_metrics(Predictions.concat(parts), TargetArrays(*(np.concatenate(tgt[k]) for k in tgt)))
-                metrics.update({f"val/{k}": v for k, v in vm.items() if k.count("/") <= 1})
-            metrics["val_score"] = metrics.get("val/score", 0.0)
+            metrics.update(evaluate_sets(raw_model, eval_sets, device))
+            metrics["val_score"] = metrics.get(select_on, 0.0)
         else:
             metrics["val_score"] = 0.0
         history.append({k: float(v) for k, v in metrics.items()})
@@ -161,7 +172,7 @@ def make_loop_config(cfg, train_targets, fault_marker: str | None = None,
         "weights": cfg.weights().to_dict(),
         "class_weights": [w.tolist() for w in class_weights(train_targets)],
         "centres": fit_clusters(train_targets, model_cfg.n_clusters, cfg.seed).tolist() if cfg.variant == "cluster" else None,
-        "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "lr": cfg.lr, "weight_decay": cfg.weight_decay, "threads": cfg.threads, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "kill_after_epoch": cfg.kill_after_epoch, "fault_marker": fault_marker, "mlflow_run_id": mlflow_run_id,
         # explicit: Ray workers may have been started before MLFLOW_TRACKING_URI was set
         "mlflow_tracking_uri": mlflow.get_tracking_uri(),
@@ -170,8 +181,15 @@ def make_loop_config(cfg, train_targets, fault_marker: str | None = None,
 
 def fit_fold(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storage_path: str, num_workers: int,
              use_gpu: bool, cpus_per_worker: float, keep_checkpoints: int, max_failures: int,
-             callbacks: list | None = None) -> FoldResult:
-    """One TorchTrainer; re-running with the same (storage_path, name) resumes it."""
+             callbacks: list | None = None, eval_ds: dict[str, Any] | None = None) -> FoldResult:
+    """One TorchTrainer; re-running with the same (storage_path, name) resumes it.
+
+    ``eval_ds``: more evaluation sets by name (``valgm``, ``unseen``; see EVAL_SETS), read whole
+    by rank 0 each epoch (``image_dataset`` rows: ``gm_index`` tells their GMs apart).
+    """
+    eval_ds = {"val": val_ds, **(eval_ds or {})}
+    loop_config = {**loop_config, "eval_sets": list(eval_ds)}
+
     import ray.train
     import torch
     from ray.train.torch import TorchTrainer
@@ -192,7 +210,8 @@ def fit_fold(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storag
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
         ),
-        datasets={"train": train_ds.select_columns(TRAIN_COLUMNS), "val": val_ds.select_columns(TRAIN_COLUMNS)},
+        datasets={"train": train_ds.select_columns(TRAIN_COLUMNS),
+                  **{k: ds.select_columns(EVAL_COLUMNS) for k, ds in eval_ds.items()}},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()

@@ -1,0 +1,98 @@
+"""The main job's evaluation beyond one fold: the classical baseline per fold and the pooled
+GM-level table over all folds (FEN+PN, classical baseline, random ground truth, p-values).
+
+Each fake GM is a test GM in exactly one fold, so the folds' GM-level predictions pool into
+one table over every GM; that table is the job's headline, the per-fold rows its spread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from data_pipeline.schema import TargetArrays
+from models.predictions import Predictions
+
+
+def gm_level(pred: Predictions, targets: TargetArrays, gm_ids: Sequence[str] | np.ndarray
+             ) -> tuple[np.ndarray, Predictions, TargetArrays]:
+    """Per-image predictions and targets -> (sorted GM ids, one averaged row per GM, GM targets)."""
+    from models.metrics import gm_targets
+
+    ids, gp = pred.aggregate(gm_ids)
+    _, gt, _ = gm_targets(targets, gm_ids)
+    return ids, gp, gt
+
+
+def classical_baseline(col, train_gms: Sequence[str], test_gms: Sequence[str], size: int, per_gm: int,
+                       val_fraction: float, seed: int) -> tuple[np.ndarray, Predictions, float]:
+    """Fit the spectral baseline on the training GMs' training images (the network's held-out
+    images stay out), predict every image of the test GMs -> (GM ids, GM-level predictions, seconds)."""
+    from data_pipeline.folds import validation_mask
+    from data_pipeline.in_memory import load_images
+    from models.spectral_baseline import SpectralBaseline
+
+    t0 = time.time()
+    train = load_images(col, train_gms, size, per_gm=per_gm, seed=seed)
+    train = train.take(np.flatnonzero(~validation_mask(train.image_ids, val_fraction, seed)))
+    test = load_images(col, test_gms, size)
+    pred = SpectralBaseline(seed=seed).fit(train.images, train.targets).predict(test.images)
+    ids, gp = pred.aggregate(test.gm_ids)
+    return ids, gp, time.time() - t0
+
+
+def pool(folds: list[dict[str, Any]]) -> tuple[Predictions, Predictions, TargetArrays, np.ndarray]:
+    """Concatenate the folds' GM-level predictions (FEN+PN, classical) and targets."""
+    for f in folds:
+        if list(f["gm_ids"]) != list(f["classical_gm_ids"]):
+            raise RuntimeError(f"{f['label']}: FEN+PN and the classical baseline saw different GMs")
+    t = [f["gm_targets"] for f in folds]
+    targets = TargetArrays(*(np.concatenate([getattr(x, k) for x in t]) for k in ("continuous", "discrete", "loss", "group")))
+    return (Predictions.concat([f["gm_pred"] for f in folds]), Predictions.concat([f["classical_pred"] for f in folds]),
+            targets, np.concatenate([f["gm_ids"] for f in folds]))
+
+
+def log_pooled(rows: list[dict[str, Any]], text: str) -> None:
+    """The pooled table to the active MLflow run: metrics ``pooled.<column>.<metric>`` and tables/."""
+    import mlflow
+
+    for r in rows:
+        m = str(r["metric"]).replace("/", ".")
+        mlflow.log_metrics({f"pooled.fen_pn.{m}": r["fen_pn"], f"pooled.classical.{m}": r["classical"],
+                            f"pooled.random.{m}": r["random"], f"pooled.p_fen_pn_vs_random.{m}": r["p_fen_pn_vs_random"],
+                            f"pooled.p_fen_pn_vs_classical.{m}": r["p_fen_pn_vs_classical"]})
+    mlflow.log_dict(rows, "tables/pooled.json")
+    mlflow.log_text(text, "tables/pooled.txt")
+
+
+def external_table(parser, train_col, test_col, *, fit_mode: str, baseline_images_per_gm: int, seed: int,
+                   n_shuffles: int) -> tuple[list[dict[str, Any]], str]:
+    """Train once, test anywhere: the trained parser and a classical baseline trained on every GM
+    of ``train_col`` score every GM of ``test_col``, pooled, beside random ground truth.
+
+    Images of another resolution reach the model through ``preprocess.fit_to_size(fit_mode)``
+    (views of one GM are averaged); continuous labels are put on the training collection's
+    scale (raw values normalized with its ranges, clipped), as the parser predicts on it.
+    """
+    from data_pipeline.in_memory import load_images
+    from data_pipeline.preprocess import fit_to_size
+    from data_pipeline.schema import TargetArrays
+    from models.significance import format_pooled, pooled_table
+    from models.spectral_baseline import SpectralBaseline
+
+    size = parser.config.image_size
+    test = load_images(test_col, list(test_col.fake_gms["gm_id"]), test_col.image_size)
+    views = [fit_to_size(im, size, fit_mode) for im in test.images]
+    view_gms = np.concatenate([[g] * len(v) for g, v in zip(test.gm_ids, views)])
+    views = np.concatenate(views)
+    ids, fen = parser.predict_arrays(views).aggregate(view_gms)
+    train = load_images(train_col, list(train_col.fake_gms["gm_id"]), size, per_gm=baseline_images_per_gm, seed=seed)
+    _, classical = SpectralBaseline(seed=seed).fit(train.images, train.targets).predict(views).aggregate(view_gms)
+    t = test_col.targets(ids)
+    cont = train_col.ranges.normalize(test_col.ranges.denormalize(np.asarray(t.continuous)))
+    targets = TargetArrays(cont, np.asarray(t.discrete), np.asarray(t.loss), np.asarray(t.group))
+    rows = pooled_table(fen, classical, targets, n_shuffles=n_shuffles, seed=seed)
+    return rows, format_pooled(rows)
