@@ -1,4 +1,5 @@
-"""6. Quality: the default preset's cross-fold table, copied from the main job's MLflow parent run.
+"""6. Quality: the default preset's pooled GM-level table (FEN+PN, classical baseline, random ground
+truth, p-values), copied from the main job's MLflow parent run, with the per-fold spread below it.
 
 Looks up the newest finished parent run (no parent of its own) tagged ``preset=default`` in the
 experiment ``gmparse-cv`` of the tracking store (``MLFLOW_TRACKING_URI``, default
@@ -37,6 +38,15 @@ def find_run(uri: str, experiment: str, preset: str):
     )
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     return client, (parents[0] if parents else None)
+
+
+def pooled_rows(client, run) -> list[dict]:
+    """The run's ``tables/pooled.json`` (empty for runs made before the pooled table existed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return json.loads(Path(client.download_artifacts(run.info.run_id, "tables/pooled.json", tmp)).read_text())
+        except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+            return []
 
 
 def summary_table(client, run) -> list[str]:
@@ -81,18 +91,17 @@ def main() -> None:
         columns = ["status", "why", "command to produce it"]
         how = f"Tracking store {uri}, experiment {args.experiment}, tag preset={args.preset}."
     else:
-        lines = summary_table(client, run)
         m = run.data.metrics
-        columns = ["level", "metric", "model (mean ± std)", "random baseline", "worst p", "better?"]
-        rows = []
-        for line in lines[1:]:
-            parts = line.split()
-            if len(parts) < 9:
-                continue
-            rows.append([parts[0], parts[1], f"{parts[2]} ± {parts[4]}", f"{parts[5]} ± {parts[7]}", parts[8],
-                         " ".join(parts[9:])])
+        columns = ["metric (GM level, pooled)", "FEN+PN", "classical", "random (± std)", "p FEN+PN > random",
+                   "p classical > random", "FEN+PN - classical [95% CI]", "p paired"]
+        rows = [[r["metric"] + (" (lower is better)" if str(r["metric"]).endswith("l1") else ""),
+                 f"{r['fen_pn']:.3f}", f"{r['classical']:.3f}", f"{r['random']:.3f} ± {r['random_std']:.3f}",
+                 f"{r['p_fen_pn_vs_random']:.4f}", f"{r['p_classical_vs_random']:.4f}",
+                 f"{r['fen_pn_minus_classical']:+.3f} [{r['diff_ci_low']:+.3f}, {r['diff_ci_high']:+.3f}]",
+                 f"{r['p_fen_pn_vs_classical']:.4f}"] for r in pooled_rows(client, run)]
         if not rows:
-            rows = [["—", "the run has no tables/cv_summary artifact", "", "", "", ""]]
+            rows = [["the run has no tables/pooled.json (made before the pooled table)", "", "", "", "", "", "", ""]]
+        notes.append("per fold (mean ± std over folds):\n```\n" + "\n".join(summary_table(client, run)) + "\n```")
         params = run.data.params
         how = (f"MLflow run `{run.info.run_id}` ({run.info.run_name}, experiment {args.experiment}, "
                f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(run.info.start_time / 1000))}) in {uri}: "
