@@ -70,13 +70,14 @@ def denormalize(x: np.ndarray) -> np.ndarray:
 FIT_MODES = ("resize", "crop", "tile")
 
 
-def fit_to_size(image: np.ndarray, size: int, mode: str = "resize") -> np.ndarray:
+def fit_to_size(image: np.ndarray, size: int, mode: str = "resize", max_side_tiles: int = 8) -> np.ndarray:
     """uint8 [H, W, 3] -> [k, size, size, 3] views a model of input ``size`` reads.
 
     ``resize``: the whole image resampled (k = 1); it low-passes a larger image, and with it the
     high-frequency artefacts a parser reads. ``crop``: the centre ``size`` crop at native
-    resolution (k = 1). ``tile``: every non-overlapping ``size`` tile at native resolution
-    (k >= 1; average the predictions). Images smaller than ``size`` are resized in every mode.
+    resolution (k = 1). ``tile``: the non-overlapping ``size`` tiles at native resolution, a centred
+    block of at most ``max_side_tiles`` a side (k <= 64 by default, so a large photo stays cheap;
+    average the predictions). Images smaller than ``size`` are resized in every mode.
     """
     if mode not in FIT_MODES:
         raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
@@ -86,7 +87,7 @@ def fit_to_size(image: np.ndarray, size: int, mode: str = "resize") -> np.ndarra
     if mode == "crop":
         top, left = (h - size) // 2, (w - size) // 2
         return np.ascontiguousarray(image[top : top + size, left : left + size])[None]
-    ny, nx = h // size, w // size
+    ny, nx = min(h // size, max_side_tiles), min(w // size, max_side_tiles)
     top, left = (h - ny * size) // 2, (w - nx * size) // 2
     return np.stack([image[top + i * size : top + (i + 1) * size, left + j * size : left + (j + 1) * size]
                      for i in range(ny) for j in range(nx)])

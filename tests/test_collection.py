@@ -157,6 +157,7 @@ def test_fit_to_size_modes() -> None:
     assert crop.shape == (1, 32, 32, 3) and (crop[0] == img[16:48, 32:64]).all()  # native pixels, centred
     tiles = fit_to_size(img, 32, "tile")
     assert tiles.shape == (6, 32, 32, 3) and (tiles[5] == img[32:64, 64:96]).all()
+    assert fit_to_size(np.zeros((32 * 20, 32 * 3, 3), np.uint8), 32, "tile").shape == (24, 32, 32, 3)  # capped
     small = np.zeros((16, 16, 3), np.uint8)
     assert fit_to_size(small, 32, "crop").shape == (1, 32, 32, 3)  # smaller than the model: resized up
     with pytest.raises(ValueError, match="mode"):

@@ -26,7 +26,8 @@ class JobConfig:
     pn_input: str = "fingerprint"  # what the PN reads: fingerprint (paper) | spectrum | both
     dropout: float | None = None  # PN dropout; None keeps the model preset's
     image_size: int = 32
-    fit_mode: str = "resize"  # images of another size: resize | crop | tile (data_pipeline.preprocess.fit_to_size)
+    fit_mode: str = "tile"  # images of another size: resize | crop | tile (data_pipeline.preprocess.fit_to_size;
+    #                         tile measured best, benchmarks/bench_fit_mode.py)
     epochs: int = 2
     epoch_fraction: float = 1.0  # share of the training images an epoch sees (a fresh sample each epoch)
     batch_size: int = 32
