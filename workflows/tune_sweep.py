@@ -130,7 +130,7 @@ def trial_fn(config: dict[str, Any]) -> None:
     val_ds = image_dataset(col, config["val_gms"], split="all", **ds_args)
     if cfg.cache_decoded:  # as in the main job: decode once, not once per epoch
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
-    train_ds = shuffle_each_epoch(train_ds, cfg.seed)  # shards hold one GM each: mix them in every batch
+    train_ds = shuffle_each_epoch(train_ds, cfg.seed, cfg.epoch_fraction)  # shards hold one GM each: mix them
     res = fit_fold(f"{config['sweep_name']}-trial-{trial_id}", loop_config, train_ds, val_ds,
                    storage_path=config["storage_path"], num_workers=cfg.num_workers, use_gpu=config["use_gpu"],
                    cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=1, max_failures=cfg.max_failures,
