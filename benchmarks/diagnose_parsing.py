@@ -28,7 +28,9 @@ import torch  # noqa: E402
 from data_pipeline.build import build_config  # noqa: E402
 from data_pipeline.collection import Collection, open_collection  # noqa: E402
 from data_pipeline.folds import gm_folds, holdout_gms, validation_mask  # noqa: E402
-from data_pipeline.in_memory import ImageArrays, load_images  # noqa: E402
+from data_pipeline.in_memory import ImageArrays, load_images, sample_per_gm  # noqa: E402
+from data_pipeline.schema import TargetArrays  # noqa: E402
+from models import metrics  # noqa: E402
 from models.engine import predict_batches, train_one_epoch  # noqa: E402
 from models.parser import ParsingModel  # noqa: E402
 from models.pn import class_weights  # noqa: E402
@@ -42,18 +44,14 @@ CURVE_KEYS = ("score", "continuous/l1", "discrete/acc", "discrete/f1", "loss/auc
 
 
 def per_gm_subset(data: ImageArrays, idx: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Up to ``k`` random images of each GM among ``idx`` (GM-balanced), shuffled."""
-    if k <= 0:
-        return rng.permutation(idx)
-    out = [rng.permutation(idx[data.gm_ids[idx] == g])[:k] for g in np.unique(data.gm_ids[idx])]
-    return rng.permutation(np.concatenate(out))
+    """Up to ``k`` random images of each GM among ``idx`` (GM-balanced; all when ``k`` <= 0), shuffled."""
+    return rng.permutation(idx[sample_per_gm(data.gm_ids[idx], k, rng)])
 
 
-def gm_level(data: ImageArrays, pred: Predictions, idx: np.ndarray) -> tuple[Predictions, object]:
+def gm_level(data: ImageArrays, pred: Predictions, idx: np.ndarray) -> tuple[Predictions, TargetArrays]:
     """Per-image predictions of rows ``idx`` -> (one averaged row per GM, that GM's targets)."""
-    ids, gp = pred.aggregate(data.gm_ids[idx])
-    first = np.array([idx[np.flatnonzero(data.gm_ids[idx] == g)[0]] for g in ids])
-    return gp, data.take(first).targets
+    _, gp, gt = metrics.gm_level(pred, data.targets.take(idx), data.gm_ids[idx])
+    return gp, gt
 
 
 def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, parent_id: str | None) -> dict:
@@ -110,13 +108,8 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
     return {"gm": gm, "history": history, "best_epoch": best_epoch}
 
 
-def concat_gm(parts: list[tuple[Predictions, object]]):
-    from data_pipeline.schema import TargetArrays
-
-    pred = Predictions.concat([p for p, _ in parts])
-    t = TargetArrays(*(np.concatenate([getattr(t, f) for _, t in parts]) for f in ("continuous", "discrete",
-                                                                                   "loss", "group")))
-    return pred, t
+def concat_gm(parts: list[tuple[Predictions, TargetArrays]]) -> tuple[Predictions, TargetArrays]:
+    return Predictions.concat([p for p, _ in parts]), TargetArrays.concat([t for _, t in parts])
 
 
 def main(argv: list[str] | None = None) -> int:

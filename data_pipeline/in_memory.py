@@ -14,8 +14,7 @@ import numpy as np
 from data_pipeline import schema
 from data_pipeline.collection import Collection
 from data_pipeline.preprocess import decode_image, normalize, resize
-
-TARGET_FIELDS = ("continuous", "discrete", "loss", "group")
+from data_pipeline.schema import TARGET_FIELDS
 
 
 @dataclass
@@ -26,9 +25,7 @@ class ImageArrays:
     targets: schema.TargetArrays  # one row per image (its GM's labels)
 
     def take(self, idx: np.ndarray) -> ImageArrays:
-        t = self.targets
-        return ImageArrays(self.images[idx], self.gm_ids[idx], self.image_ids[idx],
-                           schema.TargetArrays(t.continuous[idx], t.discrete[idx], t.loss[idx], t.group[idx]))
+        return ImageArrays(self.images[idx], self.gm_ids[idx], self.image_ids[idx], self.targets.take(idx))
 
     def of_gms(self, gms: Iterable[str]) -> np.ndarray:
         return np.flatnonzero(np.isin(self.gm_ids, list(gms)))
@@ -47,6 +44,14 @@ class ImageArrays:
             yield b
 
 
+def sample_per_gm(gm_ids: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of up to ``k`` random rows of each GM in ``gm_ids``, GM after GM (all rows, in
+    order, when ``k`` <= 0)."""
+    if k <= 0:
+        return np.arange(len(gm_ids))
+    return np.concatenate([rng.permutation(np.flatnonzero(gm_ids == g))[:k] for g in np.unique(gm_ids)])
+
+
 def load_images(col: Collection, gm_ids: Iterable[str] | None = None, size: int | None = None,
                 per_gm: int = 0, seed: int = 0) -> ImageArrays:
     """Decode the images of ``gm_ids`` (all GMs when None), resized to ``size``; with
@@ -54,14 +59,9 @@ def load_images(col: Collection, gm_ids: Iterable[str] | None = None, size: int 
     size = size or col.image_size
     t = col.read_images(gm_ids, columns=["image_id", "gm_id", "image"]).to_pydict()
     gms = np.asarray(t["gm_id"], dtype=str)
-    keep = np.arange(len(gms))
-    if per_gm > 0:
-        rng = np.random.default_rng(seed)
-        keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(gms == g))[:per_gm] for g in np.unique(gms)]))
+    keep = np.sort(sample_per_gm(gms, per_gm, np.random.default_rng(seed)))
     images = np.stack([resize(decode_image(t["image"][i]), size) for i in keep]) if len(keep) else \
         np.zeros((0, size, size, 3), np.uint8)
-    by_id = col.targets(np.unique(gms[keep]))
-    row = {g: i for i, g in enumerate(np.unique(gms[keep]))}
-    r = np.array([row[g] for g in gms[keep]], dtype=np.int64)
-    targets = schema.TargetArrays(*(np.asarray(getattr(by_id, k))[r] for k in TARGET_FIELDS))
+    ids, row = np.unique(gms[keep], return_inverse=True)
+    targets = col.targets(ids).take(row)
     return ImageArrays(images, gms[keep], np.asarray(t["image_id"], dtype=str)[keep], targets)

@@ -91,3 +91,11 @@ def fit_to_size(image: np.ndarray, size: int, mode: str = "resize", max_side_til
     top, left = (h - ny * size) // 2, (w - nx * size) // 2
     return np.stack([image[top + i * size : top + (i + 1) * size, left + j * size : left + (j + 1) * size]
                      for i in range(ny) for j in range(nx)])
+
+
+def fit_views(images, size: int, mode: str = "resize") -> tuple[np.ndarray, np.ndarray]:
+    """Each uint8 image -> its :func:`fit_to_size` views, stacked: (views [K, size, size, 3],
+    owner [K]: the index of the image each view came from, to average predictions per image)."""
+    views = [fit_to_size(np.asarray(im), size, mode) for im in images]
+    owner = np.repeat(np.arange(len(views)), [len(v) for v in views])
+    return np.concatenate(views), owner

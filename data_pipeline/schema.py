@@ -253,6 +253,18 @@ class TargetArrays:
     loss: np.ndarray  # [n, 10] bits
     group: np.ndarray  # [n, 3] bits
 
+    def take(self, idx: np.ndarray | Sequence[int]) -> TargetArrays:
+        """Rows ``idx`` (repeats allowed), e.g. each image's GM row."""
+        return TargetArrays(*(np.asarray(getattr(self, f))[idx] for f in TARGET_FIELDS))
+
+    @classmethod
+    def concat(cls, parts: Sequence[TargetArrays]) -> TargetArrays:
+        return cls(*(np.concatenate([np.asarray(getattr(p, f)) for p in parts]) for f in TARGET_FIELDS))
+
+
+#: the label matrices' names, in TargetArrays order (also the target keys of a training batch)
+TARGET_FIELDS: tuple[str, ...] = ("continuous", "discrete", "loss", "group")
+
 
 def targets_from_rows(rows: Iterable[Mapping[str, object]]) -> TargetArrays:
     """Stack label columns of gms.parquet rows (dicts) into TargetArrays."""

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_pipeline.schema import TargetArrays
+from data_pipeline.schema import TARGET_FIELDS, TargetArrays
 
 from .constraints import ConstraintWeights
 from .losses import compute_loss
 from .predictions import Predictions
 
-TARGET_KEYS = ("continuous", "discrete", "loss", "group")
+TARGET_KEYS = TARGET_FIELDS
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Mapping[str, torch.Tensor]],

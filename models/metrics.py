@@ -118,14 +118,19 @@ def parsing_metrics(
     return m
 
 
-def _take_targets(t: TargetArrays, idx: np.ndarray) -> TargetArrays:
-    return TargetArrays(t.continuous[idx], t.discrete[idx], t.loss[idx], t.group[idx])
-
-
 def gm_targets(targets: TargetArrays, gm_ids: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, TargetArrays, np.ndarray]:
     """Per-image targets -> (sorted unique GM ids, one target row per GM, image -> GM index)."""
     ids, first, inv = np.unique(np.asarray(gm_ids), return_index=True, return_inverse=True)
-    return ids, _take_targets(_as_arrays(targets), first), inv
+    return ids, _as_arrays(targets).take(first), inv
+
+
+def gm_level(pred: Predictions, targets: TargetArrays, gm_ids: Sequence[Any] | np.ndarray
+             ) -> tuple[np.ndarray, Predictions, TargetArrays]:
+    """Per-image predictions and targets -> (sorted GM ids, one averaged prediction row per GM,
+    that GM's targets), rows aligned."""
+    ids, gm_pred = pred.aggregate(gm_ids)
+    _, gm_t, _ = gm_targets(targets, gm_ids)
+    return ids, gm_pred, gm_t
 
 
 def _as_arrays(t: TargetArrays) -> TargetArrays:
@@ -194,14 +199,14 @@ def evaluate_parsing(
     ids, gm_t, inv = gm_targets(targets, gm_ids)
     _, gm_pred = pred.aggregate(gm_ids)
     model = {
-        "image": parsing_metrics(pred, _take_targets(gm_t, inv), ranges),
+        "image": parsing_metrics(pred, gm_t.take(inv), ranges),
         "gm": parsing_metrics(gm_pred, gm_t, ranges),
     }
     rng = np.random.default_rng(seed)
     shuffles: dict[str, list[dict[str, float]]] = {"image": [], "gm": []}
     for _ in range(n_shuffles):
         shuffled = shuffle_columns(gm_t, rng)
-        shuffles["image"].append(parsing_metrics(pred, _take_targets(shuffled, inv), ranges))
+        shuffles["image"].append(parsing_metrics(pred, shuffled.take(inv), ranges))
         shuffles["gm"].append(parsing_metrics(gm_pred, shuffled, ranges))
     return {lvl: _level_report(model[lvl], shuffles[lvl]) for lvl in LEVELS}
 

@@ -17,9 +17,10 @@ import numpy as np
 
 from data_pipeline.schema import CONTINUOUS, GROUP_NAMES, LOSS_TYPES, NUM_CLASSES, TargetArrays
 
+from .constraints import GRAY_COEFFS
 from .predictions import Predictions
 
-GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # same luma as models.constraints
+GRAY = np.array(GRAY_COEFFS, dtype=np.float32)  # the luma the fingerprint constraints use
 HIST_BINS = 16
 
 

@@ -162,3 +162,26 @@ def test_fit_to_size_modes() -> None:
     assert fit_to_size(small, 32, "crop").shape == (1, 32, 32, 3)  # smaller than the model: resized up
     with pytest.raises(ValueError, match="mode"):
         fit_to_size(img, 32, "stretch")
+
+
+def test_fit_views_owner_and_sample_per_gm() -> None:
+    from data_pipeline.in_memory import sample_per_gm
+    from data_pipeline.preprocess import fit_views
+
+    imgs = [np.zeros((64, 96, 3), np.uint8), np.ones((32, 32, 3), np.uint8)]
+    views, owner = fit_views(imgs, 32, "tile")
+    assert views.shape == (7, 32, 32, 3) and owner.tolist() == [0] * 6 + [1]  # 2x3 tiles, then the 32px image
+    gms = np.array(["b", "a", "b", "a", "b", "c"])
+    picks = sample_per_gm(gms, 2, np.random.default_rng(0))
+    assert [gms[i] for i in picks] == ["a", "a", "b", "b", "c"] and len(set(picks.tolist())) == 5
+    assert sample_per_gm(gms, 0, np.random.default_rng(0)).tolist() == list(range(6))
+
+
+def test_target_arrays_take_and_concat() -> None:
+    from data_pipeline.schema import TargetArrays
+
+    t = TargetArrays(np.arange(6.0).reshape(3, 2), np.arange(3)[:, None], np.eye(3, dtype=int), np.zeros((3, 1)))
+    two = t.take([2, 0])
+    assert two.continuous.tolist() == [[4.0, 5.0], [0.0, 1.0]] and two.discrete.ravel().tolist() == [2, 0]
+    back = TargetArrays.concat([t.take([0]), t.take([1, 2])])
+    assert all(np.array_equal(getattr(back, f), getattr(t, f)) for f in ("continuous", "discrete", "loss", "group"))

@@ -188,3 +188,16 @@ def test_fast_metrics_agree_with_sklearn() -> None:
         yc, pc = rng.integers(0, 4, 30), rng.integers(0, 3, 30)
         assert _macro_f1(yc, pc) == pytest.approx(f1_score(yc, pc, average="macro", zero_division=0))
     assert _f1(np.zeros(4), np.zeros(4)) == 0.0
+
+
+def test_gm_level_aligns_averaged_predictions_with_gm_targets() -> None:
+    from models.metrics import gm_level
+
+    t = _targets(4, 3)
+    rows = np.array([2, 0, 2, 1, 3, 0])  # images -> GM rows, out of order
+    ids = np.array(["g2", "g0", "g2", "g1", "g3", "g0"])
+    pred = _perfect(t.take(rows))
+    gm_ids, gp, gt = gm_level(pred, t.take(rows), ids)
+    assert gm_ids.tolist() == ["g0", "g1", "g2", "g3"]
+    np.testing.assert_allclose(gt.continuous, t.continuous)  # GM g<k> is row k
+    np.testing.assert_allclose(gp.continuous, t.continuous)

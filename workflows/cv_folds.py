@@ -116,9 +116,9 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
     import mlflow
 
     from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
-    from models.metrics import evaluate_parsing, metric_table
+    from models.metrics import evaluate_parsing, gm_level, metric_table
     from models.significance import metrics_of
-    from workflows.evaluation import classical_baseline, gm_level
+    from workflows.evaluation import classical_baseline
     from workflows.figures import discrete_confusion, learning_curves
     from workflows.inference import predict_dataset
     from workflows.training import fit_fold, make_loop_config

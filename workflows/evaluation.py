@@ -17,16 +17,6 @@ from data_pipeline.schema import TargetArrays
 from models.predictions import Predictions
 
 
-def gm_level(pred: Predictions, targets: TargetArrays, gm_ids: Sequence[str] | np.ndarray
-             ) -> tuple[np.ndarray, Predictions, TargetArrays]:
-    """Per-image predictions and targets -> (sorted GM ids, one averaged row per GM, GM targets)."""
-    from models.metrics import gm_targets
-
-    ids, gp = pred.aggregate(gm_ids)
-    _, gt, _ = gm_targets(targets, gm_ids)
-    return ids, gp, gt
-
-
 def classical_baseline(col, train_gms: Sequence[str], test_gms: Sequence[str], size: int, per_gm: int,
                        val_fraction: float, seed: int) -> tuple[np.ndarray, Predictions, float]:
     """Fit the spectral baseline on the training GMs' training images (the network's held-out
@@ -49,10 +39,8 @@ def pool(folds: list[dict[str, Any]]) -> tuple[Predictions, Predictions, TargetA
     for f in folds:
         if list(f["gm_ids"]) != list(f["classical_gm_ids"]):
             raise RuntimeError(f"{f['label']}: FEN+PN and the classical baseline saw different GMs")
-    t = [f["gm_targets"] for f in folds]
-    targets = TargetArrays(*(np.concatenate([getattr(x, k) for x in t]) for k in ("continuous", "discrete", "loss", "group")))
     return (Predictions.concat([f["gm_pred"] for f in folds]), Predictions.concat([f["classical_pred"] for f in folds]),
-            targets, np.concatenate([f["gm_ids"] for f in folds]))
+            TargetArrays.concat([f["gm_targets"] for f in folds]), np.concatenate([f["gm_ids"] for f in folds]))
 
 
 def log_pooled(rows: list[dict[str, Any]], text: str) -> None:
@@ -78,16 +66,14 @@ def external_table(parser, train_col, test_col, *, fit_mode: str, baseline_image
     scale (raw values normalized with its ranges, clipped), as the parser predicts on it.
     """
     from data_pipeline.in_memory import load_images
-    from data_pipeline.preprocess import fit_to_size
-    from data_pipeline.schema import TargetArrays
+    from data_pipeline.preprocess import fit_views
     from models.significance import format_pooled, pooled_table
     from models.spectral_baseline import SpectralBaseline
 
     size = parser.config.image_size
     test = load_images(test_col, list(test_col.fake_gms["gm_id"]), test_col.image_size)
-    views = [fit_to_size(im, size, fit_mode) for im in test.images]
-    view_gms = np.concatenate([[g] * len(v) for g, v in zip(test.gm_ids, views)])
-    views = np.concatenate(views)
+    views, owner = fit_views(test.images, size, fit_mode)
+    view_gms = test.gm_ids[owner]
     ids, fen = parser.predict_arrays(views).aggregate(view_gms)
     train = load_images(train_col, list(train_col.fake_gms["gm_id"]), size, per_gm=baseline_images_per_gm, seed=seed)
     _, classical = SpectralBaseline(seed=seed).fit(train.images, train.targets).predict(views).aggregate(view_gms)

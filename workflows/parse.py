@@ -205,11 +205,10 @@ class ImagePredictor:
         if not images:
             return rows
         if self.parser is not None:
-            from data_pipeline.preprocess import fit_to_size
+            from data_pipeline.preprocess import fit_views
 
-            views = [fit_to_size(im, self.parser.config.image_size, self.fit_mode) for im in images]
-            owner = np.repeat(np.arange(len(images)), [len(v) for v in views])  # tiles of one image: averaged
-            _, pred = self.parser.predict_arrays(np.concatenate(views)).aggregate(owner)
+            views, owner = fit_views(images, self.parser.config.image_size, self.fit_mode)
+            _, pred = self.parser.predict_arrays(views).aggregate(owner)  # tiles of one image: averaged
             for r, d in zip(rows, self.parser.describe(pred)):
                 r["hyperparameters"] = {
                     "continuous": d["continuous_raw"],

@@ -51,8 +51,8 @@ def evaluate_sets(model, names: list[str], device) -> dict[str, float]:
     """Rank 0: image-level metrics on ``val`` and GM-level metrics on every set -> flat metrics."""
     import ray.train
 
-    from models.engine import predict_batches, targets_of
-    from models.metrics import parsing_metrics
+    from models.engine import TARGET_KEYS, predict_batches, targets_of
+    from models.metrics import gm_level, parsing_metrics
     from models.significance import metrics_of
 
     out: dict[str, float] = {}
@@ -60,16 +60,13 @@ def evaluate_sets(model, names: list[str], device) -> dict[str, float]:
         shard = ray.train.get_dataset_shard(name)
         try:
             pred, cols = predict_batches(model, shard.iter_torch_batches(batch_size=256, device=device),
-                                         keep=("continuous", "discrete", "loss", "group", "gm_index"))
+                                         keep=(*TARGET_KEYS, "gm_index"))
         except ValueError:  # an empty set
             continue
         targets = targets_of(cols)
         if name == "val":
             out.update({f"val/{k}": v for k, v in parsing_metrics(pred, targets).items() if k.count("/") <= 1})
-        ids, first = np.unique(cols["gm_index"], return_index=True)
-        _, gm_pred = pred.aggregate(cols["gm_index"])
-        gm = metrics_of(gm_pred, type(targets)(*(np.asarray(getattr(targets, f))[first] for f in
-                                                ("continuous", "discrete", "loss", "group"))))
+        gm = metrics_of(*gm_level(pred, targets, cols["gm_index"])[1:])
         out.update({f"{name}_gm/{k}": v for k, v in gm.items() if k.count("/") <= 1 or k.endswith("upsampling")})
     return out
 
@@ -148,6 +145,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             marker = cfg.get("fault_marker")
             if epoch == cfg.get("kill_after_epoch", -1) and marker and not os.path.exists(marker):
                 Path(marker).write_text(f"killed after epoch {epoch}\n")
+                # Ray Train V2's controller collects reports (and their checkpoints) on its health-check
+                # poll; a worker killed before the next poll loses the epoch it just reported, and the
+                # restart redoes it. Wait a few polls so the injected fault is "after epoch N" for real.
+                time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
                 os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, recovered by FailureConfig
 
 
