@@ -34,27 +34,38 @@ def lower_is_better(name: str) -> bool:
     return name.startswith("continuous/l1")
 
 
-# Fast numpy versions of scikit-learn's binary F1, macro F1 and ROC AUC: the shuffled
-# baseline scores every metric dozens of times, and sklearn's input validation costs ~10 ms
-# a call. tests/test_metrics.py checks they agree with sklearn.
+# Fast numpy versions of scikit-learn's binary F1, macro F1 and ROC AUC, row-wise so the pooled
+# significance tests (models.significance) score thousands of label sets at once; sklearn's input
+# validation costs ~10 ms a call. tests/test_metrics.py checks they agree with sklearn.
+def auc_rows(y: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Row-wise ROC AUC of [S, m] labels and scores (Mann-Whitney U with average ranks for ties;
+    NaN where a row has one class)."""
+    y = np.asarray(y).astype(bool)
+    ranks = rankdata(np.asarray(score, dtype=np.float64), axis=1)
+    n_pos = y.sum(axis=1).astype(np.float64)
+    n_neg = y.shape[1] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * y).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def f1_rows(y: np.ndarray, hat: np.ndarray) -> np.ndarray:
+    """Row-wise binary F1 over all trailing axes (0 where undefined, as zero_division=0)."""
+    y, hat = np.asarray(y).astype(bool), np.asarray(hat).astype(bool)
+    axes = tuple(range(1, y.ndim))
+    tp = (y & hat).sum(axis=axes)
+    denom = y.sum(axis=axes) + hat.sum(axis=axes)
+    return np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 0.0)
+
+
 def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC (Mann-Whitney U with average ranks for ties); NaN when only one class is present."""
-    y = np.asarray(y).ravel().astype(bool)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(np.asarray(score, dtype=np.float64).ravel())
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """ROC AUC of one label/score set (see :func:`auc_rows`)."""
+    return float(auc_rows(np.asarray(y).reshape(1, -1), np.asarray(score).reshape(1, -1))[0])
 
 
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:
     """Binary F1 of the positive class (0 when undefined, like zero_division=0)."""
-    y = np.asarray(y).ravel().astype(bool)
-    p = np.asarray(pred).ravel().astype(bool)
-    tp = np.sum(y & p)
-    denom = y.sum() + p.sum()
-    return float(2 * tp / denom) if denom else 0.0
+    return float(f1_rows(np.asarray(y).reshape(1, -1), np.asarray(pred).reshape(1, -1))[0])
 
 
 def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:

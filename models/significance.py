@@ -13,36 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from data_pipeline.schema import CONTINUOUS, DISCRETE_NAMES, LOSS_TYPES, NUM_CLASSES, TargetArrays
 
-from .metrics import lower_is_better
+from .metrics import auc_rows, f1_rows, lower_is_better
 from .predictions import Predictions
 
 #: the pooled table's rows, in print order
 HEADLINE: tuple[str, ...] = (
     "continuous/l1", "discrete/acc", "discrete/f1", "loss/f1", "loss/auc", "group/f1", "score",
 )
-
-
-def _auc_rows(y: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """Row-wise ROC AUC of [S, m] labels and scores (NaN where a row has one class)."""
-    y = y.astype(bool)
-    ranks = rankdata(score, axis=1)
-    n_pos = y.sum(axis=1).astype(np.float64)
-    n_neg = y.shape[1] - n_pos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * y).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
-
-
-def _f1_rows(y: np.ndarray, hat: np.ndarray) -> np.ndarray:
-    """Row-wise binary F1 over all trailing axes (0 where undefined, as zero_division=0)."""
-    axes = tuple(range(1, y.ndim))
-    tp = (y & hat).sum(axis=axes)
-    denom = y.sum(axis=axes) + hat.sum(axis=axes)
-    return np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 0.0)
 
 
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,13 +68,13 @@ def batched_metrics(cont_p: np.ndarray, disc_p: np.ndarray, loss_p: np.ndarray, 
     m["discrete/acc"] = np.broadcast_to(np.mean(accs, axis=0), (s,))
     m["discrete/f1"] = np.broadcast_to(np.mean(f1s, axis=0), (s,))
     lt_b, lhat = lt.astype(bool), lp >= threshold
-    m["loss/f1"] = np.broadcast_to(_f1_rows(lt_b, lhat), (s,))
-    m["loss/auc"] = np.broadcast_to(_auc_rows(lt_b.reshape(len(lt_b), -1), lp.reshape(len(lp), -1)), (s,))
+    m["loss/f1"] = np.broadcast_to(f1_rows(lt_b, lhat), (s,))
+    m["loss/auc"] = np.broadcast_to(auc_rows(lt_b.reshape(len(lt_b), -1), lp.reshape(len(lp), -1)), (s,))
     for j, t in enumerate(LOSS_TYPES):
-        m[f"loss/auc/{t}"] = np.broadcast_to(_auc_rows(lt_b[:, :, j], lp[:, :, j]), (s,))
+        m[f"loss/auc/{t}"] = np.broadcast_to(auc_rows(lt_b[:, :, j], lp[:, :, j]), (s,))
     gt_b = gt.astype(bool)
-    m["group/f1"] = np.broadcast_to(_f1_rows(gt_b, gp >= threshold), (s,))
-    m["group/auc"] = np.broadcast_to(_auc_rows(gt_b.reshape(len(gt_b), -1), gp.reshape(len(gp), -1)), (s,))
+    m["group/f1"] = np.broadcast_to(f1_rows(gt_b, gp >= threshold), (s,))
+    m["group/auc"] = np.broadcast_to(auc_rows(gt_b.reshape(len(gt_b), -1), gp.reshape(len(gp), -1)), (s,))
     m["score"] = (1.0 - m["continuous/l1"] + m["discrete/f1"] + m["loss/f1"]) / 3.0
     return {k: np.asarray(v, dtype=np.float64) for k, v in m.items()}
 
