@@ -26,6 +26,12 @@ class ModelConfig:
     #: log-magnitude spectrum), "both" (6 channels) or "branch" (fingerprint + a linear spectral
     #: branch, models.pn.SpectralBranch); see models.parser.ParsingModel
     pn_input: str = "fingerprint"
+    #: with pn_input="branch": the spectral branch also reads the input image's high-pass residual
+    #: (image minus its 3x3 box blur), not only the fingerprint (not in the paper, see the README)
+    spectral_residual: bool = False
+    #: also give the PN the input image's pixel-value statistics (models.pn.ImageStatsBranch;
+    #: not in the paper, see the README)
+    image_stats: bool = False
 
     @classmethod
     def preset(cls, name: str, task: str = "parsing") -> ModelConfig:

@@ -7,6 +7,7 @@ saves/loads itself as state dicts + a small JSON, loaded with ``weights_only=Tru
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from data_pipeline.schema import (
 
 from .config import ModelConfig
 from .fen import FEN
-from .pn import ParsingNetwork, SpectralBranch, fit_clusters
+from .pn import ImageStatsBranch, ParsingNetwork, SpectralBranch, fit_clusters
 from .predictions import Predictions
 
 WEIGHTS_FILE = "model.pt"
@@ -48,13 +49,21 @@ def log_spectrum(fingerprint: torch.Tensor) -> torch.Tensor:
     return torch.log1p(torch.fft.fftshift(torch.fft.fft2(fingerprint.float()), dim=(-2, -1)).abs())
 
 
+def high_pass(images: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] minus its 3x3 box blur (reflected borders): the residual spectral detectors read."""
+    blur = nn.functional.avg_pool2d(nn.functional.pad(images, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    return images - blur
+
+
 class ParsingModel(nn.Module):
     """FEN followed by PN; ``forward`` returns the PN outputs plus 'fingerprint'.
 
     ``config.pn_input`` picks what the PN reads: the fingerprint (the paper), its
     log-magnitude spectrum, both stacked as 6 channels (the spectrum through a BatchNorm so its
     scale is learned), or ``branch``: the fingerprint through the conv encoder plus a
-    :class:`~models.pn.SpectralBranch` over its spectrum (changes beyond the paper, see the README).
+    :class:`~models.pn.SpectralBranch` over its spectrum (with ``spectral_residual``, over the
+    image's high-pass residual's spectrum too). ``image_stats`` adds an
+    :class:`~models.pn.ImageStatsBranch` over the input's values. All beyond the paper, see the README.
     """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
@@ -66,7 +75,9 @@ class ParsingModel(nn.Module):
         self.fen = FEN(c.fen_depth, c.fen_width)
         channels = 6 if c.pn_input == "both" else 3
         self.spectrum_norm = nn.BatchNorm2d(3) if c.pn_input in ("spectrum", "both") else None
-        self.spectral = SpectralBranch(c.image_size, c.pn_fc, c.dropout) if c.pn_input == "branch" else None
+        self.spectral = (SpectralBranch(c.image_size, c.pn_fc, c.dropout, channels=6 if c.spectral_residual else 3)
+                         if c.pn_input == "branch" else None)
+        self.image_stats = ImageStatsBranch(c.pn_fc, c.dropout) if c.image_stats else None
         self.pn = ParsingNetwork(c.pn_widths, c.pn_fc, c.pn_branch, c.dropout, c.variant, c.n_clusters, channels)
 
     def pn_input(self, fingerprint: torch.Tensor) -> torch.Tensor:
@@ -84,7 +95,13 @@ class ParsingModel(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, Any]:
         """Normalized images [B,3,H,W] -> PN outputs + 'fingerprint' (what compute_loss takes)."""
         fingerprint = self.fen(images)
-        extra = self.spectral(fingerprint) if self.spectral is not None else None
+        extra = None
+        if self.spectral is not None:
+            extra = self.spectral(torch.cat([fingerprint, high_pass(images)], dim=1)
+                                  if self.config.spectral_residual else fingerprint)
+        if self.image_stats is not None:
+            stats = self.image_stats(images)
+            extra = stats if extra is None else extra + stats
         out = self.pn(self.pn_input(fingerprint), extra)
         out["fingerprint"] = fingerprint
         return out
@@ -139,6 +156,17 @@ class Parser:
         finally:
             self.model.train(was_training)
         return Predictions.concat(parts)
+
+    def predict_fitted(self, images: Sequence[np.ndarray] | np.ndarray, fit_mode: str = "tile") -> Predictions:
+        """uint8 images of any size -> one Predictions row per image.
+
+        Each image is fitted to the model's input by :func:`data_pipeline.preprocess.fit_views`
+        (``tile``: its native-resolution tiles, whose predictions are averaged; resizing
+        low-passes away the artefacts the parser reads, benchmarks/bench_fit_mode.py).
+        """
+        views, owner = preprocess.fit_views(images, self.config.image_size, fit_mode)
+        _, pred = self.predict_arrays(views).aggregate(owner)
+        return pred
 
     def predict(self, images: np.ndarray | torch.Tensor, aggregate: bool = False) -> list[dict[str, Any]] | dict[str, Any]:
         """Named hyperparameters per image; with ``aggregate=True`` one dict averaged over all images

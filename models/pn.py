@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_pipeline.preprocess import IMAGE_MEAN, IMAGE_STD
 from data_pipeline.schema import (
     CONTINUOUS,
     GROUP_NAMES,
@@ -140,6 +141,40 @@ class SpectralBranch(nn.Module):
             raise ValueError(f"spectral branch built for {self.image_size}px, got {tuple(fingerprint.shape[-2:])}")
         spec = torch.log1p(torch.fft.rfft2(fingerprint.float()).abs()).flatten(1)
         return self.proj(self.norm(spec))
+
+
+class ImageStatsBranch(nn.Module):
+    """Normalized input image (``mean``/``std`` undo the normalization) -> per-channel value statistics -> BatchNorm1d -> dropout -> linear -> ReLU.
+
+    Not in the paper. The fingerprint is a residual: it keeps an image's high frequencies but
+    not the distribution of its pixel values, and the output non-linearity (Tanh, Sigmoid,
+    none) shapes exactly that distribution (saturation at 0 and 255, clipped or bell-shaped
+    histograms). Per channel: a ``bins``-bin histogram, mean, std and the shares of pixels at
+    0 and at 255, the same statistics the classical baseline reads. Fixed features of the
+    input (no gradient into the FEN); the linear layer over them is learned end to end.
+    """
+
+    def __init__(self, out: int, dropout: float = 0.0, bins: int = 16, channels: int = 3,
+                 mean: float = IMAGE_MEAN, std: float = IMAGE_STD) -> None:
+        super().__init__()
+        self.bins, self.mean, self.std = bins, mean, std
+        dim = channels * (bins + 4)
+        self.norm = nn.BatchNorm1d(dim)
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, out), nn.ReLU(inplace=True))
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalized images [B, C, H, W] -> statistics [B, C * (bins + 4)]."""
+        x = (images.float() * self.std + self.mean).clamp(0.0, 1.0).flatten(2)  # [B, C, HW] in [0, 1]
+        idx = (x * self.bins).long().clamp_(max=self.bins - 1)
+        hist = torch.zeros(*x.shape[:2], self.bins, device=x.device).scatter_add_(2, idx, torch.ones_like(x))
+        hist /= x.shape[-1]
+        stats = torch.stack([x.mean(-1), x.std(-1), (x <= 0.5 / 255).float().mean(-1),
+                             (x >= 254.5 / 255).float().mean(-1)], dim=-1)
+        return torch.cat([hist, stats], dim=-1).flatten(1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(self.features(images)))
 
 
 def class_weights(targets: TargetArrays) -> list[torch.Tensor]:

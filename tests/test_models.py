@@ -260,6 +260,7 @@ def test_pn_input_variants_train_and_roundtrip(pn_input: str, tmp_path: Path) ->
     assert model.fen.body[0].weight.grad is not None and model.fen.body[0].weight.grad.abs().sum() > 0
     assert (model.spectrum_norm is None) == (pn_input in ("fingerprint", "branch"))
     assert (model.spectral is None) == (pn_input != "branch")
+    assert model.image_stats is None  # off unless asked for
     from data_pipeline.schema import RED116
 
     Parser(model.eval(), RED116).save(tmp_path)
@@ -280,3 +281,47 @@ def test_log_spectrum_sees_a_checkerboard_and_bad_pn_input() -> None:
     assert spec[0, 0, 0, 0] > 1.0 and spec[0, 0, 4, 4] < 1e-4  # energy at Nyquist (corner), none at DC (centre)
     with pytest.raises(ValueError, match="pn_input"):
         ParsingModel(ModelConfig(pn_input="pixels"))
+
+
+def test_image_stats_branch_reads_value_distribution_and_roundtrips(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from data_pipeline import preprocess
+    from data_pipeline.schema import RED116
+    from models.config import ModelConfig
+    from models.parser import Parser, ParsingModel
+
+    model = ParsingModel(replace(ModelConfig.preset("smoke"), pn_input="branch", image_stats=True)).eval()
+    saturated = np.zeros((1, 32, 32, 3), np.uint8)
+    saturated[:, :16] = 255  # half black, half white: what a saturating Tanh output looks like
+    mid = np.full((1, 32, 32, 3), 128, np.uint8)
+    f = model.image_stats.features(torch.from_numpy(preprocess.normalize(np.concatenate([saturated, mid]))))
+    assert f.shape == (2, 3 * (16 + 4))
+    hist = f[:, :16]  # channel 0's histogram: shares of pixels per value bin
+    torch.testing.assert_close(hist.sum(1), torch.ones(2))
+    assert hist[0, 0] == pytest.approx(0.5) and hist[0, 15] == pytest.approx(0.5) and hist[1, 8] == pytest.approx(1.0)
+    at0, at255 = f[0, 18], f[0, 19]  # per channel [16 bins, mean, std, share at 0, share at 255]
+    assert at0 == pytest.approx(0.5) and at255 == pytest.approx(0.5)
+    Parser(model, RED116).save(tmp_path)
+    again = Parser.load(tmp_path)
+    assert again.config.image_stats and again.model.image_stats is not None
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(x)["loss_prob"], model(x)["loss_prob"])
+
+
+def test_predict_fitted_averages_native_tiles() -> None:
+    from data_pipeline.schema import RED116
+    from models.config import ModelConfig
+    from models.parser import Parser, ParsingModel
+
+    parser = Parser(ParsingModel(ModelConfig.preset("smoke")).eval(), RED116)
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)  # 4 tiles of the 32 px model
+    small = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    pred = parser.predict_fitted([big, small], "tile")
+    tiles = np.stack([big[:32, :32], big[:32, 32:], big[32:, :32], big[32:, 32:]])
+    np.testing.assert_allclose(pred.continuous[0], parser.predict_arrays(tiles).continuous.mean(0), atol=1e-6)
+    np.testing.assert_allclose(pred.continuous[1], parser.predict_arrays(small[None]).continuous[0], atol=1e-6)
+    resized = parser.predict_fitted([big], "resize")  # an untrained model: small but real differences
+    assert np.abs(resized.continuous[0] - pred.continuous[0]).max() > 1e-5

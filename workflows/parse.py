@@ -205,10 +205,7 @@ class ImagePredictor:
         if not images:
             return rows
         if self.parser is not None:
-            from data_pipeline.preprocess import fit_views
-
-            views, owner = fit_views(images, self.parser.config.image_size, self.fit_mode)
-            _, pred = self.parser.predict_arrays(views).aggregate(owner)  # tiles of one image: averaged
+            pred = self.parser.predict_fitted(images, self.fit_mode)  # tiles of one image: averaged
             for r, d in zip(rows, self.parser.describe(pred)):
                 r["hyperparameters"] = {
                     "continuous": d["continuous_raw"],

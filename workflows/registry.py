@@ -40,7 +40,8 @@ def flatten_prediction(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class ParserPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc face of models.parser.Parser."""
+    """pyfunc face of models.parser.Parser: uint8 [N, H, W, 3] images of any size, each read at
+    native resolution through its tiles (the default of cv_folds and parse.py)."""
 
     def load_context(self, context) -> None:
         from models.parser import Parser
@@ -51,7 +52,7 @@ class ParserPyfunc(mlflow.pyfunc.PythonModel):
         images = np.asarray(model_input)
         if images.ndim == 3:
             images = images[None]
-        rows = self.parser.describe(self.parser.predict_arrays(images.astype(np.uint8)))
+        rows = self.parser.describe(self.parser.predict_fitted(list(images.astype(np.uint8)), "tile"))
         return pd.DataFrame([flatten_prediction(r) for r in rows])
 
 
