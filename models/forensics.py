@@ -55,43 +55,47 @@ class FingerprintClassifier(nn.Module):
     """DetectionAttributionModel whose forward also returns the attribution head's pooled
     penultimate features (``embedding``), for same-source linking (DDP-safe: one forward)."""
 
-    def __init__(self, n_sources: int, fen_depth: int, fen_width: int, head_widths: Sequence[int]) -> None:
+    def __init__(self, n_sources: int, fen_depth: int, fen_width: int, head_widths: Sequence[int],
+                 spectral_size: int = 0) -> None:
         super().__init__()
         from models.fen import FEN
         from models.heads import DetectionAttributionModel
 
-        self.net = DetectionAttributionModel(n_sources, FEN(fen_depth, fen_width), tuple(head_widths))
+        self.net = DetectionAttributionModel(n_sources, FEN(fen_depth, fen_width), tuple(head_widths), spectral_size)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         fp = self.net.fen(images)
-        out = {"fingerprint": fp, "detection_logit": self.net.detection_head(fp).squeeze(1)}
+        out = {"fingerprint": fp, "detection_logit": self.net.detection_head(fp, images).squeeze(1)}
         head = self.net.attribution_head
         if head is not None:
-            z = head.net[:-1](fp)  # ShallowHead: convs, pool, flatten | linear
+            z = head.embed(fp, images)
             out["embedding"] = z
             out["attribution_logits"] = head.net[-1](z)
         else:
-            out["embedding"] = self.net.detection_head.net[:-1](fp)
+            out["embedding"] = self.net.detection_head.embed(fp, images)
         return out
 
 
 def build_module(meta: dict[str, Any]) -> nn.Module:
     n = len(meta.get("sources", []))
     if meta["kind"] == "fen":
-        return FingerprintClassifier(n, int(meta["fen_depth"]), int(meta["fen_width"]), meta["head_widths"])
+        return FingerprintClassifier(n, int(meta["fen_depth"]), int(meta["fen_width"]), meta["head_widths"],
+                                     int(meta["image_size"]) if meta.get("spectral_head") else 0)
     if meta["kind"] == "cnn":
         return PlainCNN(n, meta["cnn_widths"])
     raise ValueError(f"unknown forensic model kind {meta['kind']!r}")
 
 
 def model_meta(kind: str, sources: Sequence[str], image_size: int, fen_depth: int, fen_width: int,
-               head_widths: Sequence[int] = (16, 32), cnn_widths: Sequence[int] | None = None) -> dict[str, Any]:
+               head_widths: Sequence[int] = (16, 32), cnn_widths: Sequence[int] | None = None,
+               spectral_head: bool = False) -> dict[str, Any]:
     """The JSON that rebuilds a forensic model (saved beside its weights)."""
     return {
         "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION, "kind": kind,
         "sources": [str(s) for s in sources], "image_size": int(image_size),
         "fen_depth": int(fen_depth), "fen_width": int(fen_width), "head_widths": [int(w) for w in head_widths],
         "cnn_widths": [int(w) for w in (cnn_widths or (fen_width, 2 * fen_width, 3 * fen_width))],
+        "spectral_head": bool(spectral_head),
     }
 
 

@@ -14,12 +14,19 @@ from torch import nn
 
 from .constraints import ConstraintWeights, constraint_loss
 from .fen import FEN
+from .pn import ImageStatsBranch, SpectralBranch
 
 
 class ShallowHead(nn.Module):
-    """Two strided conv+ReLU layers, global average pool, linear to ``n_out`` logits."""
+    """Two strided conv+ReLU layers, global average pool, linear to ``n_out`` logits.
 
-    def __init__(self, n_out: int, widths: Sequence[int] = (16, 32), channels: int = 3) -> None:
+    ``spectral_size`` > 0 (not in the paper; the parser's default fix, README "What differs from
+    the paper"): the pooled features also get a :class:`~models.pn.SpectralBranch` over the
+    fingerprint's spectrum and an :class:`~models.pn.ImageStatsBranch` over the image's values.
+    """
+
+    def __init__(self, n_out: int, widths: Sequence[int] = (16, 32), channels: int = 3,
+                 spectral_size: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = channels
@@ -28,28 +35,42 @@ class ShallowHead(nn.Module):
             prev = w
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(prev, n_out)]
         self.net = nn.Sequential(*layers)
+        self.spectral = SpectralBranch(spectral_size, prev, channels=channels) if spectral_size else None
+        self.stats = ImageStatsBranch(prev, channels=channels) if spectral_size else None
 
-    def forward(self, fingerprint: torch.Tensor) -> torch.Tensor:
-        return self.net(fingerprint)
+    def embed(self, fingerprint: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled features before the last linear layer (what same-source linking compares)."""
+        z = self.net[:-1](fingerprint)
+        if self.spectral is not None:
+            if images is None:
+                raise ValueError("a spectral head needs the images too")
+            z = z + self.spectral(fingerprint) + self.stats(images)
+        return z
+
+    def forward(self, fingerprint: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net[-1](self.embed(fingerprint, images))
 
 
 class DetectionAttributionModel(nn.Module):
     """One FEN, a detection head (1 logit: fake) and an attribution head (known GMs + real).
 
     ``n_sources`` counts every attribution class including 'real'; 0 disables attribution.
+    ``spectral_size``: the heads' spectral branch (:class:`ShallowHead`), 0 for the paper's heads.
     """
 
-    def __init__(self, n_sources: int = 0, fen: FEN | None = None, head_widths: Sequence[int] = (16, 32)) -> None:
+    def __init__(self, n_sources: int = 0, fen: FEN | None = None, head_widths: Sequence[int] = (16, 32),
+                 spectral_size: int = 0) -> None:
         super().__init__()
         self.fen = fen or FEN()
-        self.detection_head = ShallowHead(1, head_widths)
-        self.attribution_head = ShallowHead(n_sources, head_widths) if n_sources > 0 else None
+        self.detection_head = ShallowHead(1, head_widths, spectral_size=spectral_size)
+        self.attribution_head = (ShallowHead(n_sources, head_widths, spectral_size=spectral_size)
+                                 if n_sources > 0 else None)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         fp = self.fen(images)
-        out = {"fingerprint": fp, "detection_logit": self.detection_head(fp).squeeze(1)}
+        out = {"fingerprint": fp, "detection_logit": self.detection_head(fp, images).squeeze(1)}
         if self.attribution_head is not None:
-            out["attribution_logits"] = self.attribution_head(fp)
+            out["attribution_logits"] = self.attribution_head(fp, images)
         return out
 
 

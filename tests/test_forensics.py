@@ -76,6 +76,18 @@ def test_models_losses_and_save_load(tmp_path):
     np.testing.assert_allclose(p["source_probs"].sum(1), 1.0, atol=1e-5)
     assert loaded.sources == ["a", "b", "real"]
 
+    meta = model_meta("fen", ["a", "b", "real"], 32, 3, 8, (8, 16), spectral_head=True)
+    model = ForensicModel(build_module(meta), meta)
+    heads = model.module.net
+    assert heads.detection_head.spectral is not None and heads.attribution_head.stats is not None
+    out = model.module(torch.randn(4, 3, 32, 32))
+    assert out["embedding"].shape == (4, 16) and out["attribution_logits"].shape == (4, 3)
+    out["attribution_logits"].sum().backward()  # the spectral branch reaches the FEN
+    assert heads.fen.body[0].weight.grad.abs().sum() > 0
+    p = model.predict(imgs)
+    q = ForensicModel.load(model.save(tmp_path / "spectral")).predict(imgs)
+    np.testing.assert_allclose(p["source_probs"], q["source_probs"], atol=1e-6)
+
 
 def test_splits_are_disjoint_and_deterministic():
     ids = np.array([f"gm/{i:06d}" for i in range(2000)])

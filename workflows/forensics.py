@@ -56,6 +56,7 @@ class ForensicsConfig:
     fen_depth: int = 4
     fen_width: int = 16
     head_widths: str = "16,32"  # ShallowHead widths
+    spectral_head: bool = False  # heads also read the fingerprint's spectrum and the image's values (not in the paper)
     cnn_widths: str = ""  # plain CNN widths; empty = (w, 2w, 3w) with w = fen_width
     image_size: int = 32
     epochs: int = 3
@@ -125,7 +126,7 @@ def _metas(cfg: ForensicsConfig, classes: list[str]) -> dict[str, dict[str, Any]
     from workflows.heads_training import model_meta
 
     common = {"image_size": cfg.image_size, "fen_depth": cfg.fen_depth, "fen_width": cfg.fen_width,
-              "head_widths": cfg.head(), "cnn_widths": cfg.cnn()}
+              "head_widths": cfg.head(), "cnn_widths": cfg.cnn(), "spectral_head": cfg.spectral_head}
     return {"fen": model_meta("fen", classes, **common), "cnn": model_meta("cnn", classes, **common)}
 
 
