@@ -35,7 +35,9 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
     storage = tmp_path / "runs"
     rc = cv_folds.main([*SMOKE_ARGS, "--collection", smoke_collection.path, "--storage-path", str(storage),
                         "--epochs", "2", "--kill-after-epoch", "0", "--val-gms", "0.25",
-                        "--test-collection", smoke_collection.path])
+                        # the default preset's model and checkpoint policy
+                        "--pn-input", "branch", "--spectral-residual", "true", "--image-stats", "true",
+                        "--checkpoint", "last", "--test-collection", smoke_collection.path])
     assert rc == 0
     out = capsys.readouterr().out
     assert "Per fold" in out and "continuous/l1" in out and "loss/auc" in out
@@ -57,6 +59,7 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
         assert sorted(steps) == [0, 1], f"{name}: epochs logged {steps} (lost or repeated after the kill)"
         arts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
         assert "figures/learning_curves.png" in arts
+        assert run.data.metrics["best_epoch"] == 1, f"{name}: --checkpoint last kept epoch {run.data.metrics['best_epoch']}"
     fold0 = children["fold-0"]
     assert {a.path for a in client.list_artifacts(fold0.info.run_id, "tables")} >= {"tables/metrics.csv", "tables/metrics.json"}
     assert {"figures/confusion_discrete.png", "figures/fingerprints.png"} <= {
@@ -74,7 +77,7 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
     assert "classical.gm.discrete.acc" in fold0.data.metrics
     curve = client.get_metric_history(fold0.info.run_id, "unseen_gm.score")  # watched per epoch, never picked on
     assert sorted(m.step for m in curve) == [0, 1]
-    assert client.get_metric_history(fold0.info.run_id, "valgm_gm.score")  # what picks the epoch (--val-gms)
+    assert client.get_metric_history(fold0.info.run_id, "valgm_gm.score")  # watched (--val-gms)
 
     mv = client.get_model_version_by_alias("gm-parser", "champion")
     assert mv.tags["schema_version"] == schema.SCHEMA_VERSION
@@ -86,6 +89,8 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
     assert pred["norm_type"].isin(schema.DISCRETE["norm_type"]).all()
     assert all(f"loss_{t}_prob" in pred.columns for t in schema.LOSS_TYPES)
     assert model.metadata.signature is not None
+    big = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)  # read as 4 native tiles each
+    assert len(model.predict(big)) == 2
 
 
 def _cv(args, env=None, timeout=120):
@@ -101,6 +106,8 @@ def test_bad_input_fails_before_training(tmp_path, smoke_collection):
     assert r.returncode == 2 and "no manifest.json" in r.stderr
     r = _cv(["--preset", "huge"])
     assert r.returncode == 2 and "unknown preset" in r.stderr
+    r = _cv(["--checkpoint", "middle"])
+    assert r.returncode == 2 and "--checkpoint must be one of" in r.stderr
     r = _cv(["--collection", smoke_collection.path, "--folds", "500"])
     assert r.returncode == 2 and "cannot make 500" in r.stderr
     t0 = time.time()

@@ -56,6 +56,16 @@ class ParserPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame([flatten_prediction(r) for r in rows])
 
 
+def any_size_signature(example: np.ndarray, output: pd.DataFrame) -> mlflow.models.ModelSignature:
+    """The signature of ``example``'s output, with uint8 [N, H, W, 3] images of any H and W as input
+    (the parser reads a larger image through its native-resolution tiles)."""
+    from mlflow.types import Schema, TensorSpec
+
+    inferred = mlflow.models.infer_signature(example, output)
+    return mlflow.models.ModelSignature(Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, example.shape[-1]))]),
+                                        inferred.outputs)
+
+
 def log_parser(parser, name: str = "parser", register_as: str | None = PARSER_NAME, alias: str = CHAMPION,
                tags: dict[str, str] | None = None) -> tuple[str, str | None]:
     """Log ``parser`` into the active run; register it and point ``alias`` at the new version.
@@ -76,7 +86,7 @@ def log_parser(parser, name: str = "parser", register_as: str | None = PARSER_NA
             name=name,
             python_model=wrapper,
             artifacts={"parser": str(parser_dir)},
-            signature=mlflow.models.infer_signature(example, output),
+            signature=any_size_signature(example, output),
             input_example=example,
             code_paths=[str(REPO_ROOT / p) for p in ("models", "data_pipeline", "workflows")],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "pillow",

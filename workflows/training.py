@@ -128,6 +128,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             metrics["val_score"] = metrics.get(select_on, 0.0)
         else:
             metrics["val_score"] = 0.0
+        # what Ray keeps and fit_fold returns: the best val_score, or the newest epoch
+        metrics["checkpoint_score"] = float(epoch) if cfg.get("checkpoint") == "last" else metrics["val_score"]
         history.append({k: float(v) for k, v in metrics.items()})
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -154,7 +156,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
 @dataclass
 class FoldResult:
-    state: dict[str, Any]  # best model state dict (cpu tensors)
+    state: dict[str, Any]  # the kept epoch's model state dict (cpu tensors; JobConfig.checkpoint)
     history: list[dict[str, float]]
     best_epoch: int
     checkpoint_path: str
@@ -173,7 +175,7 @@ def make_loop_config(cfg, train_targets, fault_marker: str | None = None,
         "weights": cfg.weights().to_dict(),
         "class_weights": [w.tolist() for w in class_weights(train_targets)],
         "centres": fit_clusters(train_targets, model_cfg.n_clusters, cfg.seed).tolist() if cfg.variant == "cluster" else None,
-        "lr": cfg.lr, "weight_decay": cfg.weight_decay, "threads": cfg.threads, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "checkpoint": cfg.checkpoint, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "threads": cfg.threads, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "kill_after_epoch": cfg.kill_after_epoch, "fault_marker": fault_marker, "mlflow_run_id": mlflow_run_id,
         # explicit: Ray workers may have been started before MLFLOW_TRACKING_URI was set
         "mlflow_tracking_uri": mlflow.get_tracking_uri(),
@@ -206,7 +208,7 @@ def fit_fold(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storag
             name=name,
             storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=keep_checkpoints, checkpoint_score_attribute="val_score", checkpoint_score_order="max"
+                num_to_keep=keep_checkpoints, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max"
             ),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
@@ -216,7 +218,7 @@ def fit_fold(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storag
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
-    best = result.get_best_checkpoint(metric="val_score", mode="max") or result.checkpoint
+    best = result.get_best_checkpoint(metric="checkpoint_score", mode="max") or result.checkpoint
     if best is None:
         raise RuntimeError(f"training run {name} produced no checkpoint")
     with best.as_directory() as d:
