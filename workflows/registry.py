@@ -52,7 +52,7 @@ class ParserPyfunc(mlflow.pyfunc.PythonModel):
         images = np.asarray(model_input)
         if images.ndim == 3:
             images = images[None]
-        rows = self.parser.describe(self.parser.predict_fitted(list(images.astype(np.uint8)), "tile"))
+        rows = self.parser.describe(self.parser.predict_fitted(images.astype(np.uint8)))
         return pd.DataFrame([flatten_prediction(r) for r in rows])
 
 
