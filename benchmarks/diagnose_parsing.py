@@ -31,7 +31,7 @@ from data_pipeline.folds import gm_folds, holdout_gms, validation_mask  # noqa: 
 from data_pipeline.in_memory import ImageArrays, load_images, sample_per_gm  # noqa: E402
 from data_pipeline.schema import TargetArrays  # noqa: E402
 from models import metrics  # noqa: E402
-from models.engine import predict_batches, train_one_epoch  # noqa: E402
+from models.engine import predict_batches, train_one_epoch, weight_ema  # noqa: E402
 from models.parser import ParsingModel  # noqa: E402
 from models.pn import class_weights  # noqa: E402
 from models.predictions import Predictions  # noqa: E402
@@ -71,31 +71,34 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
     model = ParsingModel(cfg.model_config())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     cw = class_weights(data.take(data.of_gms(fit_gms)).targets)
+    ema = weight_ema(model, cfg.ema)
+    kept = ema.module if ema is not None else model  # the model scored and kept (the main job's rule)
     best, best_state, history = -np.inf, None, []
     with mlflow.start_run(run_name=f"fold-{fold.index}", nested=True, parent_run_id=parent_id):
         mlflow.log_params({"fit_gms": len(fit_gms), "val_gms": len(val_gms), "test_gms": len(fold.test_gms)})
         for epoch in range(cfg.epochs):
             tr = train_one_epoch(model, opt, data.batches(per_gm_subset(data, train_idx, args.images_per_gm, rng),
-                                                          cfg.batch_size, drop_last=True), cfg.weights(), cw)
+                                                          cfg.batch_size, drop_last=True), cfg.weights(), cw,
+                                 ema=ema)
             row = {"epoch": epoch, "train/parsing": tr["parsing"], "train/images_per_s": tr["images_per_s"]}
             for name, idx in (("seen", seen_idx), ("valgm", valgm_idx), ("unseen", test_idx)):
                 if idx is None:
                     continue
-                pred, _ = predict_batches(model, data.batches(idx, 256))
+                pred, _ = predict_batches(kept, data.batches(idx, 256))
                 m = metrics_of(*gm_level(data, pred, idx))
                 row.update({f"{name}/{k}": m[k] for k in CURVE_KEYS})
             history.append(row)
             mlflow.log_metrics({k.replace("/", "."): v for k, v in row.items() if np.isfinite(v)}, step=epoch)
             pick = row["valgm/score"] if val_gms else row["seen/score"]
             if pick > best:
-                best, best_state, best_epoch = pick, {k: v.clone() for k, v in model.state_dict().items()}, epoch
+                best, best_state, best_epoch = pick, {k: v.clone() for k, v in kept.state_dict().items()}, epoch
             print(f"  fold {fold.index} epoch {epoch}: " + " ".join(
                 f"{k}={row[k]:.3f}" for k in ("train/parsing", "seen/score", "valgm/score", "unseen/score",
                                                "unseen/discrete/acc/upsampling") if k in row)
                 + f" ({tr['images_per_s']:.0f} img/s)", flush=True)
-        last_pred, _ = predict_batches(model, data.batches(test_all, 256))
-        model.load_state_dict(best_state)
-        sel_pred, _ = predict_batches(model, data.batches(test_all, 256))
+        last_pred, _ = predict_batches(kept, data.batches(test_all, 256))
+        kept.load_state_dict(best_state)
+        sel_pred, _ = predict_batches(kept, data.batches(test_all, 256))
         mlflow.log_metric("best_epoch", best_epoch)
     t0 = time.time()
     base_idx = per_gm_subset(data, np.flatnonzero(np.isin(data.gm_ids, fold.train_gms) & ~held),

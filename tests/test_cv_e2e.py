@@ -37,7 +37,7 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
                         "--epochs", "2", "--kill-after-epoch", "0", "--val-gms", "0.25",
                         # the default preset's model and checkpoint policy
                         "--pn-input", "branch", "--spectral-residual", "true", "--image-stats", "true",
-                        "--checkpoint", "last", "--test-collection", smoke_collection.path])
+                        "--checkpoint", "last", "--ema", "0.9", "--test-collection", smoke_collection.path])
     assert rc == 0
     out = capsys.readouterr().out
     assert "Per fold" in out and "continuous/l1" in out and "loss/auc" in out
@@ -108,6 +108,8 @@ def test_bad_input_fails_before_training(tmp_path, smoke_collection):
     assert r.returncode == 2 and "unknown preset" in r.stderr
     r = _cv(["--checkpoint", "middle"])
     assert r.returncode == 2 and "--checkpoint must be one of" in r.stderr
+    r = _cv(["--ema", "1.5"])
+    assert r.returncode == 2 and "--ema must be in [0, 1)" in r.stderr
     r = _cv(["--collection", smoke_collection.path, "--folds", "500"])
     assert r.returncode == 2 and "cannot make 500" in r.stderr
     t0 = time.time()

@@ -325,3 +325,38 @@ def test_predict_fitted_averages_native_tiles() -> None:
     np.testing.assert_allclose(pred.continuous[1], parser.predict_arrays(small[None]).continuous[0], atol=1e-6)
     resized = parser.predict_fitted([big], "resize")  # an untrained model: small but real differences
     assert np.abs(resized.continuous[0] - pred.continuous[0]).max() > 1e-5
+
+
+def test_weight_ema_averages_steps_and_loads_into_a_fresh_model() -> None:
+    from models.config import ModelConfig
+    from models.constraints import ConstraintWeights
+    from models.engine import averaged_weights, train_one_epoch, weight_ema
+    from models.losses import targets_to_tensors
+    from models.parser import ParsingModel
+
+    assert weight_ema(torch.nn.Linear(2, 2), 0.0) is None  # off: the paper's setting
+    with pytest.raises(ValueError, match="decay"):
+        weight_ema(torch.nn.Linear(2, 2), 1.0)
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("smoke")
+    model = ParsingModel(cfg)
+    ema = weight_ema(model, 0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = []
+    for seed in range(3):
+        b = targets_to_tensors(_targets(4, seed), np.arange(4))
+        b["image"] = torch.randn(4, 3, 32, 32)
+        batches.append(b)
+    w = model.fen.body[0].weight
+    seen = []
+    for b in batches:  # one step each, recording the raw weights after it
+        train_one_epoch(model, opt, [b], ConstraintWeights(), ema=ema)
+        seen.append(w.detach().clone())
+    # the first update copies, then avg <- 0.5 * avg + 0.5 * new
+    expect = 0.5 * (0.5 * seen[0] + 0.5 * seen[1]) + 0.5 * seen[2]
+    state = ema.state_dict()
+    assert int(state["n_averaged"]) == 3
+    fresh = ParsingModel(cfg)
+    fresh.load_state_dict(averaged_weights(state))  # strict: every key of the model, nothing else
+    torch.testing.assert_close(fresh.fen.body[0].weight, expect)
+    assert not torch.allclose(fresh.fen.body[0].weight, w)

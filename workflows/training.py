@@ -79,7 +79,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     from models.config import ModelConfig
     from models.constraints import ConstraintWeights
-    from models.engine import train_one_epoch
+    from models.engine import train_one_epoch, weight_ema
     from models.parser import ParsingModel
 
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
@@ -92,7 +92,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     weights = ConstraintWeights.from_dict(cfg["weights"])
     class_weights = [torch.tensor(w, dtype=torch.float32) for w in cfg["class_weights"]]
 
-    start_epoch, history, opt_state = 0, [], None
+    start_epoch, history, opt_state, ema_state = 0, [], None, None
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
@@ -100,6 +100,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             history = json.loads((Path(d) / HISTORY_FILE).read_text())
         model.load_state_dict(state["model"])
         opt_state = state["optimizer"]
+        ema_state = state.get("ema")
         start_epoch = int(state["epoch"]) + 1
 
     device = ray.train.torch.get_device()
@@ -108,6 +109,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
+    ema = weight_ema(raw_model, cfg.get("ema", 0.0))  # when on, the averaged weights are evaluated and kept
+    if ema is not None and ema_state is not None:
+        ema.load_state_dict(ema_state)
+    kept = ema.module if ema is not None else raw_model
     class_weights = [w.to(device) for w in class_weights]
     eval_sets = [n for n in cfg.get("eval_sets", ["val"]) if n in EVAL_SETS]
     select_on = "valgm_gm/score" if "valgm" in eval_sets else "val/score"
@@ -118,13 +123,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             batch_size=cfg["batch_size"], device=device, local_shuffle_buffer_size=4 * cfg["batch_size"],
             local_shuffle_seed=cfg["seed"] * 1000 + epoch, drop_last=True,  # BatchNorm needs > 1 row
         )
-        tr = train_one_epoch(model, optimizer, batches, weights, class_weights)
+        tr = train_one_epoch(model, optimizer, batches, weights, class_weights, ema=ema)
         metrics: dict[str, float] = {f"train/{k}": v for k, v in tr.items() if k not in ("images", "images_per_s")}
         metrics["epoch"] = float(epoch)
         metrics["train/images_per_s"] = tr["images_per_s"]
         metrics["worker/max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if rank == 0:
-            metrics.update(evaluate_sets(raw_model, eval_sets, device))
+            metrics.update(evaluate_sets(kept, eval_sets, device))
             metrics["val_score"] = metrics.get(select_on, 0.0)
         else:
             metrics["val_score"] = 0.0
@@ -134,11 +139,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                torch.save(
-                    {"model": {k: v.cpu() for k, v in raw_model.state_dict().items()},
-                     "optimizer": optimizer.state_dict(), "epoch": epoch},
-                    Path(tmp) / STATE_FILE,
-                )
+                state = {"model": {k: v.cpu() for k, v in raw_model.state_dict().items()},
+                         "optimizer": optimizer.state_dict(), "epoch": epoch}
+                if ema is not None:
+                    state["ema"] = {k: v.cpu() for k, v in ema.state_dict().items()}
+                torch.save(state, Path(tmp) / STATE_FILE)
                 (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -175,7 +180,7 @@ def make_loop_config(cfg, train_targets, fault_marker: str | None = None,
         "weights": cfg.weights().to_dict(),
         "class_weights": [w.tolist() for w in class_weights(train_targets)],
         "centres": fit_clusters(train_targets, model_cfg.n_clusters, cfg.seed).tolist() if cfg.variant == "cluster" else None,
-        "checkpoint": cfg.checkpoint, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "threads": cfg.threads, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "checkpoint": cfg.checkpoint, "ema": cfg.ema, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "threads": cfg.threads, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "kill_after_epoch": cfg.kill_after_epoch, "fault_marker": fault_marker, "mlflow_run_id": mlflow_run_id,
         # explicit: Ray workers may have been started before MLFLOW_TRACKING_URI was set
         "mlflow_tracking_uri": mlflow.get_tracking_uri(),
@@ -225,4 +230,7 @@ def fit_fold(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storag
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     with result.checkpoint.as_directory() as d:  # latest checkpoint holds the full history
         history = json.loads((Path(d) / HISTORY_FILE).read_text())
-    return FoldResult(state["model"], history, int(state["epoch"]), best.path)
+    from models.engine import averaged_weights
+
+    kept = averaged_weights(state["ema"]) if "ema" in state else state["model"]
+    return FoldResult(kept, history, int(state["epoch"]), best.path)
