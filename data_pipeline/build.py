@@ -28,10 +28,9 @@ from data_pipeline.collection import (
     image_rows,
     open_collection,
 )
+from data_pipeline.paths import collections_root
 from data_pipeline.preprocess import encode_png
 from data_pipeline.real_images import PhotoPool, load_bundled_photos, load_photo_dir, random_crops
-
-DEFAULT_ROOT = Path("data") / "collections"
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class BuildConfig:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
     def default_path(self) -> Path:
-        return DEFAULT_ROOT / f"{self.preset}-s{self.seed}-{self.key()[:8]}"
+        return collections_root() / f"{self.preset}-s{self.seed}-{self.key()[:8]}"
 
 
 BUILD_PRESETS: dict[str, BuildConfig] = {

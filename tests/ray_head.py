@@ -62,7 +62,7 @@ def stop_head(temp_dir: Path, grace_s: float = 10.0) -> None:
 
 
 @contextmanager
-def local_head(env: dict[str, str] | None = None, num_cpus: int = 8, timeout_s: float = 180) -> Iterator[Head]:
+def local_head(env: dict[str, str | None] | None = None, num_cpus: int = 8, timeout_s: float = 180) -> Iterator[Head]:
     temp_dir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: unix socket paths are limited
     env = {
         **os.environ,
@@ -73,6 +73,7 @@ def local_head(env: dict[str, str] | None = None, num_cpus: int = 8, timeout_s: 
         "RAY_AUTH_TOKEN": secrets.token_hex(16),
         **(env or {}),
     }
+    env = {k: v for k, v in env.items() if v is not None}  # None: unset for the head (and its jobs)
     port, dash = free_port(), free_port()
     cmd = [
         RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),

@@ -1,14 +1,17 @@
 """The main job end to end: Ray Data + Ray Train per fold (with a worker killed and resumed),
-MLflow runs and registry, ``ray job submit`` against a real head and a real MLflow server."""
+MLflow runs and registry, ``ray job submit`` against a real head and a real MLflow server, and
+with the defaults (results outlive Ray's per-job copy of the checkout and the head)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +205,42 @@ def test_ray_job_submit_against_mlflow_server(smoke_collection, tmp_path):
         except subprocess.TimeoutExpired:  # a loaded machine: the server's workers were slow to stop
             os.killpg(server.pid, 9)
             server.wait(timeout=30)
+
+
+def test_ray_job_submit_with_defaults_leaves_results_where_it_says(smoke_collection, tmp_path):
+    """As the README says, with no tracking URI or storage path set: the job runs in Ray's per-job
+    copy of the checkout, yet its MLflow run, registered model and checkpoints outlive it and the head."""
+    from mlflow import MlflowClient, pyfunc
+
+    xdg = tmp_path / "xdg"
+    unset = {k: None for k in ("MLFLOW_TRACKING_URI", "GMPARSE_HOME", "GMPARSE_STORAGE", "GMPARSE_COLLECTION")}
+    with local_head(env={**unset, "XDG_DATA_HOME": str(xdg), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}) as head:
+        r = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--working-dir", str(REPO_ROOT),
+             "--", "python", "workflows/cv_folds.py", *SMOKE_ARGS, "--collection", smoke_collection.path,
+             "--epochs", "1"],
+            env=head.env, capture_output=True, text=True, timeout=900,
+        )
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+        session = head.temp_dir
+    assert not session.exists()  # the head is stopped and its session folder (with the job's copy) gone
+    home = xdg / "gmparse"
+    said = re.search(r"results: MLflow (\S+), checkpoints (\S+) \(this job runs in Ray's per-job copy", r.stdout)
+    assert said, r.stdout[-3000:]
+    assert said.group(1) == f"sqlite:///{home / 'mlflow.db'}" and said.group(2) == str(home / "runs")
+    done = re.search(r"MLflow run (\w+) .*; checkpoints (\S+)-\*", r.stdout)
+    assert done, r.stdout[-3000:]
+    checkpoints = list(Path(done.group(2)).parent.glob(Path(done.group(2)).name + "-*/checkpoint_*"))
+    assert len(checkpoints) >= 3, f"checkpoints of fold-0, fold-1 and final under {home / 'runs'}"
+    client = MlflowClient(said.group(1))
+    runs = _runs(client)
+    assert {x.info.status for x in runs} == {"FINISHED"} and len(runs) == 4  # parent, 2 folds, final
+    assert done.group(1) in {x.info.run_id for x in runs}
+    version = client.get_model_version_by_alias("gm-parser", "champion")
+    assert version.run_id in {x.info.run_id for x in runs}
+    os.environ["MLFLOW_TRACKING_URI"] = said.group(1)
+    try:
+        model = pyfunc.load_model("models:/gm-parser@champion")  # its artifacts outlived the job's copy too
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    assert len(model.predict(np.zeros((1, 32, 32, 3), dtype=np.uint8))) == 1

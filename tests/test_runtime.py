@@ -1,4 +1,5 @@
-"""Run naming for --resume (cv_folds, forensics): the newest earlier run of the same config."""
+"""Run naming for --resume (cv_folds, forensics): the newest earlier run of the same config; where
+results go by default (the checkout, or a per-user folder inside Ray's per-job copy of it)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,32 @@ def test_new_name_without_resume_or_without_a_previous_run(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().out
     # remote storage cannot be listed here: a new run, no error
     assert resumable_run_name(base, "s3://bucket/runs", resume=True).startswith(base + "-")
+
+
+def test_results_home_leaves_rays_per_job_copy(tmp_path, monkeypatch):
+    from data_pipeline import paths
+    from workflows import runtime
+
+    for var in ("GMPARSE_HOME", "MLFLOW_TRACKING_URI", "GMPARSE_STORAGE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    checkout = tmp_path / "checkout"
+    job_copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_ab12"
+    assert paths.results_home(checkout) == checkout  # a checkout keeps its results beside it
+    assert not paths.in_ray_job_copy(checkout) and paths.in_ray_job_copy(job_copy)
+    assert paths.results_home(job_copy) == tmp_path / "xdg" / "gmparse"
+    monkeypatch.setenv("GMPARSE_HOME", str(tmp_path / "home"))
+    assert paths.results_home(job_copy) == paths.results_home(checkout) == tmp_path / "home"
+    # every default follows the home; explicit settings win
+    assert runtime.tracking_uri() == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+    assert runtime.storage_path() == str(tmp_path / "home" / "runs")
+    assert str(paths.collections_root()) == str(tmp_path / "home" / "data" / "collections")
+    from data_pipeline.build import build_config
+
+    assert build_config("smoke").default_path().parent == tmp_path / "home" / "data" / "collections"
+    assert runtime.storage_path("s3://bucket/runs") == "s3://bucket/runs"
+    monkeypatch.setenv("GMPARSE_STORAGE", "/shared/runs")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert runtime.storage_path() == "/shared/runs" and runtime.tracking_uri() == "http://mlflow:5000"
+    line = runtime.where_results_go(runtime.storage_path())
+    assert "http://mlflow:5000" in line and "/shared/runs" in line

@@ -31,7 +31,15 @@ from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError, op
 from data_pipeline.folds import Fold, FoldError, gm_folds, holdout_gms  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
 from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
-from workflows.runtime import REPO_ROOT, SetupError, die, init_mlflow, init_ray, resumable_run_name  # noqa: E402
+from workflows.runtime import (  # noqa: E402
+    SetupError,
+    die,
+    init_mlflow,
+    init_ray,
+    resumable_run_name,
+    storage_path,
+    where_results_go,
+)
 
 EXPERIMENT = "gmparse-cv"
 SUMMARY_METRICS = [  # the per-group rows of the cross-fold table (GM level, as the paper reports)
@@ -266,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
-    storage = args.storage_path or os.environ.get("GMPARSE_STORAGE") or str(REPO_ROOT / "runs")
+    storage = storage_path(args.storage_path)
+    print(where_results_go(storage), flush=True)
     run_name = _run_name(col, cfg, storage, args.resume)
     marker_dir = storage if "://" not in storage else tempfile.gettempdir()
     fault_marker = str(Path(marker_dir) / f"{run_name}.killed") if cfg.kill_after_epoch >= 0 else None
@@ -303,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_metric("wall_seconds", time.time() - t0)
         mlflow.log_metric("driver_max_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         print(f"done in {time.time() - t0:.0f} s; MLflow run {parent.info.run_id} "
-              f"(mlflow server --backend-store-uri {mlflow.get_tracking_uri()})")
+              f"(mlflow server --backend-store-uri {mlflow.get_tracking_uri()}); "
+              f"checkpoints {storage}/{run_name}-*")
     return 0
 
 

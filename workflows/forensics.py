@@ -40,7 +40,15 @@ from data_pipeline.build import build_config, ensure_collection  # noqa: E402
 from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError, open_collection  # noqa: E402
 from data_pipeline.folds import Fold, FoldError, gm_folds  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
-from workflows.runtime import REPO_ROOT, SetupError, die, init_mlflow, init_ray, resumable_run_name  # noqa: E402
+from workflows.runtime import (  # noqa: E402
+    SetupError,
+    die,
+    init_mlflow,
+    init_ray,
+    resumable_run_name,
+    storage_path,
+    where_results_go,
+)
 
 EXPERIMENT = "gmparse-forensics"
 TASKS = ("detect", "attribute", "link")
@@ -412,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
-    storage = args.storage_path or os.environ.get("GMPARSE_STORAGE") or str(REPO_ROOT / "runs")
+    storage = storage_path(args.storage_path)
+    print(where_results_go(storage), flush=True)
     key = str(col.manifest.get("build_key", col.manifest.get("gms_sha256", "")))[:8]
     run_name = resumable_run_name(f"forensics-{cfg.preset}-{key}-{cfg.key()}", storage, args.resume)
     print(f"collection {col.path}: {len(col.fake_gms)} GMs, {col.manifest['counts']['images']} images; tasks "

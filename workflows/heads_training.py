@@ -103,7 +103,7 @@ def log_forensic_model(model: ForensicModel, role: str, register_as: str | None,
     point ``alias`` at the new version. Returns (model_uri, version or None)."""
     import mlflow
 
-    from workflows.registry import REPO_ROOT
+    from data_pipeline.paths import REPO_ROOT
 
     size = model.image_size
     example = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)

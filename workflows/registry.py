@@ -15,9 +15,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from data_pipeline.paths import REPO_ROOT
 from data_pipeline.schema import SCHEMA_VERSION
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PARSER_NAME = "gm-parser"
 CHAMPION = "champion"
 

@@ -1,8 +1,9 @@
 """Ray and MLflow start-up shared by the entry points (local by default, cluster when told).
 
 Local: ``ray.init`` with logical CPUs over-declared (training workers, data tasks and the
-driver all fit on a small laptop) and MLflow in ``./mlflow.db``. Cluster: ``RAY_ADDRESS``
-and ``MLFLOW_TRACKING_URI`` are honoured unchanged.
+driver all fit on a small laptop) and MLflow in ``mlflow.db`` of the results home
+(``data_pipeline.paths``: the checkout, or a per-user folder inside ``ray job submit``'s copy of
+it). Cluster: ``RAY_ADDRESS``, ``MLFLOW_TRACKING_URI`` and ``GMPARSE_STORAGE`` are honoured unchanged.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+from data_pipeline.paths import REPO_ROOT, in_ray_job_copy, results_home  # noqa: F401 (re-exported)
 
 
 class SetupError(RuntimeError):
@@ -39,8 +39,27 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
         ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=not quiet)
 
 
+def _default_tracking() -> bool:
+    return not os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """``MLFLOW_TRACKING_URI``, else a SQLite file in the results home."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results_home() / 'mlflow.db'}"
+
+
+def storage_path(given: str | None = None) -> str:
+    """Ray Train / Tune storage: ``--storage-path``, else ``GMPARSE_STORAGE``, else ``runs/`` in the results home."""
+    return given or os.environ.get("GMPARSE_STORAGE") or str(results_home() / "runs")
+
+
+def where_results_go(storage: str) -> str:
+    """One line for the console: where this job's MLflow runs and checkpoints will be found."""
+    note = ""
+    if in_ray_job_copy() and _default_tracking():
+        note = " (this job runs in Ray's per-job copy of the checkout, which goes with the session; set " \
+               "GMPARSE_HOME, MLFLOW_TRACKING_URI or GMPARSE_STORAGE to choose other places)"
+    return f"results: MLflow {tracking_uri()}, checkpoints {storage}{note}"
 
 
 def init_mlflow(experiment: str, timeout_s: float = 10.0) -> str:
@@ -48,6 +67,9 @@ def init_mlflow(experiment: str, timeout_s: float = 10.0) -> str:
     import mlflow
 
     uri = tracking_uri()
+    default = _default_tracking()
+    if default:
+        results_home().mkdir(parents=True, exist_ok=True)
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
@@ -60,6 +82,10 @@ def init_mlflow(experiment: str, timeout_s: float = 10.0) -> str:
             ) from None
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
+    if default and mlflow.get_experiment_by_name(experiment) is None:
+        # a SQLite store keeps artifacts under ./mlruns of the working directory unless told: put
+        # them beside the database, so a job run from Ray's per-job copy keeps them too
+        mlflow.create_experiment(experiment, artifact_location=(results_home() / "mlruns").as_uri())
     mlflow.set_experiment(experiment)
     return uri
 

@@ -33,7 +33,7 @@ from data_pipeline.collection import Collection, CollectionError, open_collectio
 from data_pipeline.folds import FoldError, gm_folds  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
 from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
-from workflows.runtime import REPO_ROOT, SetupError, die, init_mlflow, init_ray  # noqa: E402
+from workflows.runtime import SetupError, die, init_mlflow, init_ray, storage_path, where_results_go  # noqa: E402
 
 EXPERIMENT = "gmparse-tune"
 WEIGHTS = ("magnitude", "spectrum", "repetitive", "symmetry")
@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray.tune.schedulers import ASHAScheduler
 
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
-    storage = args.storage_path or os.environ.get("GMPARSE_STORAGE") or str(REPO_ROOT / "runs")
+    storage = storage_path(args.storage_path)
+    print(where_results_go(storage), flush=True)
     kind = "ablation" if args.ablation else f"{args.search}-{args.num_samples}"
     sweep_name = f"tune-{cfg.preset}-{str(col.manifest.get('build_key', ''))[:8]}-{cfg.key()}-{kind}"
     sweep_path = f"{storage.rstrip('/')}/{sweep_name}"

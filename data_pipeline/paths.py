@@ -1,0 +1,42 @@
+"""Where a job's results go by default: the checkout, or a per-user folder when the checkout is
+Ray's per-job copy.
+
+``ray job submit --working-dir .`` runs the entry point in a copy of the checkout under Ray's
+session folder (``.../runtime_resources/working_dir_files/...``), which goes with the session.
+Defaults relative to that copy (the MLflow SQLite store and its artifacts, the checkpoints, a
+collection built on first use) would be lost with it and invisible from the user's checkout, so
+there the defaults move to ``$XDG_DATA_HOME/gmparse`` (``~/.local/share/gmparse``).
+``GMPARSE_HOME`` overrides both; ``MLFLOW_TRACKING_URI``, ``GMPARSE_STORAGE`` and
+``GMPARSE_COLLECTION`` still override each default on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HOME_ENV = "GMPARSE_HOME"
+#: the folder Ray unpacks a job's ``working_dir`` into (ray._private.runtime_env.working_dir)
+RAY_JOB_COPY_DIR = "working_dir_files"
+
+
+def in_ray_job_copy(root: Path = REPO_ROOT) -> bool:
+    """True when ``root`` is Ray's per-job copy of a submitted working directory."""
+    return RAY_JOB_COPY_DIR in Path(root).parts
+
+
+def user_data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "gmparse"
+
+
+def results_home(root: Path = REPO_ROOT) -> Path:
+    """``$GMPARSE_HOME``; else the per-user data folder inside a Ray job's copy; else ``root``."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser().resolve()
+    return user_data_home() if in_ray_job_copy(root) else Path(root)
+
+
+def collections_root() -> Path:
+    """Where preset collections are built on first use and found again."""
+    return results_home() / "data" / "collections"
