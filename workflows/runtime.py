@@ -56,7 +56,7 @@ def storage_path(given: str | None = None) -> str:
 def where_results_go(storage: str) -> str:
     """One line for the console: where this job's MLflow runs and checkpoints will be found."""
     note = ""
-    if in_ray_job_copy() and _default_tracking():
+    if in_ray_job_copy():  # (init_mlflow has set MLFLOW_TRACKING_URI by now: no telling defaults apart)
         note = " (this job runs in Ray's per-job copy of the checkout, which goes with the session; set " \
                "GMPARSE_HOME, MLFLOW_TRACKING_URI or GMPARSE_STORAGE to choose other places)"
     return f"results: MLflow {tracking_uri()}, checkpoints {storage}{note}"
