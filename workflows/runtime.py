@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from data_pipeline.paths import REPO_ROOT, in_ray_job_copy, results_home  # noqa: F401 (re-exported)
+from data_pipeline.paths import in_ray_job_copy, results_home
 
 
 class SetupError(RuntimeError):
@@ -37,10 +37,6 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
     else:
         cpus = num_cpus or max(8, 4 * (os.cpu_count() or 1))
         ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=not quiet)
-
-
-def _default_tracking() -> bool:
-    return not os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracking_uri() -> str:
@@ -67,7 +63,7 @@ def init_mlflow(experiment: str, timeout_s: float = 10.0) -> str:
     import mlflow
 
     uri = tracking_uri()
-    default = _default_tracking()
+    default = not os.environ.get("MLFLOW_TRACKING_URI")  # the SQLite file in the results home
     if default:
         results_home().mkdir(parents=True, exist_ok=True)
     if uri.startswith(("http://", "https://")):
