@@ -46,17 +46,18 @@ def averaged_weights(ema_state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Mapping[str, torch.Tensor]],
                     weights: ConstraintWeights, class_weights: Sequence[torch.Tensor] | None = None,
-                    device: torch.device | str | None = None, ema: AveragedModel | None = None) -> dict[str, float]:
+                    device: torch.device | str | None = None, ema: AveragedModel | None = None,
+                    binary_weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Train over ``batches`` once -> image-weighted means of the loss terms, ``images`` and ``images_per_s``.
 
-    ``ema`` (:func:`weight_ema`) is updated after every step."""
+    ``ema`` (:func:`weight_ema`) is updated after every step; ``binary_weights``: see ``losses.parsing_terms``."""
     model.train()
     t0, n_img, sums = time.time(), 0, {}
     for batch in batches:
         x = batch["image"].to(device) if device is not None else batch["image"]
         targets = {k: batch[k].to(x.device) for k in TARGET_KEYS}
         out = model(x)
-        loss, log = compute_loss(out, targets, weights, class_weights)
+        loss, log = compute_loss(out, targets, weights, class_weights, binary_weights=binary_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

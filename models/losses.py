@@ -51,8 +51,12 @@ def parsing_terms(
     targets: Mapping[str, torch.Tensor],
     class_weights: Sequence[torch.Tensor] | None = None,
     continuous_loss: str = "l1",
+    binary_weights: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Unscaled parsing losses: continuous (or cluster CE + deviation), discrete CE, group and loss BCE."""
+    """Unscaled parsing losses: continuous (or cluster CE + deviation), discrete CE, group and loss BCE.
+
+    ``binary_weights`` (``pn.binary_weights``) weighs each group / loss-type label by its class.
+    """
     terms: dict[str, torch.Tensor] = {}
     cont_t = targets["continuous"].float()
     if "cluster_logits" in outputs:
@@ -70,10 +74,20 @@ def parsing_terms(
         w = None if class_weights is None else class_weights[j].to(lg.device)
         ce.append(F.cross_entropy(lg.float(), disc_t[:, j], weight=w))
     terms["discrete"] = torch.stack(ce).mean()
-    terms["group"] = F.binary_cross_entropy_with_logits(outputs["group_logits"].float(), targets["group"].float())  # type: ignore[union-attr]
+    group_t, loss_t = targets["group"].float(), targets["loss"].float()
+    terms["group"] = F.binary_cross_entropy_with_logits(
+        outputs["group_logits"].float(), group_t, weight=_label_weight(binary_weights, "group", group_t))  # type: ignore[union-attr]
     loss_prob = outputs["loss_prob"].float().clamp(_EPS, 1 - _EPS)  # type: ignore[union-attr]
-    terms["loss_type"] = F.binary_cross_entropy(loss_prob, targets["loss"].float())
+    terms["loss_type"] = F.binary_cross_entropy(loss_prob, loss_t, weight=_label_weight(binary_weights, "loss", loss_t))
     return terms
+
+
+def _label_weight(binary_weights: Mapping[str, torch.Tensor] | None, key: str, target: torch.Tensor) -> torch.Tensor | None:
+    """Per-element weight [B, n] of a 0/1 target from the [2, n] (negative, positive) weights."""
+    if binary_weights is None:
+        return None
+    w = binary_weights[key].to(target.device)
+    return torch.where(target > 0.5, w[1], w[0])
 
 
 def compute_loss(
@@ -83,6 +97,7 @@ def compute_loss(
     class_weights: Sequence[torch.Tensor] | None = None,
     continuous_loss: str = "l1",
     parsing_scale: float = PARSING_SCALE,
+    binary_weights: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total = parsing_scale * sum(parsing terms) + weighted constraints (if a fingerprint is given).
 
@@ -91,7 +106,7 @@ def compute_loss(
     """
     if class_weights is not None and len(class_weights) != len(NUM_CLASSES):
         raise ValueError(f"need {len(NUM_CLASSES)} class-weight tensors, got {len(class_weights)}")
-    terms = parsing_terms(model_outputs, targets, class_weights, continuous_loss)
+    terms = parsing_terms(model_outputs, targets, class_weights, continuous_loss, binary_weights)
     parsing = torch.stack(list(terms.values())).sum()
     total = parsing_scale * parsing
     log = {k: float(v.detach()) for k, v in terms.items()}

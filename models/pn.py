@@ -194,6 +194,28 @@ def class_weights(targets: TargetArrays) -> list[torch.Tensor]:
     return out
 
 
+def binary_weights(targets: TargetArrays) -> dict[str, torch.Tensor]:
+    """'Balanced' weights of the group and loss-type BCE terms: ``{"group": [2, G], "loss": [2, T]}``.
+
+    Row 0 weighs a negative label, row 1 a positive one: n / (2 * count), as scikit-learn's
+    ``class_weight="balanced"``, so a type's rare label weighs as much as its common one. Under
+    GM-disjoint folds a held-out type is rarer in the training GMs, and an unweighted BCE learns
+    that prior, which is anti-informative on the unseen GMs. A label that is always or never set
+    keeps weight 1 (nothing to balance).
+    """
+    out = {}
+    for key, values in (("group", targets.group), ("loss", targets.loss)):
+        y = np.asarray(values, dtype=np.float64)
+        y = y.reshape(len(y), -1)
+        n, pos = len(y), y.sum(axis=0)
+        w = np.ones((2, y.shape[1]))
+        ok = (pos > 0) & (pos < n)
+        w[0, ok] = n / (2.0 * (n - pos[ok]))
+        w[1, ok] = n / (2.0 * pos[ok])
+        out[key] = torch.tensor(w, dtype=torch.float32)
+    return out
+
+
 def fit_clusters(targets: TargetArrays, n_clusters: int = 12, seed: int = 0) -> np.ndarray:
     """k-means centres [K, 9] of the training GMs' normalized continuous vectors.
 

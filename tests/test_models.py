@@ -120,6 +120,32 @@ def test_class_weights_inverse_frequency() -> None:
     assert [len(x) for x in w] == list(NUM_CLASSES)
 
 
+def test_binary_weights_balance_each_label_and_weigh_the_bce() -> None:
+    from models.losses import parsing_terms
+    from models.pn import binary_weights
+
+    t = _targets(4)
+    t.loss[:] = 0
+    t.loss[:, 0] = [1, 0, 0, 0]  # type 0: 1 positive in 4 GMs; the other types never set
+    t.group[:] = 1  # every group always on: nothing to balance
+    w = binary_weights(t)
+    assert torch.allclose(w["loss"][:, 0], torch.tensor([4 / (2 * 3), 4 / (2 * 1)]))
+    assert torch.allclose(w["loss"][:, 1:], torch.ones(2, t.loss.shape[1] - 1))
+    assert torch.allclose(w["group"], torch.ones(2, t.group.shape[1]))
+    # the weighted BCE is the mean of per-element BCEs times each element's weight
+    out = {"continuous": torch.zeros(4, len(CONTINUOUS)), "group_logits": torch.zeros(4, t.group.shape[1]),
+           "discrete_logits": [torch.zeros(4, c) for c in NUM_CLASSES],
+           "loss_prob": torch.full((4, t.loss.shape[1]), 0.25)}
+    tgt = targets_to_tensors(t)
+    plain = parsing_terms(out, tgt)["loss_type"]
+    weighted = parsing_terms(out, tgt, binary_weights=w)["loss_type"]
+    bce = -torch.where(tgt["loss"] > 0.5, torch.log(torch.tensor(0.25)), torch.log(torch.tensor(0.75)))
+    elem_w = torch.where(tgt["loss"] > 0.5, w["loss"][1], w["loss"][0])
+    assert plain == pytest.approx(float(bce.mean()), rel=1e-5)
+    assert weighted == pytest.approx(float((bce * elem_w).mean()), rel=1e-5)
+    assert weighted != pytest.approx(float(plain))
+
+
 def test_fit_clusters_and_cluster_loss() -> None:
     t = _targets(30)
     t.continuous[:15] = 0.1

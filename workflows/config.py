@@ -37,6 +37,7 @@ class JobConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0  # Adam's L2 penalty
+    loss_balance: bool = False  # class-balanced group / loss-type BCE, weights from the training GMs (not in the paper)
     ema: float = 0.0  # decay of an EMA of the weights, evaluated and kept instead of the last step's (0: off, paper)
     magnitude: float = 0.1  # the four constraint weights (PAPER.md, parsing)
     spectrum: float = 0.05

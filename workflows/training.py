@@ -91,6 +91,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         model.pn.set_centres(np.asarray(cfg["centres"], dtype=np.float32))
     weights = ConstraintWeights.from_dict(cfg["weights"])
     class_weights = [torch.tensor(w, dtype=torch.float32) for w in cfg["class_weights"]]
+    binary_weights = ({k: torch.tensor(w, dtype=torch.float32) for k, w in cfg["binary_weights"].items()}
+                      if cfg.get("binary_weights") else None)
 
     start_epoch, history, opt_state, ema_state = 0, [], None, None
     ckpt = ray.train.get_checkpoint()
@@ -114,6 +116,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         ema.load_state_dict(ema_state)
     kept = ema.module if ema is not None else raw_model
     class_weights = [w.to(device) for w in class_weights]
+    binary_weights = {k: w.to(device) for k, w in binary_weights.items()} if binary_weights else None
     eval_sets = [n for n in cfg.get("eval_sets", ["val"]) if n in EVAL_SETS]
     select_on = "valgm_gm/score" if "valgm" in eval_sets else "val/score"
 
@@ -123,7 +126,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             batch_size=cfg["batch_size"], device=device, local_shuffle_buffer_size=4 * cfg["batch_size"],
             local_shuffle_seed=cfg["seed"] * 1000 + epoch, drop_last=True,  # BatchNorm needs > 1 row
         )
-        tr = train_one_epoch(model, optimizer, batches, weights, class_weights, ema=ema)
+        tr = train_one_epoch(model, optimizer, batches, weights, class_weights, ema=ema, binary_weights=binary_weights)
         metrics: dict[str, float] = {f"train/{k}": v for k, v in tr.items() if k not in ("images", "images_per_s")}
         metrics["epoch"] = float(epoch)
         metrics["train/images_per_s"] = tr["images_per_s"]
@@ -172,13 +175,15 @@ def make_loop_config(cfg, train_targets, fault_marker: str | None = None,
     """The worker loop's config from a JobConfig and the training GMs' labels."""
     import mlflow
 
-    from models.pn import class_weights, fit_clusters
+    from models.pn import binary_weights, class_weights, fit_clusters
 
     model_cfg = cfg.model_config()
     return {
         "model": model_cfg.to_dict(),
         "weights": cfg.weights().to_dict(),
         "class_weights": [w.tolist() for w in class_weights(train_targets)],
+        "binary_weights": ({k: w.tolist() for k, w in binary_weights(train_targets).items()}
+                           if cfg.loss_balance else None),
         "centres": fit_clusters(train_targets, model_cfg.n_clusters, cfg.seed).tolist() if cfg.variant == "cluster" else None,
         "checkpoint": cfg.checkpoint, "ema": cfg.ema, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "threads": cfg.threads, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "kill_after_epoch": cfg.kill_after_epoch, "fault_marker": fault_marker, "mlflow_run_id": mlflow_run_id,
