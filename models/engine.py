@@ -9,7 +9,7 @@ A batch is a dict of tensors: ``image`` plus the targets of :func:`models.losses
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -47,10 +47,13 @@ def averaged_weights(ema_state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Mapping[str, torch.Tensor]],
                     weights: ConstraintWeights, class_weights: Sequence[torch.Tensor] | None = None,
                     device: torch.device | str | None = None, ema: AveragedModel | None = None,
-                    binary_weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
+                    binary_weights: Mapping[str, torch.Tensor] | None = None,
+                    on_step: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train over ``batches`` once -> image-weighted means of the loss terms, ``images`` and ``images_per_s``.
 
-    ``ema`` (:func:`weight_ema`) is updated after every step; ``binary_weights``: see ``losses.parsing_terms``."""
+    ``ema`` (:func:`weight_ema`) is updated after every step; ``binary_weights``: see
+    ``losses.parsing_terms``; ``on_step`` gets the running ``images``, ``loss`` and ``images_per_s``
+    after every step (a progress display)."""
     model.train()
     t0, n_img, sums = time.time(), 0, {}
     for batch in batches:
@@ -67,6 +70,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
         n_img += b
         for k, v in log.items():
             sums[k] = sums.get(k, 0.0) + v * b
+        if on_step is not None:
+            on_step({"images": float(n_img), "loss": sums["total"] / n_img,
+                     "images_per_s": n_img / max(time.time() - t0, 1e-9)})
     metrics = {k: v / max(n_img, 1) for k, v in sums.items()}
     metrics["images"] = float(n_img)
     metrics["images_per_s"] = n_img / max(time.time() - t0, 1e-9)

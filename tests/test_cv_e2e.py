@@ -42,8 +42,15 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
                         "--pn-input", "branch", "--spectral-residual", "true", "--image-stats", "true",
                         "--checkpoint", "last", "--ema", "0.9", "--test-collection", smoke_collection.path])
     assert rc == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "Per fold" in out and "continuous/l1" in out and "loss/auc" in out
+    # the console follows training: a line per epoch of every fold and of the final model (not a
+    # terminal here), a line per evaluated fold, and none of Ray Data's INFO blocks
+    for label in ("fold-0", "fold-1", "final"):
+        assert f"{label} epoch 2/2, " in captured.err, captured.err[-2000:]
+    assert "fold-1: " in out and "unseen GMs, FEN+PN (classical): L1 " in out
+    assert "Total Progress" not in captured.err + out and "logging_progress.py" not in captured.err + out
     pooled = out[out.index("Pooled over all"):]
     n_gms = len(smoke_collection.fake_gms)
     assert f"Pooled over all {n_gms} GMs" in pooled and "FEN+PN" in pooled and "classic" in pooled

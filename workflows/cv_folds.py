@@ -12,6 +12,7 @@ baseline. A final parser trained on all GMs is registered as gm-parser@champion.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import resource
@@ -31,6 +32,7 @@ from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError, op
 from data_pipeline.folds import Fold, FoldError, gm_folds, holdout_gms  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
 from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
+from workflows.progress import FoldProgress  # noqa: E402
 from workflows.runtime import (  # noqa: E402
     SetupError,
     die,
@@ -67,6 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
     p.add_argument("--test-collection", help="after training the final parser, score it on every GM of this "
                    "collection (e.g. an ingested folder of your own GMs) beside the classical baseline")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and Ray Data's own logs and progress output (default: a bar per fold)")
     add_dataclass_args(p, JobConfig, "job (overrides the preset)", skip=("preset",))
     return p
 
@@ -119,8 +123,10 @@ def family_fingerprints(col: Collection, gm_ids: list[str], model_cfg, state, si
 
 def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage_path: str,
              use_gpu: bool, evaluate: bool = True, fault_marker: str | None = None,
-             parent: tuple[str, str, str] | None = None) -> dict[str, Any]:
-    """Train one fold (or the final model when ``fold.test_gms`` is empty), evaluate, log."""
+             parent: tuple[str, str, str] | None = None, progress: Any = None) -> dict[str, Any]:
+    """Train one fold (or the final model when ``fold.test_gms`` is empty), evaluate, log.
+
+    ``progress``: the queue of the driver's ``workflows.progress.FoldProgress`` bar, or None."""
     import mlflow
 
     from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
@@ -134,7 +140,7 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
     label = f"fold-{fold.index}" if evaluate else "final"
     model_cfg = cfg.model_config()
     fit_gms, val_gms = holdout_gms(col.gms, fold.train_gms, cfg.val_gms, cfg.seed + max(fold.index, 0))
-    loop_config = make_loop_config(cfg, col.targets(fit_gms), fault_marker)
+    loop_config = make_loop_config(cfg, col.targets(fit_gms), fault_marker, progress=progress)
     ds_args = {"size": cfg.image_size, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     train_ds = image_dataset(col, fit_gms, split="train", **ds_args)
     val_ds = image_dataset(col, fit_gms, split="val", **ds_args)
@@ -265,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             if open_collection(args.test_collection).fake_gms.empty:
                 raise SetupError(f"--test-collection {args.test_collection} has no GMs to score")
         init_mlflow(args.experiment)
-        init_ray()
+        init_ray(quiet=not args.verbose)
         col = _open_or_build(args, cfg)
         folds = gm_folds(col.gms, cfg.folds, cfg.seed)
     except (CollectionError, FoldError, SetupError) as e:
@@ -289,16 +295,29 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
         mlflow.log_dict({"ranges": col.ranges.to_dict(), "schema_version": col.manifest["schema_version"]}, "collection.json")
         ids = (parent.info.experiment_id, parent.info.run_id, mlflow.get_tracking_uri())
+        bars = [FoldProgress(f"fold-{f.index}", cfg.epochs, position=i if cfg.concurrent_folds else 0) for i, f in enumerate(folds)]
         if cfg.concurrent_folds:  # each fold's driver in a Ray task; trainers share the cluster
             remote = ray.remote(num_cpus=0)(run_fold)
-            refs = [remote.remote(col, f, cfg, run_name, storage, use_gpu, True, fault_marker, ids) for f in folds]
-            results = ray.get(refs)
+            with contextlib.ExitStack() as stack:
+                queues = [stack.enter_context(b).queue for b in bars]
+                refs = [remote.remote(col, f, cfg, run_name, storage, use_gpu, True, fault_marker, ids, q)
+                        for f, q in zip(folds, queues, strict=True)]
+                results = ray.get(refs)
+            for r in results:
+                print(fold_line(r), flush=True)
         else:
-            results = [run_fold(col, f, cfg, run_name, storage, use_gpu, True, fault_marker, ids) for f in folds]
+            results = []
+            for f, bar in zip(folds, bars, strict=True):
+                with bar:
+                    results.append(run_fold(col, f, cfg, run_name, storage, use_gpu, True, fault_marker, ids,
+                                            bar.queue))
+                print(fold_line(results[-1]), flush=True)
         report_cv(results, cfg)
         if cfg.final_model:
             all_gms = tuple(col.fake_gms["gm_id"])
-            final = run_fold(col, Fold(-1, all_gms, ()), cfg, run_name, storage, use_gpu, evaluate=False, parent=ids)
+            with FoldProgress("final", cfg.epochs) as bar:
+                final = run_fold(col, Fold(-1, all_gms, ()), cfg, run_name, storage, use_gpu, evaluate=False,
+                                 parent=ids, progress=bar.queue)
             from models.parser import Parser, ParsingModel
 
             model = ParsingModel(cfg.model_config())
@@ -315,6 +334,17 @@ def main(argv: list[str] | None = None) -> int:
               f"(mlflow server --backend-store-uri {mlflow.get_tracking_uri()}); "
               f"checkpoints {storage}/{run_name}-*")
     return 0
+
+
+def fold_line(out: dict[str, Any]) -> str:
+    """One console line per evaluated fold: its unseen GMs' headline metrics beside the classical baseline."""
+    from models.significance import metrics_of
+
+    own, cls = metrics_of(out["gm_pred"], out["gm_targets"]), out["classical"]
+    cells = ", ".join(f"{name} {own[key]:.3f} ({cls[key]:.3f})" for name, key in (
+        ("L1", "continuous/l1"), ("discrete acc", "discrete/acc"), ("discrete F1", "discrete/f1"),
+        ("loss AUC", "loss/auc")))
+    return f"{out['label']}: {len(out['gm_ids'])} unseen GMs, FEN+PN (classical): {cells}"
 
 
 def report_cv(results: list[dict[str, Any]], cfg: JobConfig) -> None:

@@ -40,6 +40,7 @@ from data_pipeline.build import build_config, ensure_collection  # noqa: E402
 from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError, open_collection  # noqa: E402
 from data_pipeline.folds import Fold, FoldError, gm_folds  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
+from workflows.progress import FoldProgress  # noqa: E402
 from workflows.runtime import (  # noqa: E402
     SetupError,
     die,
@@ -125,6 +126,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the newest interrupted run of this config (its trainers restart from checkpoints)")
     p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and Ray Data's own logs and progress output (default: a bar per training run)")
     add_dataclass_args(p, ForensicsConfig, "forensics (overrides the preset)", skip=("preset",))
     return p
 
@@ -138,8 +141,8 @@ def _metas(cfg: ForensicsConfig, classes: list[str]) -> dict[str, dict[str, Any]
     return {"fen": model_meta("fen", classes, **common), "cnn": model_meta("cnn", classes, **common)}
 
 
-def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, name: str, storage: str, use_gpu: bool,
-           run_id: str):
+def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: str, label: str, storage: str,
+           use_gpu: bool, run_id: str):
     import mlflow
 
     from data_pipeline.ray_data import shuffle_each_epoch
@@ -161,10 +164,12 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, name: str,
     loop = {"models": metas, "weights": cfg.weights(), "lr": cfg.lr, "epochs": cfg.epochs,
             "batch_size": cfg.batch_size, "seed": cfg.seed, "task_scale": cfg.task_scale, "mlflow_run_id": run_id,
             "tracking_uri": mlflow.get_tracking_uri(), "source_weight": source_weight.tolist()}
+    name = f"{run_name}-{label}"
     t0 = time.time()
-    res = fit_heads(name, loop, train_ds, val_ds, storage_path=storage, num_workers=cfg.num_workers,
-                    use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=cfg.keep_checkpoints,
-                    max_failures=cfg.max_failures)
+    with FoldProgress(label, cfg.epochs) as bar:
+        res = fit_heads(name, {**loop, "progress": bar.queue}, train_ds, val_ds, storage_path=storage,
+                        num_workers=cfg.num_workers, use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker,
+                        keep_checkpoints=cfg.keep_checkpoints, max_failures=cfg.max_failures)
     mlflow.log_metrics({"train_seconds": time.time() - t0, **{f"best_epoch_{n}": e for n, e in res.best_epochs.items()}})
     mlflow.log_dict(res.history, "history.json")
     _log_figure(learning_curves(res.history, name), "figures/learning_curves.png")
@@ -208,7 +213,7 @@ def run_fold(col: Collection, fold: Fold, cfg: ForensicsConfig, run_name: str, s
     with mlflow.start_run(run_name=label, nested=True, tags={"fold": label}) as run:
         mlflow.log_params({"fold": label, "train_gms": len(fold.train_gms), "test_gms": len(fold.test_gms)})
         mlflow.log_dict({"train_gms": list(fold.train_gms), "test_gms": list(fold.test_gms)}, "split.json")
-        metas, res = _train(col, classes, cfg, f"{run_name}-{label}", storage, use_gpu, run.info.run_id)
+        metas, res = _train(col, classes, cfg, run_name, label, storage, use_gpu, run.info.run_id)
         # unseen GMs (every image) against real images held out of training
         c = _evaluate(col, [(list(fold.test_gms), None), ([REAL_GM_ID], "test")], metas, res.states, cfg, use_gpu)
         out: dict[str, Any] = {"label": label, "test_images": int(len(c["is_fake"])),
@@ -237,7 +242,7 @@ def run_final(col: Collection, cfg: ForensicsConfig, run_name: str, storage: str
     with mlflow.start_run(run_name="final", nested=True, tags={"fold": "final"}) as run:
         mlflow.log_params({"fold": "final", "classes": len(classes)})
         mlflow.log_dict({"classes": classes}, "split.json")
-        metas, res = _train(col, classes, cfg, f"{run_name}-final", storage, use_gpu, run.info.run_id)
+        metas, res = _train(col, classes, cfg, run_name, "final", storage, use_gpu, run.info.run_id)
         out: dict[str, Any] = {"label": "final", "classes": classes}
         if "attribute" in tasks:
             c = _evaluate(col, [(classes, "test")], metas, res.states, cfg, use_gpu)
@@ -411,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             if REAL_GM_ID not in set(early.gms["gm_id"]):
                 raise CollectionError(f"{args.collection} has no real images (gm_id 'real'): detection needs them")
         init_mlflow(args.experiment)
-        init_ray()
+        init_ray(quiet=not args.verbose)
         col = _open_or_build(args, cfg)
         folds = gm_folds(col.gms, cfg.folds, cfg.seed) if need_folds else []
     except (CollectionError, FoldError, SetupError) as e:

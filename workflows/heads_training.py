@@ -215,6 +215,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     import ray.train.torch
 
     from models.constraints import ConstraintWeights
+    from workflows.progress import ProgressSender
     from workflows.training import log_epoch_to_mlflow
 
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
@@ -249,6 +250,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    progress = ProgressSender(cfg.get("progress") if rank == 0 else None)  # the driver's console bar
     if source_weight is not None:
         source_weight = source_weight.to(device)
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -269,6 +271,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 for k, v in log.items():
                     sums[f"{n}/train/{k}"] = sums.get(f"{n}/train/{k}", 0.0) + v * len(x)
             n_img += len(x)
+            progress.step(epoch, {"loss": sums["fen/train/total"] / n_img,
+                                  "images_per_s": n_img / max(time.time() - t0, 1e-9)})
         metrics: dict[str, float] = {k: v / max(n_img, 1) for k, v in sums.items()}
         metrics["epoch"] = float(epoch)
         metrics["train/images_per_s"] = n_img / max(time.time() - t0, 1e-9)
@@ -292,6 +296,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if rank == 0:
+            progress.epoch_done(epoch, {"images_per_s": metrics["train/images_per_s"],
+                                        "loss": metrics.get("fen/train/total", float("nan")),
+                                        "val_score": metrics.get("fen/val_score", float("nan"))})
             log_epoch_to_mlflow(cfg.get("mlflow_run_id"), metrics, epoch, cfg.get("tracking_uri"))
             marker = cfg.get("fault_marker")
             if epoch == cfg.get("kill_after_epoch", -1) and marker and not os.path.exists(marker):

@@ -274,10 +274,14 @@ def parse_files(paths: list[Path], payloads: dict[str, Any], batch_size: int = 3
                                                                   "fit_mode": fit_mode},
                          batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                          num_cpus=1)
+    from tqdm.auto import tqdm
+
     results: list[dict[str, Any] | None] = [None] * len(strs)
-    for b in res.iter_batches(batch_size=1024, batch_format="numpy"):
-        for i, r in zip(b["index"], b["result"]):
-            results[int(i)] = json.loads(r)
+    with tqdm(total=len(strs), desc="parsing", unit="image") as bar:  # Ray Data's own bars are off (init_ray)
+        for b in res.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            for i, r in zip(b["index"], b["result"]):
+                results[int(i)] = json.loads(r)
+            bar.update(len(b["index"]))
     missing = [strs[i] for i, r in enumerate(results) if r is None]
     if missing:
         raise RuntimeError(f"Ray Data returned no result for {len(missing)} file(s), e.g. {missing[0]}")

@@ -8,6 +8,7 @@ it). Cluster: ``RAY_ADDRESS``, ``MLFLOW_TRACKING_URI`` and ``GMPARSE_STORAGE`` a
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -23,20 +24,39 @@ class SetupError(RuntimeError):
 
 
 def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
-    """Connect to RAY_ADDRESS if set, else start a local Ray with over-declared CPUs."""
+    """Connect to RAY_ADDRESS if set, else start a local Ray with over-declared CPUs.
+
+    ``quiet``: the workers' output, Ray's INFO lines and Ray Data's progress bars and INFO logs
+    stay off the console (they are in Ray's session logs); the jobs print their own progress."""
     import ray
 
+    if quiet:
+        quiet_ray_data()
     if ray.is_initialized():
         return
     env = {"MLFLOW_TRACKING_URI": tracking_uri()}
     runtime_env = {"env_vars": env}
+    level = logging.WARNING if quiet else logging.INFO
     if os.environ.get("RAY_ADDRESS"):
         # inside `ray job submit` the job's runtime env is already in force and cannot be merged
         # with another; the tracking URI reaches workers through the training configs anyway
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=not quiet)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=not quiet, logging_level=level)
     else:
         cpus = num_cpus or max(8, 4 * (os.cpu_count() or 1))
-        ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=not quiet)
+        ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=not quiet,
+                 logging_level=level)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data in this process: no progress bars (nor the warning that they are off), no INFO lines;
+    MLflow: no artifact download bars."""
+    from ray.data import DataContext
+    from ray.util.debug import log_once
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # and no MLflow download bars
+    DataContext.get_current().enable_progress_bars = False
+    log_once("ray_data_progress_manager_disabled")  # spends the one-time "progress bars disabled" warning
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def tracking_uri() -> str:

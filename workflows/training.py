@@ -81,6 +81,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     from models.constraints import ConstraintWeights
     from models.engine import train_one_epoch, weight_ema
     from models.parser import ParsingModel
+    from workflows.progress import ProgressSender
 
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
     ctx = ray.train.get_context()
@@ -121,12 +122,14 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     select_on = "valgm_gm/score" if "valgm" in eval_sets else "val/score"
 
     train_shard = ray.train.get_dataset_shard("train")
+    progress = ProgressSender(cfg.get("progress"))  # the driver's console bar (workflows.progress)
     for epoch in range(start_epoch, cfg["epochs"]):
         batches = train_shard.iter_torch_batches(
             batch_size=cfg["batch_size"], device=device, local_shuffle_buffer_size=4 * cfg["batch_size"],
             local_shuffle_seed=cfg["seed"] * 1000 + epoch, drop_last=True,  # BatchNorm needs > 1 row
         )
-        tr = train_one_epoch(model, optimizer, batches, weights, class_weights, ema=ema, binary_weights=binary_weights)
+        tr = train_one_epoch(model, optimizer, batches, weights, class_weights, ema=ema, binary_weights=binary_weights,
+                             on_step=(lambda stats, e=epoch: progress.step(e, stats)) if rank == 0 else None)
         metrics: dict[str, float] = {f"train/{k}": v for k, v in tr.items() if k not in ("images", "images_per_s")}
         metrics["epoch"] = float(epoch)
         metrics["train/images_per_s"] = tr["images_per_s"]
@@ -151,6 +154,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if rank == 0:  # after report(): a worker lost before its checkpoint is registered logs nothing twice
+            progress.epoch_done(epoch, {"images_per_s": tr["images_per_s"], "loss": tr.get("total", float("nan")),
+                                        "val_score": metrics["val_score"]})
             log_epoch_to_mlflow(cfg.get("mlflow_run_id"), metrics, epoch, cfg.get("mlflow_tracking_uri"))
             marker = cfg.get("fault_marker")
             if epoch == cfg.get("kill_after_epoch", -1) and marker and not os.path.exists(marker):
@@ -171,7 +176,7 @@ class FoldResult:
 
 
 def make_loop_config(cfg, train_targets, fault_marker: str | None = None,
-                     mlflow_run_id: str | None = None) -> dict[str, Any]:
+                     mlflow_run_id: str | None = None, progress: Any = None) -> dict[str, Any]:
     """The worker loop's config from a JobConfig and the training GMs' labels."""
     import mlflow
 
@@ -187,6 +192,7 @@ def make_loop_config(cfg, train_targets, fault_marker: str | None = None,
         "centres": fit_clusters(train_targets, model_cfg.n_clusters, cfg.seed).tolist() if cfg.variant == "cluster" else None,
         "checkpoint": cfg.checkpoint, "ema": cfg.ema, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "threads": cfg.threads, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "kill_after_epoch": cfg.kill_after_epoch, "fault_marker": fault_marker, "mlflow_run_id": mlflow_run_id,
+        "progress": progress,  # a workflows.progress.FoldProgress queue, or None
         # explicit: Ray workers may have been started before MLFLOW_TRACKING_URI was set
         "mlflow_tracking_uri": mlflow.get_tracking_uri(),
     }
