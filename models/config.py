@@ -9,6 +9,14 @@ from typing import Any
 TASKS = ("parsing", "detection", "attribution")
 
 
+def check_known(cls: type, d: Mapping[str, Any], what: str) -> None:
+    """A mapping's keys must be fields of the dataclass ``cls``: an unknown key is an error, not ignored."""
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {what} {sorted(unknown)}; known: {sorted(names)}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the network (saved as JSON beside the weights)."""
@@ -58,8 +66,5 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}")
+        check_known(cls, d, "ModelConfig fields")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -8,9 +8,11 @@ can log them one by one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
+
+from .config import check_known
 
 GRAY_COEFFS = (0.299, 0.587, 0.114)
 #: half-width of the low-frequency window at the reference size (PAPER.md: n=25 at 128x128)
@@ -42,10 +44,7 @@ class ConstraintWeights:
     @classmethod
     def from_dict(cls, d: Mapping[str, float]) -> ConstraintWeights:
         """Build from a (possibly partial) mapping; unknown keys are an error, not ignored."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown constraint weights {sorted(unknown)}; known: {sorted(names)}")
+        check_known(cls, d, "constraint weights")
         return cls(**{k: float(v) for k, v in d.items()})
 
 

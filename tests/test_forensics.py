@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from workflows import forensics
-from workflows.heads_training import (
+from models.forensics import (
     FingerprintClassifier,
     ForensicModel,
     PlainCNN,
@@ -17,9 +16,10 @@ from workflows.heads_training import (
     model_meta,
     perturb,
     pixel_stats,
-    split_of,
     task_loss,
 )
+from workflows import forensics
+from workflows.heads_training import split_of
 from workflows.linking import cluster_ari, linking_metrics, pair_auc
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models.forensics import ForensicModel, build_module, model_meta
 from workflows import parse
-from workflows.heads_training import ForensicModel, build_module, model_meta
 
 SOURCES = ["gm-a", "gm-b", "real"]
 

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import os
 import resource
-import signal
 import sys
 import tempfile
 import time
@@ -27,21 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from data_pipeline.build import build_config, ensure_collection  # noqa: E402
-from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError, open_collection  # noqa: E402
-from data_pipeline.folds import Fold, FoldError, gm_folds, holdout_gms  # noqa: E402
+from data_pipeline.collection import REAL_GM_ID, Collection, open_collection  # noqa: E402
+from data_pipeline.folds import Fold, gm_folds, holdout_gms  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
 from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
+from workflows.job import Job, start_job  # noqa: E402
 from workflows.progress import FoldProgress  # noqa: E402
-from workflows.runtime import (  # noqa: E402
-    SetupError,
-    die,
-    init_mlflow,
-    init_ray,
-    resumable_run_name,
-    storage_path,
-    where_results_go,
-)
+from workflows.runtime import SetupError, die  # noqa: E402
 
 EXPERIMENT = "gmparse-cv"
 SUMMARY_METRICS = [  # the per-group rows of the cross-fold table (GM level, as the paper reports)
@@ -243,15 +234,14 @@ def format_summary(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _open_or_build(args: argparse.Namespace, cfg: JobConfig) -> Collection:
-    if args.collection:
-        return open_collection(args.collection)
-    return ensure_collection(build_config(cfg.collection_preset, seed=cfg.seed))
-
-
-def _run_name(col: Collection, cfg: JobConfig, storage: Path | str, resume: bool) -> str:
-    base = f"cv-{cfg.preset}-{str(col.manifest.get('build_key', col.manifest.get('gms_sha256', '')))[:8]}-{cfg.key()}"
-    return resumable_run_name(base, storage, resume)
+def check_inputs(col: Collection, args: argparse.Namespace, cfg: JobConfig) -> None:
+    """Everything this job needs of its inputs, before anything trains (``workflows.job.start_job``)."""
+    gm_folds(col.gms, cfg.folds, cfg.seed)
+    if args.test_collection:
+        if not cfg.final_model:
+            raise SetupError("--test-collection scores the final parser: drop --final-model false")
+        if open_collection(args.test_collection).fake_gms.empty:
+            raise SetupError(f"--test-collection {args.test_collection} has no GMs to score")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,80 +250,75 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve(job_config(args.preset), args, load_overrides(args.config))
     except ValueError as e:
         die(str(e))
-    # SIGTERM (ray job stop, a scheduler) unwinds like Ctrl-C, so MLflow runs end as KILLED/FAILED
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
-    try:
-        if args.collection:  # bad input is an error before Ray starts or anything trains
-            gm_folds(open_collection(args.collection).gms, cfg.folds, cfg.seed)
-        if args.test_collection:
-            if not cfg.final_model:
-                raise SetupError("--test-collection scores the final parser: drop --final-model false")
-            if open_collection(args.test_collection).fake_gms.empty:
-                raise SetupError(f"--test-collection {args.test_collection} has no GMs to score")
-        init_mlflow(args.experiment)
-        init_ray(quiet=not args.verbose)
-        col = _open_or_build(args, cfg)
-        folds = gm_folds(col.gms, cfg.folds, cfg.seed)
-    except (CollectionError, FoldError, SetupError) as e:
-        die(str(e))
+    job = start_job(args, cfg, "cv", validate=lambda col: check_inputs(col, args, cfg))
     import mlflow
-    import ray
 
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
-    storage = storage_path(args.storage_path)
-    print(where_results_go(storage), flush=True)
-    run_name = _run_name(col, cfg, storage, args.resume)
-    marker_dir = storage if "://" not in storage else tempfile.gettempdir()
+    col, folds, run_name = job.col, gm_folds(job.col.gms, cfg.folds, cfg.seed), job.run_name(args.resume)
+    marker_dir = job.storage if "://" not in job.storage else tempfile.gettempdir()
     fault_marker = str(Path(marker_dir) / f"{run_name}.killed") if cfg.kill_after_epoch >= 0 else None
     print(f"collection {col.path}: {len(col.fake_gms)} GMs, {col.manifest['counts']['images']} images; "
-          f"{len(folds)} folds, {cfg.epochs} epochs, {cfg.num_workers} worker(s), {'GPU' if use_gpu else 'CPU'}; "
+          f"{len(folds)} folds, {cfg.epochs} epochs, {cfg.num_workers} worker(s), {'GPU' if job.use_gpu else 'CPU'}; "
           f"run {run_name}", flush=True)
     t0 = time.time()
     with mlflow.start_run(run_name=run_name, tags={"preset": cfg.preset, "collection": col.path}) as parent:
         mlflow.log_params(flat_params(cfg))
-        mlflow.log_params({"collection": col.path, "gms": len(col.fake_gms), "storage_path": storage, "gpu_used": use_gpu})
+        mlflow.log_params({"collection": col.path, "gms": len(col.fake_gms), "storage_path": job.storage,
+                           "gpu_used": job.use_gpu})
         mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
         mlflow.log_dict({"ranges": col.ranges.to_dict(), "schema_version": col.manifest["schema_version"]}, "collection.json")
         ids = (parent.info.experiment_id, parent.info.run_id, mlflow.get_tracking_uri())
-        bars = [FoldProgress(f"fold-{f.index}", cfg.epochs, position=i if cfg.concurrent_folds else 0) for i, f in enumerate(folds)]
-        if cfg.concurrent_folds:  # each fold's driver in a Ray task; trainers share the cluster
-            remote = ray.remote(num_cpus=0)(run_fold)
-            with contextlib.ExitStack() as stack:
-                queues = [stack.enter_context(b).queue for b in bars]
-                refs = [remote.remote(col, f, cfg, run_name, storage, use_gpu, True, fault_marker, ids, q)
-                        for f, q in zip(folds, queues, strict=True)]
-                results = ray.get(refs)
-            for r in results:
-                print(fold_line(r), flush=True)
-        else:
-            results = []
-            for f, bar in zip(folds, bars, strict=True):
-                with bar:
-                    results.append(run_fold(col, f, cfg, run_name, storage, use_gpu, True, fault_marker, ids,
-                                            bar.queue))
-                print(fold_line(results[-1]), flush=True)
-        report_cv(results, cfg)
+        report_cv(train_folds(job, folds, cfg, run_name, fault_marker, ids), cfg)
         if cfg.final_model:
-            all_gms = tuple(col.fake_gms["gm_id"])
-            with FoldProgress("final", cfg.epochs) as bar:
-                final = run_fold(col, Fold(-1, all_gms, ()), cfg, run_name, storage, use_gpu, evaluate=False,
-                                 parent=ids, progress=bar.queue)
-            from models.parser import Parser, ParsingModel
-
-            model = ParsingModel(cfg.model_config())
-            model.load_state_dict(final["state"])
-            parser = Parser(model.eval(), col.ranges)
-            if cfg.register:
-                uri, version = log_and_register(parser, col, final["run_id"])
-                print(f"registered gm-parser version {version} (alias champion): {uri}")
-            if args.test_collection:
-                report_external(parser, col, open_collection(args.test_collection), cfg)
+            final_parser(job, cfg, run_name, ids, args.test_collection)
         mlflow.log_metric("wall_seconds", time.time() - t0)
         mlflow.log_metric("driver_max_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         print(f"done in {time.time() - t0:.0f} s; MLflow run {parent.info.run_id} "
               f"(mlflow server --backend-store-uri {mlflow.get_tracking_uri()}); "
-              f"checkpoints {storage}/{run_name}-*")
+              f"checkpoints {job.storage}/{run_name}-*")
     return 0
+
+
+def train_folds(job: Job, folds: list[Fold], cfg: JobConfig, run_name: str, fault_marker: str | None,
+                ids: tuple[str, str, str]) -> list[dict[str, Any]]:
+    """Train and evaluate every fold, one after the other or (``--concurrent-folds``) at once, a
+    progress bar each, then a line each with its unseen GMs' scores."""
+    import ray
+
+    bars = [FoldProgress(f"fold-{f.index}", cfg.epochs, position=i if cfg.concurrent_folds else 0)
+            for i, f in enumerate(folds)]
+    args = (job.col, cfg, run_name, job.storage, job.use_gpu, True, fault_marker, ids)
+    if cfg.concurrent_folds:  # each fold's driver in a Ray task; trainers share the cluster
+        remote = ray.remote(num_cpus=0)(run_fold)
+        with contextlib.ExitStack() as stack:
+            queues = [stack.enter_context(b).queue for b in bars]
+            results = ray.get([remote.remote(args[0], f, *args[1:], q) for f, q in zip(folds, queues, strict=True)])
+        for r in results:
+            print(fold_line(r), flush=True)
+        return results
+    results = []
+    for f, bar in zip(folds, bars, strict=True):
+        with bar:
+            results.append(run_fold(args[0], f, *args[1:], bar.queue))
+        print(fold_line(results[-1]), flush=True)
+    return results
+
+
+def final_parser(job: Job, cfg: JobConfig, run_name: str, ids: tuple[str, str, str], test_collection: str | None) -> None:
+    """Train the parser on every GM, register it (alias champion), and score it on ``test_collection``."""
+    from models.parser import Parser, ParsingModel
+
+    col = job.col
+    with FoldProgress("final", cfg.epochs) as bar:
+        final = run_fold(col, Fold(-1, tuple(col.fake_gms["gm_id"]), ()), cfg, run_name, job.storage, job.use_gpu,
+                         evaluate=False, parent=ids, progress=bar.queue)
+    model = ParsingModel(cfg.model_config())
+    model.load_state_dict(final["state"])
+    parser = Parser(model.eval(), col.ranges)
+    if cfg.register:
+        uri, version = log_and_register(parser, col, final["run_id"])
+        print(f"registered gm-parser version {version} (alias champion): {uri}")
+    if test_collection:
+        report_external(parser, col, open_collection(test_collection), cfg)
 
 
 def fold_line(out: dict[str, Any]) -> str:

@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -36,20 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from data_pipeline.build import build_config, ensure_collection  # noqa: E402
-from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError, open_collection  # noqa: E402
-from data_pipeline.folds import Fold, FoldError, gm_folds  # noqa: E402
+from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError  # noqa: E402
+from data_pipeline.folds import Fold, gm_folds  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
+from workflows.job import start_job  # noqa: E402
 from workflows.progress import FoldProgress  # noqa: E402
-from workflows.runtime import (  # noqa: E402
-    SetupError,
-    die,
-    init_mlflow,
-    init_ray,
-    resumable_run_name,
-    storage_path,
-    where_results_go,
-)
+from workflows.runtime import die  # noqa: E402
 
 EXPERIMENT = "gmparse-forensics"
 TASKS = ("detect", "attribute", "link")
@@ -134,7 +125,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # --- one training run (a fold, or the final models) -----------------------------------------------
 def _metas(cfg: ForensicsConfig, classes: list[str]) -> dict[str, dict[str, Any]]:
-    from workflows.heads_training import model_meta
+    from models.forensics import model_meta
 
     common = {"image_size": cfg.image_size, "fen_depth": cfg.fen_depth, "fen_width": cfg.fen_width,
               "head_widths": cfg.head(), "cnn_widths": cfg.cnn(), "spectral_head": cfg.spectral_head}
@@ -146,8 +137,8 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
     import mlflow
 
     from data_pipeline.ray_data import shuffle_each_epoch
-    from models.forensics import balanced_class_weights
-    from workflows.heads_training import build_module, fit_heads, n_params, train_dataset
+    from models.forensics import balanced_class_weights, build_module, n_params
+    from workflows.heads_training import fit_heads, train_dataset
 
     gm_index = {g: i for i, g in enumerate(classes)}
     metas = _metas(cfg, classes)
@@ -188,8 +179,8 @@ def _evaluate(col: Collection, parts: list[tuple[list[str], str | None]], metas,
 
 
 def detection_results(c: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    from models.forensics import MODEL_NAMES, PERTURBATIONS
     from models.metrics import detection_metrics
-    from workflows.heads_training import MODEL_NAMES, PERTURBATIONS
 
     return {n: {kind: detection_metrics(c[f"{n}_fake_{kind}"], c["is_fake"])["image/auc"] for kind in PERTURBATIONS}
             for n in MODEL_NAMES}
@@ -235,8 +226,9 @@ def run_final(col: Collection, cfg: ForensicsConfig, run_name: str, storage: str
     """Train on every GM (+ real); attribution on held-out images; register the FEN model."""
     import mlflow
 
+    from models.forensics import MODEL_NAMES, ForensicModel
     from models.metrics import attribution_metrics
-    from workflows.heads_training import MODEL_NAMES, ForensicModel, log_forensic_model
+    from workflows.heads_training import log_forensic_model
 
     classes = [*sorted(col.fake_gms["gm_id"]), REAL_GM_ID]
     with mlflow.start_run(run_name="final", nested=True, tags={"fold": "final"}) as run:
@@ -385,10 +377,12 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _open_or_build(args: argparse.Namespace, cfg: ForensicsConfig) -> Collection:
-    if args.collection:
-        return open_collection(args.collection)
-    return ensure_collection(build_config(cfg.collection_preset, seed=cfg.seed))
+def check_inputs(col: Collection, cfg: ForensicsConfig, need_folds: bool) -> None:
+    """Everything this job needs of its collection, before anything trains (``workflows.job.start_job``)."""
+    if need_folds:
+        gm_folds(col.gms, cfg.folds, cfg.seed)
+    if REAL_GM_ID not in set(col.gms["gm_id"]):
+        raise CollectionError(f"{col.path} has no real images (gm_id 'real'): detection needs them")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,28 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("test_fraction", "val_fraction"):
         if not 0 < getattr(cfg, name) < 1:
             die(f"--{name.replace('_', '-')} must be in (0, 1), got {getattr(cfg, name)}")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
-    try:
-        if args.collection:  # bad input is an error before Ray starts or anything trains
-            early = open_collection(args.collection)
-            if need_folds:
-                gm_folds(early.gms, cfg.folds, cfg.seed)
-            if REAL_GM_ID not in set(early.gms["gm_id"]):
-                raise CollectionError(f"{args.collection} has no real images (gm_id 'real'): detection needs them")
-        init_mlflow(args.experiment)
-        init_ray(quiet=not args.verbose)
-        col = _open_or_build(args, cfg)
-        folds = gm_folds(col.gms, cfg.folds, cfg.seed) if need_folds else []
-    except (CollectionError, FoldError, SetupError) as e:
-        die(str(e))
+    job = start_job(args, cfg, "forensics", validate=lambda col: check_inputs(col, cfg, need_folds))
     import mlflow
-    import ray
 
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
-    storage = storage_path(args.storage_path)
-    print(where_results_go(storage), flush=True)
-    key = str(col.manifest.get("build_key", col.manifest.get("gms_sha256", "")))[:8]
-    run_name = resumable_run_name(f"forensics-{cfg.preset}-{key}-{cfg.key()}", storage, args.resume)
+    col, storage, use_gpu, run_name = job.col, job.storage, job.use_gpu, job.run_name(args.resume)
+    folds = gm_folds(col.gms, cfg.folds, cfg.seed) if need_folds else []
     print(f"collection {col.path}: {len(col.fake_gms)} GMs, {col.manifest['counts']['images']} images; tasks "
           f"{sorted(tasks)}; {len(folds)} folds, {cfg.epochs} epochs, {cfg.num_workers} worker(s), "
           f"{'GPU' if use_gpu else 'CPU'}; run {run_name}", flush=True)

@@ -36,22 +36,14 @@ import torch
 from torch import nn
 
 from data_pipeline.schema import SCHEMA_VERSION
-from models.forensics import (  # noqa: F401  (re-exported for workflows and tests)
-    FORMAT_VERSION,
+from models.forensics import (
     HISTORY_FILE,
-    META_FILE,
-    MODEL_NAMES,
     PERTURBATIONS,
     STATE_FILE,
     TRAIN_COLUMNS,
-    WEIGHTS_FILE,
-    FingerprintClassifier,
     ForensicModel,
-    PlainCNN,
     build_module,
     fingerprint_stats,
-    model_meta,
-    n_params,
     perturb,
     pixel_stats,
     task_loss,
@@ -317,26 +309,12 @@ class HeadsResult:
 def fit_heads(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storage_path: str, num_workers: int,
               use_gpu: bool, cpus_per_worker: float, keep_checkpoints: int, max_failures: int) -> HeadsResult:
     """One TorchTrainer for both models; re-running with the same (storage_path, name) resumes it."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    from workflows.training import torch_trainer
 
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu,
-            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=keep_checkpoints, checkpoint_score_attribute="epoch", checkpoint_score_order="max"),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-        ),
-        datasets={"train": train_ds, "val": val_ds},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    )
-    result = trainer.fit()
+    result = torch_trainer(train_loop_per_worker, name, loop_config, {"train": train_ds, "val": val_ds},
+                           storage_path=storage_path, num_workers=num_workers, use_gpu=use_gpu,
+                           cpus_per_worker=cpus_per_worker, keep_checkpoints=keep_checkpoints,
+                           max_failures=max_failures, score="epoch").fit()  # "best" is kept inside each checkpoint
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} produced no checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -385,21 +363,10 @@ def evaluate_dataset(ds, bundles: dict[str, tuple[dict[str, Any], dict[str, Any]
                      resize_factor: float = 0.5, batch_size: int = 128, actors: int = 1,
                      use_gpu: bool = False) -> dict[str, np.ndarray]:
     """Every row of ``ds`` through an EvalBatch actor pool -> concatenated columns."""
-    import ray.data
+    from workflows.inference import map_columns
 
-    out = ds.map_batches(
-        EvalBatch, fn_constructor_kwargs={"bundles": bundles, "jpeg_quality": jpeg_quality,
-                                          "resize_factor": resize_factor},
-        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if use_gpu else 0, num_cpus=1,
-    )
-    cols: dict[str, list[np.ndarray]] = {}
-    for b in out.iter_batches(batch_size=4096, batch_format="numpy"):
-        for k, v in b.items():
-            cols.setdefault(k, []).append(v)
-    if not cols:
-        raise RuntimeError("no images to evaluate")
-    c = {k: np.concatenate(v) for k, v in cols.items()}
+    c = map_columns(ds, EvalBatch, {"bundles": bundles, "jpeg_quality": jpeg_quality, "resize_factor": resize_factor},
+                    batch_size=batch_size, actors=actors, use_gpu=use_gpu)
     c["gm_id"], c["image_id"] = c["gm_id"].astype(str), c["image_id"].astype(str)
     c["is_fake"] = c["is_fake"].astype(np.int64)
     return c

@@ -47,28 +47,29 @@ class PredictBatch:
 def predict_dataset(ds, model_config: dict[str, Any], state: dict[str, Any], use_gpu: bool = False,
                     batch_size: int = 128, actors: int = 1):
     """-> (Predictions, TargetArrays, gm_ids, image_ids, is_fake) over every row of ``ds``."""
-    import ray.data
-
     from models.predictions import Predictions
 
-    out = ds.map_batches(
-        PredictBatch,
-        fn_constructor_kwargs={"model_config": model_config, "state": state, "use_gpu": use_gpu},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=1,
-    )
-    cols: dict[str, list[np.ndarray]] = {}
-    for b in out.iter_batches(batch_size=4096, batch_format="numpy"):
-        for k, v in b.items():
-            cols.setdefault(k, []).append(v)
-    if not cols:
-        raise RuntimeError("no images to predict on")
-    c = {k: np.concatenate(v) for k, v in cols.items()}
+    c = map_columns(ds, PredictBatch, {"model_config": model_config, "state": state, "use_gpu": use_gpu},
+                    batch_size=batch_size, actors=actors, use_gpu=use_gpu)
     n_disc = sum(1 for k in c if k.startswith("pred_discrete_"))
     pred = Predictions(c["pred_continuous"], tuple(c[f"pred_discrete_{j}"] for j in range(n_disc)),
                        c["pred_group"], c["pred_loss"])
     targets = TargetArrays(c["continuous"], c["discrete"], c["loss"], c["group"])
     return pred, targets, c["gm_id"].astype(str), c["image_id"].astype(str), c["is_fake"]
+
+
+def map_columns(ds, actor: type, kwargs: dict[str, Any], *, batch_size: int, actors: int = 1,
+                use_gpu: bool = False) -> dict[str, np.ndarray]:
+    """Every row of ``ds`` through a pool of ``actor(**kwargs)`` (one GPU each when used) -> its
+    output columns, concatenated in the order Ray Data returns them."""
+    import ray.data
+
+    out = ds.map_batches(actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
+                         compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if use_gpu else 0, num_cpus=1)
+    cols: dict[str, list[np.ndarray]] = {}
+    for b in out.iter_batches(batch_size=4096, batch_format="numpy"):
+        for k, v in b.items():
+            cols.setdefault(k, []).append(v)
+    if not cols:
+        raise RuntimeError("no images to run the model on: the dataset is empty")
+    return {k: np.concatenate(v) for k, v in cols.items()}

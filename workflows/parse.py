@@ -83,9 +83,9 @@ def load_payloads(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, An
     """Model payloads (meta + state dicts; small, shippable to Ray actors) and notes for the user."""
     import torch
 
+    from models.forensics import META_FILE, WEIGHTS_FILE
     from models.parser import META_FILE as PARSER_META
     from models.parser import WEIGHTS_FILE as PARSER_WEIGHTS
-    from workflows.heads_training import META_FILE, WEIGHTS_FILE
 
     payloads: dict[str, Any] = {}
     notes: list[str] = []
@@ -182,8 +182,8 @@ class ImagePredictor:
 
         from data_pipeline.schema import Ranges
         from models.config import ModelConfig
+        from models.forensics import ForensicModel
         from models.parser import Parser, ParsingModel
-        from workflows.heads_training import ForensicModel
 
         if threads:
             torch.set_num_threads(threads)

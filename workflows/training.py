@@ -198,6 +198,34 @@ def make_loop_config(cfg, train_targets, fault_marker: str | None = None,
     }
 
 
+def torch_trainer(loop: Any, name: str, loop_config: dict[str, Any], datasets: dict[str, Any], *, storage_path: str,
+                  num_workers: int, use_gpu: bool, cpus_per_worker: float, keep_checkpoints: int, max_failures: int,
+                  score: str, callbacks: list | None = None):
+    """The one place a TorchTrainer is configured: workers (one GPU each when used), checkpoints
+    kept by the reported ``score`` (highest first), restarts, and only ``train`` split across workers
+    (rank 0 reads the other datasets whole). Same (storage_path, name): the run resumes."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=keep_checkpoints, checkpoint_score_attribute=score, checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
 def fit_fold(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storage_path: str, num_workers: int,
              use_gpu: bool, cpus_per_worker: float, keep_checkpoints: int, max_failures: int,
              callbacks: list | None = None, eval_ds: dict[str, Any] | None = None) -> FoldResult:
@@ -209,31 +237,14 @@ def fit_fold(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storag
     eval_ds = {"val": val_ds, **(eval_ds or {})}
     loop_config = {**loop_config, "eval_sets": list(eval_ds)}
 
-    import ray.train
     import torch
-    from ray.train.torch import TorchTrainer
 
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu,
-            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=keep_checkpoints, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max"
-            ),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            callbacks=callbacks,
-        ),
-        datasets={"train": train_ds.select_columns(TRAIN_COLUMNS),
-                  **{k: ds.select_columns(EVAL_COLUMNS) for k, ds in eval_ds.items()}},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    )
-    result = trainer.fit()
+    result = torch_trainer(
+        train_loop_per_worker, name, loop_config,
+        {"train": train_ds.select_columns(TRAIN_COLUMNS), **{k: ds.select_columns(EVAL_COLUMNS) for k, ds in eval_ds.items()}},
+        storage_path=storage_path, num_workers=num_workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
+        keep_checkpoints=keep_checkpoints, max_failures=max_failures, score="checkpoint_score", callbacks=callbacks,
+    ).fit()
     best = result.get_best_checkpoint(metric="checkpoint_score", mode="max") or result.checkpoint
     if best is None:
         raise RuntimeError(f"training run {name} produced no checkpoint")

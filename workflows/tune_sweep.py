@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from data_pipeline.build import build_config, ensure_collection  # noqa: E402
-from data_pipeline.collection import Collection, CollectionError, open_collection  # noqa: E402
-from data_pipeline.folds import FoldError, gm_folds  # noqa: E402
+from data_pipeline.collection import Collection, open_collection  # noqa: E402
+from data_pipeline.folds import gm_folds  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
 from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
-from workflows.runtime import SetupError, die, init_mlflow, init_ray, storage_path, where_results_go  # noqa: E402
+from workflows.job import start_job  # noqa: E402
+from workflows.runtime import die  # noqa: E402
 
 EXPERIMENT = "gmparse-tune"
 WEIGHTS = ("magnitude", "spectrum", "repetitive", "symmetry")
@@ -209,25 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         space = parse_space(args.space)
         if args.num_samples < 1:
             raise SpaceError("--num-samples must be at least 1")
-        if args.collection:
-            gm_folds(open_collection(args.collection).gms, cfg.folds, cfg.seed)
-        init_mlflow(args.experiment)
-        init_ray()
-        col = open_collection(args.collection) if args.collection else ensure_collection(
-            build_config(cfg.collection_preset, seed=cfg.seed))
-        train_gms, val_gms = sweep_split(col, cfg)
-    except (ValueError, CollectionError, FoldError, SetupError) as e:
+    except ValueError as e:
         die(str(e))
+    job = start_job(args, cfg, "tune", validate=lambda col: sweep_split(col, cfg))
     import mlflow
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
-    storage = storage_path(args.storage_path)
-    print(where_results_go(storage), flush=True)
+    col, storage, use_gpu = job.col, job.storage, job.use_gpu
+    train_gms, val_gms = sweep_split(col, cfg)
     kind = "ablation" if args.ablation else f"{args.search}-{args.num_samples}"
-    sweep_name = f"tune-{cfg.preset}-{str(col.manifest.get('build_key', ''))[:8]}-{cfg.key()}-{kind}"
+    sweep_name = f"{job.base}-{kind}"
     sweep_path = f"{storage.rstrip('/')}/{sweep_name}"
     exp = mlflow.get_experiment_by_name(args.experiment)
     client = mlflow.MlflowClient()

@@ -1,0 +1,83 @@
+"""What every entry point does before it trains, in one place.
+
+Input checks before Ray starts (a wrong path or a bad collection is an error in a second, with
+nothing started), SIGTERM handling, MLflow and Ray start-up, the collection opened or built,
+GPU detection, the storage folder (printed), and the stable base of the run's name, so that
+``cv_folds.py``, ``forensics.py`` and ``tune_sweep.py`` differ only in what they train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from data_pipeline.build import build_config, ensure_collection
+from data_pipeline.collection import Collection, CollectionError, open_collection
+from data_pipeline.folds import FoldError
+from workflows.runtime import (
+    SetupError,
+    die,
+    init_mlflow,
+    init_ray,
+    resumable_run_name,
+    storage_path,
+    where_results_go,
+)
+
+#: errors that mean "bad input or a missing service": a one-line message and exit code 2
+INPUT_ERRORS = (CollectionError, FoldError, SetupError)
+
+
+@dataclass(frozen=True)
+class Job:
+    col: Collection
+    storage: str  # Ray Train / Tune storage (checkpoints)
+    use_gpu: bool
+    base: str  # "<prefix>-<preset>-<collection key>-<config key>": what is trained, on what
+
+    def run_name(self, resume: bool) -> str:
+        """A new ``base-<timestamp>``, or with ``resume`` the newest earlier run of ``base``."""
+        return resumable_run_name(self.base, self.storage, resume)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (``ray job stop``, a scheduler) unwinds like Ctrl-C, so MLflow runs end as KILLED/FAILED."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
+
+
+def open_or_build(collection: str | None, preset: str, seed: int) -> Collection:
+    """The given collection, else the preset's zoo collection (built on first use, then reused)."""
+    if collection:
+        return open_collection(collection)
+    return ensure_collection(build_config(preset, seed=seed))
+
+
+def start_job(args: argparse.Namespace, cfg: Any, prefix: str,
+              validate: Callable[[Collection], object] = lambda col: None) -> Job:
+    """Set up a job from its parsed ``args`` (``collection``, ``experiment``, ``storage_path``,
+    ``verbose``) and config (``collection_preset``, ``seed``, ``use_gpu``, ``num_workers``, ``preset``,
+    ``key()``). ``validate`` checks the collection for this job (e.g. that it has enough GMs for the
+    folds) once: before Ray starts when the user named one, else after it is built. Bad input or an
+    unreachable service exits with code 2 and one line."""
+    stop_on_sigterm()
+    try:
+        given = open_collection(args.collection) if args.collection else None
+        if given is not None:
+            validate(given)
+        init_mlflow(args.experiment)
+        init_ray(quiet=not getattr(args, "verbose", False))
+        col = given or open_or_build(None, cfg.collection_preset, cfg.seed)
+        if given is None:
+            validate(col)
+    except INPUT_ERRORS as e:
+        die(str(e))
+    import ray
+
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
+    storage = storage_path(args.storage_path)
+    print(where_results_go(storage), flush=True)
+    key = str(col.manifest.get("build_key", col.manifest.get("gms_sha256", "")))[:8]
+    return Job(col, storage, use_gpu, f"{prefix}-{cfg.preset}-{key}-{cfg.key()}")
