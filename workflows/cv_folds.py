@@ -74,15 +74,6 @@ def metric_key(level: str, name: str, kind: str = "test") -> str:
     return f"{kind}.{level}.{name.replace('/', '.')}"
 
 
-def _log_figure(fig, path: str) -> None:
-    import mlflow
-
-    from workflows.figures import close
-
-    mlflow.log_figure(fig, path)
-    close(fig)
-
-
 def family_fingerprints(col: Collection, gm_ids: list[str], model_cfg, state, size: int, title: str):
     """One image per family among ``gm_ids`` (+ real) with the model's fingerprint."""
     import torch
@@ -120,31 +111,13 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
     ``progress``: the queue of the driver's ``workflows.progress.FoldProgress`` bar, or None."""
     import mlflow
 
-    from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
-    from models.metrics import evaluate_parsing, gm_level, metric_table
-    from models.significance import metrics_of
-    from workflows.evaluation import classical_baseline
-    from workflows.figures import discrete_confusion, learning_curves
-    from workflows.inference import predict_dataset
+    from workflows.figures import learning_curves, log_figure
     from workflows.training import fit_fold, make_loop_config
 
     label = f"fold-{fold.index}" if evaluate else "final"
-    model_cfg = cfg.model_config()
     fit_gms, val_gms = holdout_gms(col.gms, fold.train_gms, cfg.val_gms, cfg.seed + max(fold.index, 0))
     loop_config = make_loop_config(cfg, col.targets(fit_gms), fault_marker, progress=progress)
-    ds_args = {"size": cfg.image_size, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
-    train_ds = image_dataset(col, fit_gms, split="train", **ds_args)
-    val_ds = image_dataset(col, fit_gms, split="val", **ds_args)
-    # per-epoch GM-level curves: held-out GMs pick the epoch; the fold's unseen GMs are only watched
-    # (a quarter of their images, by the same seeded hash)
-    watch = {**ds_args, "val_fraction": 0.25, "split": "val"}
-    eval_ds = {"valgm": image_dataset(col, val_gms, **watch)} if val_gms else {}
-    if fold.test_gms:
-        eval_ds["unseen"] = image_dataset(col, fold.test_gms, **watch)
-    if cfg.cache_decoded:  # decode once, not once per epoch (fits in the object store when small)
-        train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
-        eval_ds = {k: v.materialize() for k, v in eval_ds.items()}
-    train_ds = shuffle_each_epoch(train_ds, cfg.seed, cfg.epoch_fraction)  # shards hold one GM each: mix them
+    train_ds, val_ds, eval_ds = fold_datasets(col, cfg, fit_gms, val_gms, fold.test_gms)
     exp_id, parent_id, uri = parent or (None, None, None)
     if uri:  # (experiment id, parent run id, tracking URI): also right in a Ray task (--concurrent-folds)
         mlflow.set_tracking_uri(uri)
@@ -161,37 +134,73 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
                        keep_checkpoints=cfg.keep_checkpoints, max_failures=cfg.max_failures, eval_ds=eval_ds)
         mlflow.log_metrics({"train_seconds": time.time() - t0, "best_epoch": res.best_epoch})
         mlflow.log_dict(res.history, "history.json")
-        _log_figure(learning_curves(res.history, f"{label}: learning curves"), "figures/learning_curves.png")
+        log_figure(learning_curves(res.history, f"{label}: learning curves"), "figures/learning_curves.png")
         out: dict[str, Any] = {"label": label, "state": res.state, "history": res.history,
                                "run_id": run.info.run_id, "checkpoint": res.checkpoint_path}
-        if not evaluate:
-            return out
-        test_ds = image_dataset(col, fold.test_gms, split="all", **ds_args)
-        pred, targets, gm_ids, _, _ = predict_dataset(test_ds, model_cfg.to_dict(), res.state, use_gpu=use_gpu)
-        report = evaluate_parsing(pred, targets, gm_ids, col.ranges, n_shuffles=cfg.n_shuffles, seed=cfg.seed)
-        rows = metric_table(report)
-        for r in rows:
-            mlflow.log_metric(metric_key(r["level"], f"{r['group']}/{r['metric']}" if r["metric"] != r["group"] else r["group"]), r["model"])
-        import pandas as pd
-
-        df = pd.DataFrame(rows)
-        with tempfile.TemporaryDirectory() as tmp:
-            df.to_csv(Path(tmp) / "metrics.csv", index=False)
-            mlflow.log_artifact(str(Path(tmp) / "metrics.csv"), "tables")
-        mlflow.log_dict(rows, "tables/metrics.json")
-        _log_figure(discrete_confusion(pred.discrete, targets, f"{label}: discrete values on unseen GMs (images)"),
-                    "figures/confusion_discrete.png")
-        _log_figure(family_fingerprints(col, list(fold.test_gms), model_cfg.to_dict(), res.state, cfg.image_size,
-                                        f"{label}: fingerprints of unseen GMs"), "figures/fingerprints.png")
-        out["rows"] = rows
-        out["gm_ids"], out["gm_pred"], out["gm_targets"] = gm_level(pred, targets, gm_ids)
-        ids, cpred, secs = classical_baseline(col, fold.train_gms, fold.test_gms, cfg.image_size,
-                                              cfg.baseline_images_per_gm, cfg.val_fraction, cfg.seed)
-        out["classical_gm_ids"], out["classical_pred"] = ids, cpred
-        out["classical"] = metrics_of(cpred, out["gm_targets"])
-        mlflow.log_metrics({"classical_seconds": secs, **{
-            metric_key("gm", k, "classical"): v for k, v in out["classical"].items() if np.isfinite(v)}})
+        if evaluate:
+            out.update(evaluate_fold(col, fold, cfg, res.state, use_gpu, label))
         return out
+
+
+def fold_datasets(col: Collection, cfg: JobConfig, fit_gms, val_gms, test_gms) -> tuple[Any, Any, dict[str, Any]]:
+    """A fold's Ray Datasets: training images of the training GMs (a fresh share each epoch), their
+    held-out images, and the per-epoch watch sets: held-out GMs (``valgm``) and the unseen GMs."""
+    from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
+
+    ds_args = {"size": cfg.image_size, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
+    train_ds = image_dataset(col, fit_gms, split="train", **ds_args)
+    val_ds = image_dataset(col, fit_gms, split="val", **ds_args)
+    # per-epoch GM-level curves: held-out GMs pick the epoch; the fold's unseen GMs are only watched
+    # (a quarter of their images, by the same seeded hash)
+    watch = {**ds_args, "val_fraction": 0.25, "split": "val"}
+    eval_ds = {"valgm": image_dataset(col, val_gms, **watch)} if val_gms else {}
+    if test_gms:
+        eval_ds["unseen"] = image_dataset(col, test_gms, **watch)
+    if cfg.cache_decoded:  # decode once, not once per epoch (fits in the object store when small)
+        train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
+        eval_ds = {k: v.materialize() for k, v in eval_ds.items()}
+    return shuffle_each_epoch(train_ds, cfg.seed, cfg.epoch_fraction), val_ds, eval_ds  # shards hold one GM each
+
+
+def evaluate_fold(col: Collection, fold: Fold, cfg: JobConfig, state: dict[str, Any], use_gpu: bool,
+                  label: str) -> dict[str, Any]:
+    """Score the fold's model and the classical baseline on every image of the unseen GMs; log
+    the tables, the confusion matrix and the fingerprints (inside the fold's MLflow run)."""
+    import mlflow
+    import pandas as pd
+
+    from data_pipeline.ray_data import image_dataset
+    from models.metrics import evaluate_parsing, gm_level, metric_table
+    from models.significance import metrics_of
+    from workflows.evaluation import classical_baseline
+    from workflows.figures import discrete_confusion, log_figure
+    from workflows.inference import predict_dataset
+
+    model_cfg = cfg.model_config()
+    test_ds = image_dataset(col, fold.test_gms, split="all", size=cfg.image_size, val_fraction=cfg.val_fraction,
+                            seed=cfg.seed)
+    pred, targets, gm_ids, _, _ = predict_dataset(test_ds, model_cfg.to_dict(), state, use_gpu=use_gpu)
+    report = evaluate_parsing(pred, targets, gm_ids, col.ranges, n_shuffles=cfg.n_shuffles, seed=cfg.seed)
+    rows = metric_table(report)
+    for r in rows:
+        mlflow.log_metric(metric_key(r["level"], f"{r['group']}/{r['metric']}" if r["metric"] != r["group"] else r["group"]), r["model"])
+    with tempfile.TemporaryDirectory() as tmp:
+        pd.DataFrame(rows).to_csv(Path(tmp) / "metrics.csv", index=False)
+        mlflow.log_artifact(str(Path(tmp) / "metrics.csv"), "tables")
+    mlflow.log_dict(rows, "tables/metrics.json")
+    log_figure(discrete_confusion(pred.discrete, targets, f"{label}: discrete values on unseen GMs (images)"),
+                "figures/confusion_discrete.png")
+    log_figure(family_fingerprints(col, list(fold.test_gms), model_cfg.to_dict(), state, cfg.image_size,
+                                    f"{label}: fingerprints of unseen GMs"), "figures/fingerprints.png")
+    out: dict[str, Any] = {"rows": rows}
+    out["gm_ids"], out["gm_pred"], out["gm_targets"] = gm_level(pred, targets, gm_ids)
+    ids, cpred, secs = classical_baseline(col, fold.train_gms, fold.test_gms, cfg.image_size,
+                                          cfg.baseline_images_per_gm, cfg.val_fraction, cfg.seed)
+    out["classical_gm_ids"], out["classical_pred"] = ids, cpred
+    out["classical"] = metrics_of(cpred, out["gm_targets"])
+    mlflow.log_metrics({"classical_seconds": secs, **{
+        metric_key("gm", k, "classical"): v for k, v in out["classical"].items() if np.isfinite(v)}})
+    return out
 
 
 def summarize_folds(fold_rows: list[list[dict[str, Any]]],

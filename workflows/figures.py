@@ -87,3 +87,55 @@ def fingerprints_by_family(samples: dict[str, np.ndarray], fingerprints: dict[st
 
 def close(fig: Any) -> None:
     plt.close(fig)
+
+
+def log_figure(fig: Any, path: str) -> None:
+    """Log a figure to the active MLflow run, then free it."""
+    import mlflow
+
+    mlflow.log_figure(fig, path)
+    close(fig)
+
+
+def heads_learning_curves(history: Sequence[dict[str, float]], title: str = ""):
+    """Forensics: each model's training loss and validation score per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for n in ("fen", "cnn"):
+        k = f"{n}/train/total"
+        if all(k in h for h in history):
+            axes[0].plot(epochs, [h[k] for h in history], marker="o", label=n)
+        k = f"{n}/val_score"
+        if all(k in h for h in history):
+            axes[1].plot(epochs, [h[k] for h in history], marker="o", label=n)
+    axes[0].set(xlabel="epoch", ylabel="training loss")
+    axes[1].set(xlabel="epoch", ylabel="val score (mean of AUC and accuracy)")
+    for ax in axes:
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(cms: dict[str, np.ndarray], classes: list[str], title: str = ""):
+    """Row-normalized confusion matrices side by side (rows true, columns predicted)."""
+    k = len(classes)
+    fig, axes = plt.subplots(1, len(cms), figsize=(max(4.0, 0.35 * k + 2) * len(cms), max(3.5, 0.35 * k + 1.5)),
+                             squeeze=False)
+    short = [c if len(c) <= 18 else c[:8] + ".." + c[-8:] for c in classes]
+    for ax, (name, cm) in zip(axes[0], cms.items()):
+        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        if k <= 20:
+            for (r, cc), v in np.ndenumerate(cm):
+                ax.text(cc, r, str(v), ha="center", va="center", fontsize=6)
+        fs = 6 if k <= 30 else 4
+        ax.set_xticks(range(k), short, rotation=90, fontsize=fs)
+        ax.set_yticks(range(k), short, fontsize=fs)
+        acc = np.trace(cm) / max(cm.sum(), 1)
+        ax.set_title(f"{name} (accuracy {acc:.3f})", fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

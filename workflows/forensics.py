@@ -138,6 +138,7 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
 
     from data_pipeline.ray_data import shuffle_each_epoch
     from models.forensics import balanced_class_weights, build_module, n_params
+    from workflows.figures import heads_learning_curves, log_figure
     from workflows.heads_training import fit_heads, train_dataset
 
     gm_index = {g: i for i, g in enumerate(classes)}
@@ -163,7 +164,7 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
                         keep_checkpoints=cfg.keep_checkpoints, max_failures=cfg.max_failures)
     mlflow.log_metrics({"train_seconds": time.time() - t0, **{f"best_epoch_{n}": e for n, e in res.best_epochs.items()}})
     mlflow.log_dict(res.history, "history.json")
-    _log_figure(learning_curves(res.history, name), "figures/learning_curves.png")
+    log_figure(heads_learning_curves(res.history, name), "figures/learning_curves.png")
     return metas, res
 
 
@@ -228,6 +229,7 @@ def run_final(col: Collection, cfg: ForensicsConfig, run_name: str, storage: str
 
     from models.forensics import MODEL_NAMES, ForensicModel
     from models.metrics import attribution_metrics
+    from workflows.figures import confusion_figure, log_figure
     from workflows.heads_training import log_forensic_model
 
     classes = [*sorted(col.fake_gms["gm_id"]), REAL_GM_ID]
@@ -251,7 +253,7 @@ def run_final(col: Collection, cfg: ForensicsConfig, run_name: str, storage: str
             out["attribution"] = att
             out["test_images"] = int(len(true))
             mlflow.log_dict({n: cm.tolist() for n, cm in cms.items()} | {"classes": classes}, "tables/confusion.json")
-            _log_figure(confusion_figure(cms, classes, "attribution on held-out images of seen GMs"),
+            log_figure(confusion_figure(cms, classes, "attribution on held-out images of seen GMs"),
                         "figures/confusion_attribution.png")
             out["linking_seen"] = link = linking_results(c, cfg)
             for f, d in link.items():
@@ -268,62 +270,6 @@ def run_final(col: Collection, cfg: ForensicsConfig, run_name: str, storage: str
 
 
 # --- figures --------------------------------------------------------------------------------------
-def _log_figure(fig, path: str) -> None:
-    import mlflow
-
-    from workflows.figures import close
-
-    mlflow.log_figure(fig, path)
-    close(fig)
-
-
-def learning_curves(history: list[dict[str, float]], title: str = ""):
-    from workflows.figures import plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for n in ("fen", "cnn"):
-        k = f"{n}/train/total"
-        if all(k in h for h in history):
-            axes[0].plot(epochs, [h[k] for h in history], marker="o", label=n)
-        k = f"{n}/val_score"
-        if all(k in h for h in history):
-            axes[1].plot(epochs, [h[k] for h in history], marker="o", label=n)
-    axes[0].set(xlabel="epoch", ylabel="training loss")
-    axes[1].set(xlabel="epoch", ylabel="val score (mean of AUC and accuracy)")
-    for ax in axes:
-        ax.legend()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def confusion_figure(cms: dict[str, np.ndarray], classes: list[str], title: str = ""):
-    """Row-normalized confusion matrices side by side (rows true, columns predicted)."""
-    from workflows.figures import plt
-
-    k = len(classes)
-    fig, axes = plt.subplots(1, len(cms), figsize=(max(4.0, 0.35 * k + 2) * len(cms), max(3.5, 0.35 * k + 1.5)),
-                             squeeze=False)
-    short = [c if len(c) <= 18 else c[:8] + ".." + c[-8:] for c in classes]
-    for ax, (name, cm) in zip(axes[0], cms.items()):
-        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        if k <= 20:
-            for (r, cc), v in np.ndenumerate(cm):
-                ax.text(cc, r, str(v), ha="center", va="center", fontsize=6)
-        fs = 6 if k <= 30 else 4
-        ax.set_xticks(range(k), short, rotation=90, fontsize=fs)
-        ax.set_yticks(range(k), short, fontsize=fs)
-        acc = np.trace(cm) / max(cm.sum(), 1)
-        ax.set_title(f"{name} (accuracy {acc:.3f})", fontsize=9)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 # --- the results table ----------------------------------------------------------------------------
 def _ms(values: list[float]) -> tuple[float, float]:
     v = np.array([x for x in values if x is not None], float)

@@ -214,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     job = start_job(args, cfg, "tune", validate=lambda col: sweep_split(col, cfg))
     import mlflow
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     col, storage, use_gpu = job.col, job.storage, job.use_gpu
     train_gms, val_gms = sweep_split(col, cfg)
@@ -241,64 +240,82 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_params({"num_samples": args.num_samples, "search": args.search, "ablation": args.ablation,
                                "train_gms": len(train_gms), "val_gms": len(val_gms), "collection": col.path})
             mlflow.log_dict({k: list(v) for k, v in space.items()}, "search_space.json")
-        trainable = tune.with_resources(trial_fn, {"CPU": 0.5})
-        if resuming:
-            tuner = tune.Tuner.restore(sweep_path, trainable=trainable, resume_errored=True)
-        elif args.ablation:
-            tuner = tune.Tuner(
-                trainable, param_space={**fixed, "ablation": tune.grid_search(list(ABLATIONS))},
-                tune_config=tune.TuneConfig(metric="val_score", mode="max", max_concurrent_trials=args.max_concurrent),
-                run_config=tune.RunConfig(name=sweep_name, storage_path=storage, verbose=1),
-            )
-        else:
-            params = {k: tune.loguniform(*v) for k, v in space.items()}
-            search = None
-            if args.search == "optuna":
-                from ray.tune.search.optuna import OptunaSearch
-
-                search = OptunaSearch(seed=cfg.seed,
-                                      points_to_evaluate=[{k: getattr(cfg, k) for k in space}])  # the paper's weights first
-            tuner = tune.Tuner(
-                trainable, param_space={**fixed, **params},
-                tune_config=tune.TuneConfig(
-                    metric="val_score", mode="max", num_samples=args.num_samples, search_alg=search,
-                    # max_t one past the last epoch: a full-length trial ends by itself (its run FINISHED),
-                    # only trials ASHA cuts short are stopped (their runs marked KILLED below)
-                    scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs + 1, grace_period=1),
-                    max_concurrent_trials=args.max_concurrent,
-                ),
-                run_config=tune.RunConfig(name=sweep_name, storage_path=storage, verbose=1),
-            )
+        tuner = make_tuner(args, cfg, space, fixed, sweep_path if resuming else None)
         grid = tuner.fit()
         expected = len(ABLATIONS) if args.ablation else args.num_samples
         if len(grid) < expected:  # Ctrl-C: Tune saved its state and returned early
             print(f"sweep interrupted after {len(grid)} of {expected} trials; continue it with --resume")
             return 130
-        df = grid.get_dataframe(filter_metric="val_score", filter_mode="max")
-        _close_stopped_trials(client, exp.experiment_id, parent.info.run_id, grid)
-        if args.ablation:
-            trials = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-            table = ablation_table({r.data.params.get("ablation"): r.data.metrics for r in trials})
-            mlflow.log_text(table, "tables/ablation.txt")
-            print(table)
-        else:
-            best = grid.get_best_result(metric="val_score", mode="max")
-            best_cfg = {k: float(best.config[k]) for k in space}
-            Path(args.out).write_text(json.dumps(best_cfg, indent=2))
-            mlflow.log_dict(best_cfg, "best_config.json")
-            mlflow.log_metric("best_val_score", float(best.metrics["val_score"]))
-            from workflows.figures import close
-
-            fig = objective_figure(df, list(space), cfg.epochs, {k: getattr(cfg, k) for k in space})
-            mlflow.log_figure(fig, "figures/objective_vs_weights.png")
-            close(fig)
-            cols = ["trial_id", "val_score", *[f"config/{k}" for k in space if f"config/{k}" in df]]
-            print(df[cols].sort_values("val_score", ascending=False).to_string(index=False))
-            print(f"\nbest val_score {best.metrics['val_score']:.4f} with {best_cfg} -> {args.out} "
-                  f"(use: workflows/cv_folds.py --config {args.out})")
+        report_sweep(args, cfg, space, grid, client, exp.experiment_id, parent.info.run_id)
         mlflow.log_metric("wall_seconds", time.time() - t0)
         print(f"sweep {sweep_name}: MLflow run {parent.info.run_id}, Tune results {sweep_path}")
     return 0
+
+
+def make_tuner(args, cfg: JobConfig, space: dict[str, tuple[float, float]], fixed: dict[str, Any],
+               restore_from: str | None):
+    """The Tuner: restored from ``restore_from``, else the ablation grid or the weight search
+    (random or Optuna, with ASHA stopping weak trials early)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    sweep_name, storage = fixed["sweep_name"], fixed["storage_path"]
+    trainable = tune.with_resources(trial_fn, {"CPU": 0.5})
+    if restore_from:
+        return tune.Tuner.restore(restore_from, trainable=trainable, resume_errored=True)
+    if args.ablation:
+        return tune.Tuner(
+            trainable, param_space={**fixed, "ablation": tune.grid_search(list(ABLATIONS))},
+            tune_config=tune.TuneConfig(metric="val_score", mode="max", max_concurrent_trials=args.max_concurrent),
+            run_config=tune.RunConfig(name=sweep_name, storage_path=storage, verbose=1),
+        )
+    params = {k: tune.loguniform(*v) for k, v in space.items()}
+    search = None
+    if args.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search = OptunaSearch(seed=cfg.seed,
+                              points_to_evaluate=[{k: getattr(cfg, k) for k in space}])  # the paper's weights first
+    return tune.Tuner(
+        trainable, param_space={**fixed, **params},
+        tune_config=tune.TuneConfig(
+            metric="val_score", mode="max", num_samples=args.num_samples, search_alg=search,
+            # max_t one past the last epoch: a full-length trial ends by itself (its run FINISHED),
+            # only trials ASHA cuts short are stopped (their runs marked KILLED below)
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs + 1, grace_period=1),
+            max_concurrent_trials=args.max_concurrent,
+        ),
+        run_config=tune.RunConfig(name=sweep_name, storage_path=storage, verbose=1),
+    )
+
+
+def report_sweep(args, cfg: JobConfig, space: dict[str, tuple[float, float]], grid, client, experiment_id: str,
+                 parent_id: str) -> None:
+    """Close the trials ASHA stopped; print and log the ablation table, or the trials and the best
+    weights (written to ``--out`` for ``cv_folds.py --config``) with the objective figure."""
+    import mlflow
+
+    from workflows.figures import log_figure
+
+    df = grid.get_dataframe(filter_metric="val_score", filter_mode="max")
+    _close_stopped_trials(client, experiment_id, parent_id, grid)
+    if args.ablation:
+        trials = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        table = ablation_table({r.data.params.get("ablation"): r.data.metrics for r in trials})
+        mlflow.log_text(table, "tables/ablation.txt")
+        print(table)
+        return
+    best = grid.get_best_result(metric="val_score", mode="max")
+    best_cfg = {k: float(best.config[k]) for k in space}
+    Path(args.out).write_text(json.dumps(best_cfg, indent=2))
+    mlflow.log_dict(best_cfg, "best_config.json")
+    mlflow.log_metric("best_val_score", float(best.metrics["val_score"]))
+    log_figure(objective_figure(df, list(space), cfg.epochs, {k: getattr(cfg, k) for k in space}),
+               "figures/objective_vs_weights.png")
+    cols = ["trial_id", "val_score", *[f"config/{k}" for k in space if f"config/{k}" in df]]
+    print(df[cols].sort_values("val_score", ascending=False).to_string(index=False))
+    print(f"\nbest val_score {best.metrics['val_score']:.4f} with {best_cfg} -> {args.out} "
+          f"(use: workflows/cv_folds.py --config {args.out})")
 
 
 def _close_stopped_trials(client, experiment_id: str, parent_id: str, grid) -> None:
