@@ -2,7 +2,7 @@
 
 A short training run as ``workflows/cv_folds.py --preset default`` does one fold: this process is
 the driver (``image_dataset`` train/val splits, ``materialize()`` as with ``cache_decoded``, one
-``TorchTrainer``), and the workers run the real ``workflows.training.train_loop_per_worker``
+``TorchTrainer``), and the workers run the real ``workflows.loop.run_worker`` (the parsing task)
 (default JobConfig model, batch 64, validation and a checkpoint every epoch) wrapped so that,
 after it returns, each worker writes its ``resource.getrusage`` ``ru_maxrss`` and
 ``/proc/self/status`` ``VmHWM``. The driver's are read at the end; run this script in its own
@@ -14,6 +14,7 @@ Usage: python benchmarks/bench_memory.py [--quick] [--collection PATH] [--epochs
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -26,18 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-def loop_with_memory(cfg: dict[str, Any]) -> None:
-    """The real training loop, then this worker's peak memory into ``cfg['out_dir']``."""
+def loop_with_memory(task: Any, loop: Any, out_dir: str, bench_dir: str) -> None:
+    """The real training loop, then this worker's peak memory into ``out_dir``."""
     import ray.train
 
-    from workflows.training import train_loop_per_worker
+    from workflows.loop import run_worker
 
-    train_loop_per_worker(cfg)
-    sys.path.insert(0, cfg["bench_dir"])
+    run_worker(task, loop)
+    sys.path.insert(0, bench_dir)
     import common as bench_common
 
     rank = ray.train.get_context().get_world_rank()
-    Path(cfg["out_dir"], f"rank{rank}.json").write_text(json.dumps(bench_common.peak_memory_mb()))
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(bench_common.peak_memory_mb()))
 
 
 def main() -> None:
@@ -52,16 +53,14 @@ def main() -> None:
     col = common.get_collection(args.collection)
 
     from workflows.config import job_config
-    from workflows.training import TRAIN_COLUMNS, make_loop_config
+    from workflows.loop import torch_trainer
+    from workflows.training import EVAL_COLUMNS, TRAIN_COLUMNS, parsing_task
 
     cfg = dataclasses.replace(job_config("default"), epochs=epochs, image_size=col.image_size, num_workers=args.workers)
     out_dir = common.WORK_DIR / "memory" / f"run-{uuid.uuid4().hex[:8]}"
     out_dir.mkdir(parents=True)
     cores = common.n_cores()
     with common.ray_session(max(8, 4 * cores)):
-        import ray.train
-        from ray.train.torch import TorchTrainer
-
         from data_pipeline.ray_data import image_dataset
 
         gms = list(col.fake_gms["gm_id"])
@@ -70,19 +69,12 @@ def main() -> None:
         val_ds = image_dataset(col, gms, split="val", **ds_args).materialize()
         after_data = common.peak_memory_mb()
         n_train, n_val = train_ds.count(), val_ds.count()
-        lc = make_loop_config(cfg, col.targets(gms))
-        lc.update(out_dir=str(out_dir), bench_dir=str(Path(__file__).resolve().parent))
-        trainer = TorchTrainer(
-            loop_with_memory, train_loop_config=lc,
-            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
-                                                   resources_per_worker={"CPU": cfg.cpus_per_worker}),
-            run_config=ray.train.RunConfig(name=out_dir.name, storage_path=str(common.WORK_DIR / "ray-train"),
-                                           checkpoint_config=ray.train.CheckpointConfig(
-                                               num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="val_score",
-                                               checkpoint_score_order="max")),
-            datasets={"train": train_ds.select_columns(TRAIN_COLUMNS), "val": val_ds.select_columns(TRAIN_COLUMNS)},
-            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-        )
+        task, loop = parsing_task(cfg, col.targets(gms))
+        trainer = torch_trainer(
+            functools.partial(loop_with_memory, task, loop, str(out_dir), str(Path(__file__).resolve().parent)),
+            out_dir.name, {"train": train_ds.select_columns(TRAIN_COLUMNS), "val": val_ds.select_columns(EVAL_COLUMNS)},
+            storage_path=str(common.WORK_DIR / "ray-train"), num_workers=cfg.num_workers, use_gpu=False,
+            cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=cfg.keep_checkpoints, max_failures=0)
         t0 = time.time()
         result = trainer.fit()
         fit_s = time.time() - t0
@@ -103,7 +95,7 @@ def main() -> None:
         name="memory",
         title="5. Memory (peak resident, default preset training)",
         how=(f"Default JobConfig: FEN {m.fen_depth}x{m.fen_width} at {cfg.image_size}px, batch {cfg.batch_size}, "
-             f"{cfg.num_workers} worker(s), {epochs} epoch(s) of the real train_loop_per_worker on "
+             f"{cfg.num_workers} worker(s), {epochs} epoch(s) of the real training loop on "
              f"{common.collection_label(col)} ({n_train} train / {n_val} val images); "
              f"fit() took {fit_s:.0f} s. MiB."),
         columns=["process", "ru_maxrss MiB", "VmHWM MiB", "worker/max_rss_mb logged by the loop"],

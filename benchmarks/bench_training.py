@@ -2,10 +2,10 @@
 
 The model and batches are the default preset's (``workflows.config.job_config("default")``:
 FEN 6x24 at 32x32, batch 64, Adam, ``models.losses.compute_loss`` with the paper's constraint
-weights and class weights). Ray Train runs a ``TorchTrainer`` whose per-worker loop is the
-training half of ``workflows.training.train_loop_per_worker`` (same model, ``prepare_model``,
-``get_dataset_shard('train').iter_torch_batches`` with the same local shuffle, a
-``ray.train.report`` per epoch) with per-step timing added, over the training split of the
+weights and class weights; EMA off). Ray Train runs ``workflows.loop.fit``, the loop every job
+runs (``prepare_model``, ``iter_torch_batches`` with the local shuffle, a checkpoint and a
+``ray.train.report`` per epoch), with the parsing task's epoch timed and its per-epoch
+evaluation left out, over the training split of the
 collection decoded by ``data_pipeline.ray_data.image_dataset(...).materialize()`` and
 reshuffled each epoch by ``shuffle_each_epoch`` (as ``cv_folds`` does with ``cache_decoded``). The plain loop trains the same model over the same
 decoded images, already in memory as torch tensors, shuffled per epoch. One torch thread per
@@ -31,17 +31,15 @@ import common  # noqa: E402
 TARGET = 0.9  # 1-worker Ray Train steady-state throughput >= 0.9x the plain loop
 
 
-def loop_config(col, epochs: int, out_dir: str) -> dict[str, Any]:
+def job(col, epochs: int):
+    """The default preset's parsing task and loop settings, on every GM of ``col``."""
     import dataclasses
 
     from workflows.config import job_config
-    from workflows.training import make_loop_config
+    from workflows.training import parsing_task
 
-    cfg = dataclasses.replace(job_config("default"), epochs=epochs, image_size=col.image_size)
-    gms = list(col.gms["gm_id"])
-    lc = make_loop_config(cfg, col.targets(gms))
-    lc["out_dir"] = out_dir
-    return lc
+    cfg = dataclasses.replace(job_config("default"), epochs=epochs, image_size=col.image_size, threads=1, ema=0.0)
+    return parsing_task(cfg, col.targets(list(col.gms["gm_id"])))
 
 
 def _epoch_stats(epochs: list[dict[str, float]]) -> dict[str, float]:
@@ -51,68 +49,51 @@ def _epoch_stats(epochs: list[dict[str, float]]) -> dict[str, float]:
             "first_epoch_s": epochs[0]["seconds"]}
 
 
-def timed_loop_per_worker(cfg: dict[str, Any]) -> None:
-    """The training half of workflows.training.train_loop_per_worker, timed per epoch."""
-    import ray.train
-    import ray.train.torch
-    import torch
+def timed(task, out_dir: str):
+    """The parsing task with each epoch of the loop's own training step timed into ``out_dir``
+    (no per-epoch evaluation: this section measures training)."""
+    import dataclasses
 
-    from models.config import ModelConfig
-    from models.constraints import ConstraintWeights
-    from models.losses import compute_loss
-    from models.parser import ParsingModel
+    from workflows.training import ParsingTask
 
-    torch.set_num_threads(1)
-    rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(cfg["seed"] * 1000 + rank)
-    model = ParsingModel(ModelConfig.from_dict(cfg["model"]))
-    weights = ConstraintWeights.from_dict(cfg["weights"])
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    class_weights = [torch.tensor(w, dtype=torch.float32, device=device) for w in cfg["class_weights"]]
-    shard = ray.train.get_dataset_shard("train")
-    first_step, epochs = None, []
-    for epoch in range(cfg["epochs"]):
-        model.train()
-        t0, steps, n = time.time(), 0, 0
-        for batch in shard.iter_torch_batches(batch_size=cfg["batch_size"], device=device,
-                                              local_shuffle_buffer_size=4 * cfg["batch_size"],
-                                              local_shuffle_seed=cfg["seed"] * 1000 + epoch):
-            out = model(batch["image"])
-            targets = {k: batch[k] for k in ("continuous", "discrete", "loss", "group")}
-            loss, _ = compute_loss(out, targets, weights, class_weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            n += len(batch["image"])
-            if first_step is None:
-                first_step = time.time()
-        epochs.append({"seconds": time.time() - t0, "steps": steps, "images": n})
-        ray.train.report({"epoch": epoch, "images": n})
-    sys.path.insert(0, cfg["bench_dir"])
-    import common as bench_common
+    @dataclasses.dataclass(frozen=True)
+    class TimedParsing(ParsingTask):
+        out_dir: str = ""
 
-    Path(cfg["out_dir"], f"rank{rank}.json").write_text(json.dumps(
-        {"first_step": first_step, "epochs": epochs, "memory": bench_common.peak_memory_mb()}))
+        def train_epoch(self, models, optimizers, emas, batches, device, on_step):
+            import ray.train
+
+            t0, marks, seen = time.time(), [], {"images": 0.0}
+
+            def step(stats):
+                marks.append(time.time())
+                seen["images"] = stats["images"]
+                if on_step is not None:
+                    on_step(stats)
+
+            out = super().train_epoch(models, optimizers, emas, batches, device, step)
+            f = Path(self.out_dir, f"rank{ray.train.get_context().get_world_rank()}.json")
+            rec = json.loads(f.read_text()) if f.exists() else {"first_step": marks[0] if marks else None, "epochs": []}
+            rec["epochs"].append({"seconds": time.time() - t0, "steps": len(marks), "images": seen["images"]})
+            f.write_text(json.dumps(rec))
+            return out
+
+        def evaluate(self, models, device):
+            return {}
+
+    fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task) if f.init}
+    return TimedParsing(**fields, out_dir=out_dir)
 
 
-def ray_train_run(ds, lc: dict[str, Any], workers: int, loop=timed_loop_per_worker) -> dict[str, Any]:
-    import ray.train
-    from ray.train.torch import TorchTrainer
+def ray_train_run(ds, task, loop, workers: int, out_root: Path) -> dict[str, Any]:
+    """``workflows.loop.fit`` (the loop every job runs) with the timed task."""
+    from workflows.loop import fit
 
-    out_dir = Path(lc["out_dir"]) / f"run-{uuid.uuid4().hex[:8]}"
+    out_dir = out_root / f"run-{uuid.uuid4().hex[:8]}"
     out_dir.mkdir(parents=True)
-    cfg = {**lc, "out_dir": str(out_dir), "bench_dir": str(Path(__file__).resolve().parent)}
-    trainer = TorchTrainer(
-        loop, train_loop_config=cfg,
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name=out_dir.name, storage_path=str(common.WORK_DIR / "ray-train")),
-        datasets={"train": ds}, dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    )
     t0 = time.time()
-    trainer.fit()
+    fit(timed(task, str(out_dir)), loop, out_dir.name, {"train": ds}, storage_path=str(common.WORK_DIR / "ray-train"),
+        num_workers=workers, use_gpu=False, cpus_per_worker=1, keep_checkpoints=1, max_failures=0)
     wall = time.time() - t0
     ranks = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
     if len(ranks) != workers:
@@ -123,34 +104,32 @@ def ray_train_run(ds, lc: dict[str, Any], workers: int, loop=timed_loop_per_work
     secs = sum(max(r["epochs"][e]["seconds"] for r in ranks) for e in steady)
     r0 = _epoch_stats(ranks[0]["epochs"])
     return {"images_per_s": images / secs, "steps_per_s": r0["steps_per_s"], "startup_s": ranks[0]["first_step"] - t0,
-            "first_epoch_s": r0["first_epoch_s"], "fit_wall_s": wall, "memory": [r["memory"] for r in ranks]}
+            "first_epoch_s": r0["first_epoch_s"], "fit_wall_s": wall}
 
 
-def plain_run(images, labels: dict[str, Any], lc: dict[str, Any]) -> dict[str, Any]:
+def plain_run(images, labels: dict[str, Any], task, loop) -> dict[str, Any]:
+    """The same model, loss and optimizer in a plain PyTorch loop over tensors in memory."""
     import torch
 
-    from models.config import ModelConfig
-    from models.constraints import ConstraintWeights
     from models.losses import compute_loss
     from models.parser import ParsingModel
 
     t_start = time.time()
-    torch.manual_seed(lc["seed"])
-    model = ParsingModel(ModelConfig.from_dict(lc["model"]))
-    weights = ConstraintWeights.from_dict(lc["weights"])
-    class_weights = [torch.tensor(w, dtype=torch.float32) for w in lc["class_weights"]]
-    optimizer = torch.optim.Adam(model.parameters(), lr=lc["lr"])
-    b, n_all = lc["batch_size"], len(images)
-    gen = torch.Generator().manual_seed(lc["seed"])
+    torch.manual_seed(loop.seed)
+    model = ParsingModel(task.model)
+    class_weights = [torch.as_tensor(w, dtype=torch.float32) for w in task.class_weights]
+    optimizer = torch.optim.Adam(model.parameters(), lr=loop.lr)
+    b, n_all = loop.batch_size, len(images)
+    gen = torch.Generator().manual_seed(loop.seed)
     first_step, epochs = None, []
-    for _ in range(lc["epochs"]):
+    for _ in range(loop.epochs):
         model.train()
         t0, steps, n = time.time(), 0, 0
         perm = torch.randperm(n_all, generator=gen)
-        for i in range(0, n_all, b):
+        for i in range(0, n_all - b + 1, b):  # whole batches, as the loop (drop_last)
             idx = perm[i : i + b]
             out = model(images[idx])
-            loss, _ = compute_loss(out, {k: v[idx] for k, v in labels.items()}, weights, class_weights)
+            loss, _ = compute_loss(out, {k: v[idx] for k, v in labels.items()}, task.weights, class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -198,7 +177,7 @@ def main() -> None:
     col = common.get_collection(args.collection)
     out_root = common.WORK_DIR / "training"
     out_root.mkdir(parents=True, exist_ok=True)
-    lc = loop_config(col, epochs, str(out_root))
+    task, loop = job(col, epochs)
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], **{f"ray{w}": [] for w in args.workers}}
     cores = common.n_cores()
     with common.ray_session(max(8, 4 * cores)):
@@ -209,9 +188,9 @@ def main() -> None:
         ds = image_dataset(col, gms, split="train", val_fraction=0.15, seed=0).select_columns(TRAIN_COLUMNS).materialize()
         images, labels = decoded_arrays(ds)
         for _ in range(repeats):  # interleaved
-            runs["plain"].append(plain_run(images, labels, lc))
+            runs["plain"].append(plain_run(images, labels, task, loop))
             for w in args.workers:
-                runs[f"ray{w}"].append(ray_train_run(shuffle_each_epoch(ds, 0), lc, w))
+                runs[f"ray{w}"].append(ray_train_run(shuffle_each_epoch(ds, 0), task, loop, w, out_root))
             print("; ".join(f"{k}: {[round(r['images_per_s']) for r in v]} img/s" for k, v in runs.items()), flush=True)
     best = {k: max(v, key=lambda r: r["images_per_s"]) for k, v in runs.items()}
     plain = best["plain"]
@@ -232,8 +211,8 @@ def main() -> None:
     section = common.Section(
         name="training",
         title="2. Training (FEN+PN steps/s, steady state)",
-        how=(f"Default preset model {lc['model']['fen_depth']}x{lc['model']['fen_width']} FEN at "
-             f"{lc['model']['image_size']}px, batch {lc['batch_size']}, {n_train} training images ({len(gms)} GMs) of "
+        how=(f"Default preset model {task.model.fen_depth}x{task.model.fen_width} FEN at "
+             f"{task.model.image_size}px, batch {loop.batch_size}, {n_train} training images ({len(gms)} GMs) of "
              f"{common.collection_label(col)}; {epochs} epochs per run, the first excluded; best of {repeats} "
              "interleaved run(s). steps/s is per worker (rank 0); images/s is global. start-up = fit() called -> "
              "first optimizer step done (plain: model built -> first step)."),

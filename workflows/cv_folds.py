@@ -112,11 +112,11 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
     import mlflow
 
     from workflows.figures import learning_curves, log_figure
-    from workflows.training import fit_fold, make_loop_config
+    from workflows.training import fit_fold, parsing_task
 
     label = f"fold-{fold.index}" if evaluate else "final"
     fit_gms, val_gms = holdout_gms(col.gms, fold.train_gms, cfg.val_gms, cfg.seed + max(fold.index, 0))
-    loop_config = make_loop_config(cfg, col.targets(fit_gms), fault_marker, progress=progress)
+    task, loop = parsing_task(cfg, col.targets(fit_gms), fault_marker, progress=progress)
     train_ds, val_ds, eval_ds = fold_datasets(col, cfg, fit_gms, val_gms, fold.test_gms)
     exp_id, parent_id, uri = parent or (None, None, None)
     if uri:  # (experiment id, parent run id, tracking URI): also right in a Ray task (--concurrent-folds)
@@ -127,9 +127,9 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
                            "test_gms": len(fold.test_gms)})
         mlflow.log_dict({"train_gms": list(fit_gms), "val_gms": list(val_gms), "test_gms": list(fold.test_gms)},
                         "split.json")
-        loop_config["mlflow_run_id"] = run.info.run_id
+        loop = dataclasses.replace(loop, mlflow_run_id=run.info.run_id)
         t0 = time.time()
-        res = fit_fold(f"{run_name}-{label}", loop_config, train_ds, val_ds, storage_path=storage_path,
+        res = fit_fold(f"{run_name}-{label}", task, loop, train_ds, val_ds, storage_path=storage_path,
                        num_workers=cfg.num_workers, use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker,
                        keep_checkpoints=cfg.keep_checkpoints, max_failures=cfg.max_failures, eval_ds=eval_ds)
         mlflow.log_metrics({"train_seconds": time.time() - t0, "best_epoch": res.best_epoch})

@@ -137,9 +137,11 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
     import mlflow
 
     from data_pipeline.ray_data import shuffle_each_epoch
+    from models.constraints import ConstraintWeights
     from models.forensics import balanced_class_weights, build_module, n_params
     from workflows.figures import heads_learning_curves, log_figure
-    from workflows.heads_training import fit_heads, train_dataset
+    from workflows.heads_training import HeadsTask, fit_heads, train_dataset
+    from workflows.loop import LoopConfig
 
     gm_index = {g: i for i, g in enumerate(classes)}
     metas = _metas(cfg, classes)
@@ -153,15 +155,15 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
     counts = col.read_images(classes, columns=["gm_id"]).column("gm_id").value_counts().to_pylist()
     per_class = {str(d["values"]): int(d["counts"]) for d in counts}
     source_weight = balanced_class_weights([per_class.get(c, 0) for c in classes])
-    loop = {"models": metas, "weights": cfg.weights(), "lr": cfg.lr, "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size, "seed": cfg.seed, "task_scale": cfg.task_scale, "mlflow_run_id": run_id,
-            "tracking_uri": mlflow.get_tracking_uri(), "source_weight": source_weight.tolist()}
+    task = HeadsTask(metas, ConstraintWeights.from_dict(cfg.weights()), cfg.task_scale, source_weight)
     name = f"{run_name}-{label}"
     t0 = time.time()
     with FoldProgress(label, cfg.epochs) as bar:
-        res = fit_heads(name, {**loop, "progress": bar.queue}, train_ds, val_ds, storage_path=storage,
-                        num_workers=cfg.num_workers, use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker,
-                        keep_checkpoints=cfg.keep_checkpoints, max_failures=cfg.max_failures)
+        loop = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, drop_last=False,
+                          mlflow_run_id=run_id, tracking_uri=mlflow.get_tracking_uri(), progress=bar.queue)
+        res = fit_heads(name, task, loop, train_ds, val_ds, storage_path=storage, num_workers=cfg.num_workers,
+                        use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=cfg.keep_checkpoints,
+                        max_failures=cfg.max_failures)
     mlflow.log_metrics({"train_seconds": time.time() - t0, **{f"best_epoch_{n}": e for n, e in res.best_epochs.items()}})
     mlflow.log_dict(res.history, "history.json")
     log_figure(heads_learning_curves(res.history, name), "figures/learning_curves.png")

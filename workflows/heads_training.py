@@ -8,10 +8,9 @@ the same optimizer settings and epochs (so the comparison is "same budget, same 
   constraints (detection weights, PAPER.md).
 - ``cnn``: :class:`PlainCNN`, a small conv net on raw pixels: no FEN, no constraints.
 
-The loop mirrors ``workflows/training.py``: Ray Data shards in, a checkpoint every epoch
-(models, optimizers, epoch, history and each model's best state so far by its own
-validation score), rank-0 MLflow logging through ``MlflowClient`` with a run id, exact
-resume after a worker death. ``ForensicModel`` is the inference wrapper (state dict + JSON,
+``HeadsTask`` is what the one training loop (``workflows.loop``) trains for forensics: a
+checkpoint every epoch with each model's best state so far by its own validation score,
+rank-0 MLflow logging, exact resume after a worker death. ``ForensicModel`` is the inference wrapper (state dict + JSON,
 loaded with ``weights_only=True``); ``ForensicPyfunc`` its MLflow face.
 
 Image splits (by a seeded hash of the image id, so every worker agrees):
@@ -22,11 +21,9 @@ Image splits (by a seeded hash of the image id, so every worker agrees):
 from __future__ import annotations
 
 import json
-import os
-import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +33,9 @@ import torch
 from torch import nn
 
 from data_pipeline.schema import SCHEMA_VERSION
+from models.constraints import ConstraintWeights
 from models.forensics import (
-    HISTORY_FILE,
     PERTURBATIONS,
-    STATE_FILE,
     TRAIN_COLUMNS,
     ForensicModel,
     build_module,
@@ -48,6 +44,7 @@ from models.forensics import (
     pixel_stats,
     task_loss,
 )
+from workflows.loop import Fitted, LoopConfig, fit
 
 # --- MLflow packaging ----------------------------------------------------------------------------
 try:
@@ -201,127 +198,59 @@ def _val_metrics(models: dict[str, nn.Module], shard, device) -> dict[str, float
     return out
 
 
-def train_loop_per_worker(cfg: dict[str, Any]) -> None:
-    """Ray Train worker: FEN detector/attributor and the plain CNN on the same batches."""
-    import ray.train
-    import ray.train.torch
+@dataclass(frozen=True)
+class HeadsTask:
+    """The FEN detector/attributor and the plain CNN, trained on the same batches by ``workflows.loop``."""
 
-    from models.constraints import ConstraintWeights
-    from workflows.progress import ProgressSender
-    from workflows.training import log_epoch_to_mlflow
+    metas: dict[str, dict[str, Any]]  # model name -> models.forensics.model_meta
+    weights: ConstraintWeights  # the fingerprint constraints of the FEN model
+    task_scale: float  # detection / attribution losses against the constraints
+    source_weight: np.ndarray | None = None  # balanced attribution class weights (None: unweighted)
 
-    torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
-    rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(cfg["seed"] * 1000 + rank)
-    metas: dict[str, dict[str, Any]] = cfg["models"]
-    models = {n: build_module(m) for n, m in metas.items()}
-    weights = ConstraintWeights.from_dict(cfg["weights"])
-    attribution = bool(cfg.get("attribution", True))
-    source_weight = (torch.tensor(cfg["source_weight"], dtype=torch.float32)
-                     if attribution and cfg.get("source_weight") is not None else None)
+    def build(self) -> dict[str, Any]:
+        return {n: build_module(m) for n, m in self.metas.items()}
 
-    start_epoch, history, opt_states = 0, [], {}
-    best: dict[str, Any] = {n: {"score": -np.inf, "epoch": -1, "state": None} for n in models}
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-            history = json.loads((Path(d) / HISTORY_FILE).read_text())
-        for n, m in models.items():
-            m.load_state_dict(state["models"][n])
-        opt_states = state["optimizers"]
-        best = state["best"]
-        start_epoch = int(state["epoch"]) + 1
-
-    device = ray.train.torch.get_device()
-    wrapped = {n: ray.train.torch.prepare_model(m) for n, m in models.items()}
-    raw = {n: (w.module if hasattr(w, "module") else w) for n, w in wrapped.items()}
-    optims = {n: torch.optim.Adam(w.parameters(), lr=cfg["lr"]) for n, w in wrapped.items()}
-    for n, s in opt_states.items():
-        optims[n].load_state_dict(s)
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    progress = ProgressSender(cfg.get("progress") if rank == 0 else None)  # the driver's console bar
-    if source_weight is not None:
-        source_weight = source_weight.to(device)
-    for epoch in range(start_epoch, cfg["epochs"]):
-        for w in wrapped.values():
-            w.train()
+    def train_epoch(self, models: Mapping[str, Any], optimizers: Mapping[str, Any], emas: Mapping[str, Any],
+                    batches: Iterable[Mapping[str, Any]], device: Any,
+                    on_step: Callable[[dict[str, float]], None] | None) -> dict[str, float]:
+        sw = None if self.source_weight is None else torch.as_tensor(self.source_weight, dtype=torch.float32,
+                                                                      device=device)
+        first = next(iter(models))
         t0, n_img, sums = time.time(), 0, {}
-        for batch in train_shard.iter_torch_batches(
-            batch_size=cfg["batch_size"], device=device, local_shuffle_buffer_size=4 * cfg["batch_size"],
-            local_shuffle_seed=cfg["seed"] * 1000 + epoch,
-        ):
-            x, is_fake = batch["image"], batch["is_fake"]
-            source = batch["gm_index"] if attribution else None
-            for n, w in wrapped.items():
-                loss, log = task_loss(w(x), is_fake, source, weights, cfg["task_scale"], source_weight)
-                optims[n].zero_grad(set_to_none=True)
+        for batch in batches:
+            x = batch["image"]
+            for n, w in models.items():
+                loss, log = task_loss(w(x), batch["is_fake"], batch["gm_index"], self.weights, self.task_scale, sw)
+                optimizers[n].zero_grad(set_to_none=True)
                 loss.backward()
-                optims[n].step()
+                optimizers[n].step()
+                if n in emas:
+                    emas[n].update_parameters(getattr(w, "module", w))
                 for k, v in log.items():
                     sums[f"{n}/train/{k}"] = sums.get(f"{n}/train/{k}", 0.0) + v * len(x)
             n_img += len(x)
-            progress.step(epoch, {"loss": sums["fen/train/total"] / n_img,
-                                  "images_per_s": n_img / max(time.time() - t0, 1e-9)})
-        metrics: dict[str, float] = {k: v / max(n_img, 1) for k, v in sums.items()}
-        metrics["epoch"] = float(epoch)
-        metrics["train/images_per_s"] = n_img / max(time.time() - t0, 1e-9)
-        if rank == 0:
-            for w in wrapped.values():
-                w.eval()
-            metrics.update(_val_metrics(raw, val_shard, device))
-            for n in models:
-                score = metrics.get(f"{n}/val_score", float(epoch))  # no val images: keep the latest
-                if score >= best[n]["score"]:
-                    best[n] = {"score": float(score), "epoch": epoch,
-                               "state": {k: v.detach().cpu().clone() for k, v in raw[n].state_dict().items()}}
-        history.append({k: float(v) for k, v in metrics.items()})
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                torch.save({"models": {n: {k: v.cpu() for k, v in m.state_dict().items()} for n, m in raw.items()},
-                            "optimizers": {n: o.state_dict() for n, o in optims.items()},
-                            "best": best, "epoch": epoch}, Path(tmp) / STATE_FILE)
-                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
-        if rank == 0:
-            progress.epoch_done(epoch, {"images_per_s": metrics["train/images_per_s"],
-                                        "loss": metrics.get("fen/train/total", float("nan")),
-                                        "val_score": metrics.get("fen/val_score", float("nan"))})
-            log_epoch_to_mlflow(cfg.get("mlflow_run_id"), metrics, epoch, cfg.get("tracking_uri"))
-            marker = cfg.get("fault_marker")
-            if epoch == cfg.get("kill_after_epoch", -1) and marker and not os.path.exists(marker):
-                Path(marker).write_text(f"killed after epoch {epoch}\n")
-                os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, recovered by FailureConfig
+            if on_step is not None:
+                on_step({"loss": sums[f"{first}/train/total"] / n_img, "images_per_s": n_img / max(time.time() - t0, 1e-9)})
+        out = {k: v / max(n_img, 1) for k, v in sums.items()}
+        return {**out, "loss": out.get(f"{first}/train/total", float("nan")),
+                "images_per_s": n_img / max(time.time() - t0, 1e-9)}
+
+    def evaluate(self, models: Mapping[str, Any], device: Any) -> dict[str, float]:
+        import ray.train
+
+        return _val_metrics(dict(models), ray.train.get_dataset_shard("val"), device)
+
+    def score(self, metrics: Mapping[str, float], name: str) -> float:
+        return float(metrics.get(f"{name}/val_score", metrics.get("epoch", 0.0)))  # no val images: the latest
 
 
-@dataclass
-class HeadsResult:
-    states: dict[str, dict[str, Any]]  # model name -> best state dict (by its own val score)
-    best_epochs: dict[str, int]
-    history: list[dict[str, float]]
-    checkpoint_path: str
-
-
-def fit_heads(name: str, loop_config: dict[str, Any], train_ds, val_ds, *, storage_path: str, num_workers: int,
-              use_gpu: bool, cpus_per_worker: float, keep_checkpoints: int, max_failures: int) -> HeadsResult:
-    """One TorchTrainer for both models; re-running with the same (storage_path, name) resumes it."""
-    from workflows.training import torch_trainer
-
-    result = torch_trainer(train_loop_per_worker, name, loop_config, {"train": train_ds, "val": val_ds},
-                           storage_path=storage_path, num_workers=num_workers, use_gpu=use_gpu,
-                           cpus_per_worker=cpus_per_worker, keep_checkpoints=keep_checkpoints,
-                           max_failures=max_failures, score="epoch").fit()  # "best" is kept inside each checkpoint
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {name} produced no checkpoint")
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        history = json.loads((Path(d) / HISTORY_FILE).read_text())
-    states = {n: (b["state"] if b["state"] is not None else state["models"][n]) for n, b in state["best"].items()}
-    return HeadsResult(states, {n: int(b["epoch"]) for n, b in state["best"].items()}, history, result.checkpoint.path)
+def fit_heads(name: str, task: HeadsTask, loop: LoopConfig, train_ds, val_ds, *, storage_path: str,
+              num_workers: int, use_gpu: bool, cpus_per_worker: float, keep_checkpoints: int,
+              max_failures: int) -> Fitted:
+    """Both models on one TorchTrainer, each kept at its best epoch; the same (storage_path, name) resumes."""
+    return fit(task, loop, name, {"train": train_ds, "val": val_ds}, storage_path=storage_path,
+               num_workers=num_workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
+               keep_checkpoints=keep_checkpoints, max_failures=max_failures)
 
 
 # --- batch evaluation (Ray Data actor pool) -----------------------------------------------------

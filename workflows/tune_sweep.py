@@ -112,7 +112,7 @@ def trial_fn(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
-    from workflows.training import fit_fold, make_loop_config
+    from workflows.training import fit_fold, parsing_task
 
     mlflow.set_tracking_uri(config["tracking_uri"])
     trial_id = ray.tune.get_context().get_trial_id()
@@ -124,14 +124,14 @@ def trial_fn(config: dict[str, Any]) -> None:
     col = open_collection(config["collection"])
     params = {**over, **({"ablation": config["ablation"]} if "ablation" in config else {})}
     run_id = _trial_mlflow_run(config["parent_run_id"], config["experiment_id"], trial_id, params)
-    loop_config = make_loop_config(cfg, col.targets(config["train_gms"]), mlflow_run_id=run_id)
+    task, loop = parsing_task(cfg, col.targets(config["train_gms"]), mlflow_run_id=run_id)
     ds_args = {"size": cfg.image_size, "seed": cfg.seed}
     train_ds = image_dataset(col, config["train_gms"], split="all", **ds_args)
     val_ds = image_dataset(col, config["val_gms"], split="all", **ds_args)
     if cfg.cache_decoded:  # as in the main job: decode once, not once per epoch
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
     train_ds = shuffle_each_epoch(train_ds, cfg.seed, cfg.epoch_fraction)  # shards hold one GM each: mix them
-    res = fit_fold(f"{config['sweep_name']}-trial-{trial_id}", loop_config, train_ds, val_ds,
+    res = fit_fold(f"{config['sweep_name']}-trial-{trial_id}", task, loop, train_ds, val_ds,
                    storage_path=config["storage_path"], num_workers=cfg.num_workers, use_gpu=config["use_gpu"],
                    cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=1, max_failures=cfg.max_failures,
                    callbacks=[TuneReportCallback()])
@@ -322,7 +322,7 @@ def _close_stopped_trials(client, experiment_id: str, parent_id: str, grid) -> N
     """Trials stopped early by ASHA never reach their own end: their last reported epoch (which
     the stopped worker had no time to log) is copied from Tune's results, and their runs are
     marked KILLED."""
-    from workflows.training import log_epoch_to_mlflow
+    from workflows.loop import log_epoch_to_mlflow
 
     last = {r.metrics.get("trial_id"): r.metrics for r in grid if r.metrics}
     for r in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"):
