@@ -33,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="ingest: label table (.csv, .json, or RED116 .npy)")
     p.add_argument("--gm-names", help="ingest: GM folder names, one per RED116 matrix row")
     p.add_argument("--loss-labels", help="ingest: RED116 loss matrix (default: sibling ground_truth_loss_116_9dim.npy)")
-    add_dataclass_args(p, BuildConfig, "zoo build (overrides the preset)", skip=("preset",))
+    add_dataclass_args(p, BuildConfig, "zoo build (overrides the preset)", skip=("preset",), presets=BUILD_PRESETS)
     return p
 
 

@@ -33,8 +33,9 @@ def _parse_bool(s: str) -> bool:
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, group: str | None = None,
-                       skip: tuple[str, ...] = ()) -> None:
-    """One ``--name`` option per field of ``cls`` (default None = keep the preset's value)."""
+                       skip: tuple[str, ...] = (), presets: dict[str, Any] | None = None) -> None:
+    """One ``--name`` option per field of ``cls`` (default None = keep the preset's value); with
+    ``presets`` (name -> instance), the help shows each preset's value."""
     g = parser.add_argument_group(group or cls.__name__)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -42,8 +43,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, group: str | 
             continue
         tp = _field_type(hints[f.name])
         kind = _parse_bool if tp is bool else tp if tp in (int, float, str) else str
+        values = ", ".join(f"{n} {getattr(c, f.name)}" for n, c in (presets or {}).items())
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                       help=f"({tp.__name__ if hasattr(tp, '__name__') else tp}) preset value if omitted")
+                       help=f"({tp.__name__ if hasattr(tp, '__name__') else tp}) "
+                            + (f"presets: {values}" if values else "preset value if omitted"))
 
 
 def load_overrides(path: str | Path | None) -> dict[str, Any]:

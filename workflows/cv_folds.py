@@ -62,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "collection (e.g. an ingested folder of your own GMs) beside the classical baseline")
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's and Ray Data's own logs and progress output (default: a bar per fold)")
-    add_dataclass_args(p, JobConfig, "job (overrides the preset)", skip=("preset",))
+    add_dataclass_args(p, JobConfig, "job (overrides the preset)", skip=("preset",), presets=JOB_PRESETS)
     return p
 
 

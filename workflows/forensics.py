@@ -119,7 +119,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's and Ray Data's own logs and progress output (default: a bar per training run)")
-    add_dataclass_args(p, ForensicsConfig, "forensics (overrides the preset)", skip=("preset",))
+    add_dataclass_args(p, ForensicsConfig, "forensics (overrides the preset)", skip=("preset",), presets=PRESETS)
     return p
 
 

@@ -198,7 +198,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", action="store_true", help="train with each constraint off in turn, and none")
     p.add_argument("--out", default="best_config.json", help="where to write the best config (cv_folds --config)")
     p.add_argument("--experiment", default=EXPERIMENT)
-    add_dataclass_args(p, JobConfig, "job (overrides the preset)", skip=("preset",))
+    add_dataclass_args(p, JobConfig, "job (overrides the preset)", skip=("preset",), presets=JOB_PRESETS)
     return p
 
 
