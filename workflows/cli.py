@@ -32,6 +32,18 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
 
 
+def _int_tuple(s: str) -> tuple[int, ...]:
+    """``"16,32"`` -> ``(16, 32)``; ``""`` -> ``()`` (the field's "derive it" value)."""
+    try:
+        return tuple(int(w) for w in s.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _is_int_tuple(tp: Any) -> bool:
+    return typing.get_origin(tp) is tuple and typing.get_args(tp)[:1] == (int,)
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, group: str | None = None,
                        skip: tuple[str, ...] = (), presets: dict[str, Any] | None = None) -> None:
     """One ``--name`` option per field of ``cls`` (default None = keep the preset's value); with
@@ -42,11 +54,16 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, group: str | 
         if f.name in skip:
             continue
         tp = _field_type(hints[f.name])
-        kind = _parse_bool if tp is bool else tp if tp in (int, float, str) else str
-        values = ", ".join(f"{n} {getattr(c, f.name)}" for n, c in (presets or {}).items())
+        kind = (_parse_bool if tp is bool else _int_tuple if _is_int_tuple(tp)
+                else tp if tp in (int, float, str) else str)
+        values = ", ".join(f"{n} {_shown(getattr(c, f.name))}" for n, c in (presets or {}).items())
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
                        help=f"({tp.__name__ if hasattr(tp, '__name__') else tp}) "
                             + (f"presets: {values}" if values else "preset value if omitted"))
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def load_overrides(path: str | Path | None) -> dict[str, Any]:
@@ -79,4 +96,6 @@ def resolve(preset: Any, args: argparse.Namespace, file_overrides: dict[str, Any
         v = getattr(args, n, None)
         if v is not None:
             over[n] = v
+    # a JSON/YAML file gives lists where the dataclass holds tuples (frozen, hashable)
+    over = {k: tuple(v) if isinstance(v, list) else v for k, v in over.items()}
     return dataclasses.replace(preset, **over)

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from data_pipeline.collection import REAL_GM_ID, Collection, open_collection  # noqa: E402
 from data_pipeline.folds import Fold, gm_folds, holdout_gms  # noqa: E402
+from models.config import ModelConfig  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
 from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
 from workflows.job import Job, start_job  # noqa: E402
@@ -74,12 +75,11 @@ def metric_key(level: str, name: str, kind: str = "test") -> str:
     return f"{kind}.{level}.{name.replace('/', '.')}"
 
 
-def family_fingerprints(col: Collection, gm_ids: list[str], model_cfg, state, size: int, title: str):
+def family_fingerprints(col: Collection, gm_ids: list[str], model_cfg: ModelConfig, state, size: int, title: str):
     """One image per family among ``gm_ids`` (+ real) with the model's fingerprint."""
     import torch
 
     from data_pipeline.preprocess import decode_image, normalize, resize
-    from models.config import ModelConfig
     from models.parser import ParsingModel
     from workflows.figures import fingerprints_by_family
 
@@ -91,7 +91,7 @@ def family_fingerprints(col: Collection, gm_ids: list[str], model_cfg, state, si
     first: dict[str, bytes] = {}
     for g, b in zip(table["gm_id"], table["image"]):
         first.setdefault(g, b)
-    model = ParsingModel(ModelConfig.from_dict(model_cfg))
+    model = ParsingModel(model_cfg)
     model.load_state_dict(state)
     model.eval()
     samples, fps = {}, {}
@@ -179,7 +179,7 @@ def evaluate_fold(col: Collection, fold: Fold, cfg: JobConfig, state: dict[str, 
     model_cfg = cfg.model_config()
     test_ds = image_dataset(col, fold.test_gms, split="all", size=cfg.image_size, val_fraction=cfg.val_fraction,
                             seed=cfg.seed)
-    pred, targets, gm_ids, _, _ = predict_dataset(test_ds, model_cfg.to_dict(), state, use_gpu=use_gpu)
+    pred, targets, gm_ids, _, _ = predict_dataset(test_ds, model_cfg, state, use_gpu=use_gpu)
     report = evaluate_parsing(pred, targets, gm_ids, col.ranges, n_shuffles=cfg.n_shuffles, seed=cfg.seed)
     rows = metric_table(report)
     for r in rows:
@@ -190,7 +190,7 @@ def evaluate_fold(col: Collection, fold: Fold, cfg: JobConfig, state: dict[str, 
     mlflow.log_dict(rows, "tables/metrics.json")
     log_figure(discrete_confusion(pred.discrete, targets, f"{label}: discrete values on unseen GMs (images)"),
                 "figures/confusion_discrete.png")
-    log_figure(family_fingerprints(col, list(fold.test_gms), model_cfg.to_dict(), state, cfg.image_size,
+    log_figure(family_fingerprints(col, list(fold.test_gms), model_cfg, state, cfg.image_size,
                                     f"{label}: fingerprints of unseen GMs"), "figures/fingerprints.png")
     out: dict[str, Any] = {"rows": rows}
     out["gm_ids"], out["gm_pred"], out["gm_targets"] = gm_level(pred, targets, gm_ids)

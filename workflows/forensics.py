@@ -55,9 +55,9 @@ class ForensicsConfig:
     collection_preset: str = "smoke"  # data_pipeline.build preset used when --collection is not given
     fen_depth: int = 4
     fen_width: int = 16
-    head_widths: str = "16,32"  # ShallowHead widths
+    head_widths: tuple[int, ...] = (16, 32)  # ShallowHead widths
     spectral_head: bool = False  # heads also read the fingerprint's spectrum and the image's values (not in the paper)
-    cnn_widths: str = ""  # plain CNN widths; empty = (w, 2w, 3w) with w = fen_width
+    cnn_widths: tuple[int, ...] = ()  # plain CNN widths; empty = (w, 2w, 3w) with w = fen_width
     image_size: int = 32
     epochs: int = 3
     batch_size: int = 32
@@ -81,12 +81,6 @@ class ForensicsConfig:
     max_failures: int = 2
     cache_decoded: bool = True  # materialize decoded images once per training run (small collections)
     register: bool = True
-
-    def head(self) -> tuple[int, ...]:
-        return tuple(int(w) for w in self.head_widths.split(",") if w.strip())
-
-    def cnn(self) -> tuple[int, ...] | None:
-        return tuple(int(w) for w in self.cnn_widths.split(",") if w.strip()) or None
 
     def weights(self) -> dict[str, float]:
         return {"magnitude": self.magnitude, "spectrum": self.spectrum, "repetitive": self.repetitive,
@@ -128,7 +122,7 @@ def _metas(cfg: ForensicsConfig, classes: list[str]) -> dict[str, dict[str, Any]
     from models.forensics import model_meta
 
     common = {"image_size": cfg.image_size, "fen_depth": cfg.fen_depth, "fen_width": cfg.fen_width,
-              "head_widths": cfg.head(), "cnn_widths": cfg.cnn(), "spectral_head": cfg.spectral_head}
+              "head_widths": cfg.head_widths, "cnn_widths": cfg.cnn_widths or None, "spectral_head": cfg.spectral_head}
     return {"fen": model_meta("fen", classes, **common), "cnn": model_meta("cnn", classes, **common)}
 
 
@@ -341,11 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     tasks = set(TASKS) if args.task == "all" else {args.task}
     need_folds = bool(tasks & {"detect", "link"})
     need_final = "attribute" in tasks or cfg.register
-    try:
-        cfg.head()
-        cfg.cnn()
-    except ValueError:
-        die(f"--head-widths / --cnn-widths must be comma-separated integers, got {cfg.head_widths!r} / {cfg.cnn_widths!r}")
+    if not cfg.head_widths or min(cfg.head_widths + cfg.cnn_widths) < 1:
+        die(f"--head-widths needs at least one width and all widths must be positive, got "
+            f"{cfg.head_widths} / {cfg.cnn_widths}")
     for name in ("test_fraction", "val_fraction"):
         if not 0 < getattr(cfg, name) < 1:
             die(f"--{name.replace('_', '-')} must be in (0, 1), got {getattr(cfg, name)}")

@@ -1,17 +1,17 @@
-"""Forensic models (real-vs-fake detection, attribution, same-source embeddings) and their Ray Train loop.
+"""Forensics on the one training loop: the task that trains the detection/attribution models, their data and pyfuncs.
 
-Two models are trained side by side in one Ray Train worker loop, on the same batches, with
+Two models (built in ``models.forensics``) are trained side by side by ``workflows.loop``, on the same batches, with
 the same optimizer settings and epochs (so the comparison is "same budget, same data"):
 
 - ``fen``: :class:`models.heads.DetectionAttributionModel` (one FEN shared by a detection head
   and an attribution head over the training GMs + real), trained with the fingerprint
   constraints (detection weights, PAPER.md).
-- ``cnn``: :class:`PlainCNN`, a small conv net on raw pixels: no FEN, no constraints.
+- ``cnn``: :class:`models.forensics.PlainCNN`, a small conv net on raw pixels: no FEN, no constraints.
 
 ``HeadsTask`` is what the one training loop (``workflows.loop``) trains for forensics: a
 checkpoint every epoch with each model's best state so far by its own validation score,
-rank-0 MLflow logging, exact resume after a worker death. ``ForensicModel`` is the inference wrapper (state dict + JSON,
-loaded with ``weights_only=True``); ``ForensicPyfunc`` its MLflow face.
+rank-0 MLflow logging, exact resume after a worker death. ``ForensicPyfunc`` is the MLflow
+face of ``models.forensics.ForensicModel`` (state dict + JSON, loaded with ``weights_only=True``).
 
 Image splits (by a seeded hash of the image id, so every worker agrees):
 ``test`` = ``is_validation_image(id, test_fraction, seed)``; ``val`` (checkpoint selection)

@@ -10,20 +10,20 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.schema import TargetArrays
+from models.config import ModelConfig
 
 
 class PredictBatch:
     """Ray Data actor: normalized image batch -> parser probabilities (+ passthrough columns)."""
 
-    def __init__(self, model_config: dict[str, Any], state: dict[str, Any], use_gpu: bool = False):
+    def __init__(self, model_config: ModelConfig, state: dict[str, Any], use_gpu: bool = False):
         import torch
 
-        from models.config import ModelConfig
         from models.parser import ParsingModel
 
         torch.set_num_threads(1)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = ParsingModel(ModelConfig.from_dict(model_config))
+        self.model = ParsingModel(model_config)
         self.model.load_state_dict(state)
         self.model.to(self.device).eval()
 
@@ -44,7 +44,7 @@ class PredictBatch:
         return out
 
 
-def predict_dataset(ds, model_config: dict[str, Any], state: dict[str, Any], use_gpu: bool = False,
+def predict_dataset(ds, model_config: ModelConfig, state: dict[str, Any], use_gpu: bool = False,
                     batch_size: int = 128, actors: int = 1):
     """-> (Predictions, TargetArrays, gm_ids, image_ids, is_fake) over every row of ``ds``."""
     from models.predictions import Predictions

@@ -148,7 +148,7 @@ def log_gm_level(run_id: str, val_ds, cfg: JobConfig, state: dict[str, Any], col
     from models.metrics import evaluate_parsing
     from workflows.inference import predict_dataset
 
-    pred, targets, gm_ids, _, _ = predict_dataset(val_ds, cfg.model_config().to_dict(), state, use_gpu=use_gpu)
+    pred, targets, gm_ids, _, _ = predict_dataset(val_ds, cfg.model_config(), state, use_gpu=use_gpu)
     gm = evaluate_parsing(pred, targets, gm_ids, col.ranges, n_shuffles=cfg.n_shuffles, seed=cfg.seed)["gm"]
     metrics = {f"gm.{k}": v for k, v in gm.model.items()} | {f"baseline.gm.{k}": v for k, v in gm.baseline.items()}
     ts = int(time.time() * 1000)
