@@ -5,7 +5,8 @@ robustness checks, and ``ForensicModel`` (inference, state dict + JSON, ``weight
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,27 +77,45 @@ class FingerprintClassifier(nn.Module):
         return out
 
 
-def build_module(meta: dict[str, Any]) -> nn.Module:
-    n = len(meta.get("sources", []))
-    if meta["kind"] == "fen":
-        return FingerprintClassifier(n, int(meta["fen_depth"]), int(meta["fen_width"]), meta["head_widths"],
-                                     int(meta["image_size"]) if meta.get("spectral_head") else 0)
-    if meta["kind"] == "cnn":
-        return PlainCNN(n, meta["cnn_widths"])
-    raise ValueError(f"unknown forensic model kind {meta['kind']!r}")
+@dataclass(frozen=True)
+class ForensicSpec:
+    """What rebuilds a forensic model: its kind, attribution classes and widths. Travels to Ray
+    workers as is (frozen) and is saved as JSON beside the weights (``to_dict``/``from_dict``)."""
 
+    kind: str  # "fen" (FEN + detection/attribution heads) or "cnn" (plain raw-pixel CNN)
+    sources: tuple[str, ...]  # attribution classes (training GMs + real); empty = detector only
+    image_size: int
+    fen_depth: int = 4
+    fen_width: int = 16
+    head_widths: tuple[int, ...] = (16, 32)
+    cnn_widths: tuple[int, ...] = ()  # empty = (w, 2w, 3w) with w = fen_width
+    spectral_head: bool = False
 
-def model_meta(kind: str, sources: Sequence[str], image_size: int, fen_depth: int, fen_width: int,
-               head_widths: Sequence[int] = (16, 32), cnn_widths: Sequence[int] | None = None,
-               spectral_head: bool = False) -> dict[str, Any]:
-    """The JSON that rebuilds a forensic model (saved beside its weights)."""
-    return {
-        "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION, "kind": kind,
-        "sources": [str(s) for s in sources], "image_size": int(image_size),
-        "fen_depth": int(fen_depth), "fen_width": int(fen_width), "head_widths": [int(w) for w in head_widths],
-        "cnn_widths": [int(w) for w in (cnn_widths or (fen_width, 2 * fen_width, 3 * fen_width))],
-        "spectral_head": bool(spectral_head),
-    }
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_NAMES:
+            raise ValueError(f"unknown forensic model kind {self.kind!r}; known: {MODEL_NAMES}")
+        w = self.fen_width
+        object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
+        object.__setattr__(self, "head_widths", tuple(int(x) for x in self.head_widths))
+        object.__setattr__(self, "cnn_widths", tuple(int(x) for x in self.cnn_widths or (w, 2 * w, 3 * w)))
+
+    def build(self) -> nn.Module:
+        if self.kind == "fen":
+            return FingerprintClassifier(len(self.sources), self.fen_depth, self.fen_width, self.head_widths,
+                                         self.image_size if self.spectral_head else 0)
+        return PlainCNN(len(self.sources), self.cnn_widths)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ForensicSpec:
+        if str(d.get("schema_version", "")).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(f"forensic model saved with schema {d.get('schema_version')}, this code has {SCHEMA_VERSION}")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
 
 
 def balanced_class_weights(counts: Sequence[int]) -> np.ndarray:
@@ -182,18 +201,18 @@ class ForensicModel:
     """Detector / attributor for inference: ``predict(images)`` -> fake probability, source
     probabilities, embedding; ``save``/``load`` as state dict + JSON (``weights_only=True``)."""
 
-    def __init__(self, module: nn.Module, meta: dict[str, Any], batch_size: int = 128) -> None:
+    def __init__(self, module: nn.Module, spec: ForensicSpec, batch_size: int = 128) -> None:
         self.module = module.eval()
-        self.meta = meta
+        self.spec = spec
         self.batch_size = batch_size
 
     @property
     def sources(self) -> list[str]:
-        return list(self.meta.get("sources", []))
+        return list(self.spec.sources)
 
     @property
     def image_size(self) -> int:
-        return int(self.meta["image_size"])
+        return self.spec.image_size
 
     @torch.no_grad()
     def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -213,7 +232,7 @@ class ForensicModel:
 
     def fingerprint(self, images: np.ndarray) -> np.ndarray | None:
         """float [N,3,S,S] fingerprints (FEN models only)."""
-        if self.meta["kind"] != "fen":
+        if self.spec.kind != "fen":
             return None
         from data_pipeline.preprocess import normalize, resize
 
@@ -225,22 +244,20 @@ class ForensicModel:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.cpu() for k, v in self.module.state_dict().items()}, d / WEIGHTS_FILE)
-        (d / META_FILE).write_text(json.dumps(self.meta, indent=2))
+        (d / META_FILE).write_text(json.dumps(self.spec.to_dict(), indent=2))
         return d
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], state: dict[str, Any]) -> ForensicModel:
-        if str(meta.get("schema_version", "")).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-            raise ValueError(f"forensic model saved with schema {meta.get('schema_version')}, this code has {SCHEMA_VERSION}")
-        module = build_module(meta)
+    def from_state(cls, spec: ForensicSpec, state: dict[str, Any]) -> ForensicModel:
+        module = spec.build()
         module.load_state_dict(state)
-        return cls(module, meta)
+        return cls(module, spec)
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> ForensicModel:
         d = Path(directory)
-        meta = json.loads((d / META_FILE).read_text())
+        spec = ForensicSpec.from_dict(json.loads((d / META_FILE).read_text()))
         state = torch.load(d / WEIGHTS_FILE, map_location=map_location, weights_only=True)
-        return cls.from_state(meta, state)
+        return cls.from_state(spec, state)
 
 

@@ -10,10 +10,9 @@ import torch
 from models.forensics import (
     FingerprintClassifier,
     ForensicModel,
+    ForensicSpec,
     PlainCNN,
-    build_module,
     fingerprint_stats,
-    model_meta,
     perturb,
     pixel_stats,
     task_loss,
@@ -66,18 +65,18 @@ def test_models_losses_and_save_load(tmp_path):
     assert fingerprint_stats(fen(x)["fingerprint"]).shape[0] == 4
     assert pixel_stats(np.zeros((2, 16, 16, 3), np.uint8)).shape == (2, 30)
 
-    meta = model_meta("fen", ["a", "b", "real"], 32, 3, 8, (8, 16))
-    model = ForensicModel(build_module(meta), meta)
+    spec = ForensicSpec("fen", ("a", "b", "real"), 32, 3, 8, (8, 16))
+    model = ForensicModel(spec.build(), spec)
     imgs = np.random.default_rng(0).integers(0, 256, (5, 40, 40, 3), dtype=np.uint8)
     p = model.predict(imgs)
     loaded = ForensicModel.load(model.save(tmp_path / "m"))
     q = loaded.predict(imgs)
     np.testing.assert_allclose(p["fake_prob"], q["fake_prob"], atol=1e-6)
     np.testing.assert_allclose(p["source_probs"].sum(1), 1.0, atol=1e-5)
-    assert loaded.sources == ["a", "b", "real"]
+    assert loaded.sources == ["a", "b", "real"] and loaded.spec == spec
 
-    meta = model_meta("fen", ["a", "b", "real"], 32, 3, 8, (8, 16), spectral_head=True)
-    model = ForensicModel(build_module(meta), meta)
+    spec = ForensicSpec("fen", ("a", "b", "real"), 32, 3, 8, (8, 16), spectral_head=True)
+    model = ForensicModel(spec.build(), spec)
     heads = model.module.net
     assert heads.detection_head.spectral is not None and heads.attribution_head.stats is not None
     out = model.module(torch.randn(4, 3, 32, 32))
@@ -87,6 +86,19 @@ def test_models_losses_and_save_load(tmp_path):
     p = model.predict(imgs)
     q = ForensicModel.load(model.save(tmp_path / "spectral")).predict(imgs)
     np.testing.assert_allclose(p["source_probs"], q["source_probs"], atol=1e-6)
+
+
+def test_spec_round_trips_and_refuses_what_it_cannot_rebuild():
+    spec = ForensicSpec("cnn", ["a", "real"], 32, fen_width=8)
+    assert spec.cnn_widths == (8, 16, 24) and spec.sources == ("a", "real")  # defaults derived, lists frozen
+    d = spec.to_dict()
+    assert d["kind"] == "cnn" and d["cnn_widths"] == [8, 16, 24] and "schema_version" in d
+    assert ForensicSpec.from_dict(d) == spec
+    assert isinstance(spec.build(), PlainCNN)
+    with pytest.raises(ValueError, match="schema"):
+        ForensicSpec.from_dict({**d, "schema_version": "99.0"})
+    with pytest.raises(ValueError, match="unknown forensic model kind"):
+        ForensicSpec("vit", (), 32)
 
 
 def test_splits_are_disjoint_and_deterministic():

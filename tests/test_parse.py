@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.forensics import ForensicModel, build_module, model_meta
+from models.forensics import ForensicModel, ForensicSpec
 from workflows import parse
 
 SOURCES = ["gm-a", "gm-b", "real"]
@@ -62,8 +62,8 @@ def model_dirs(tmp_path):
     torch.manual_seed(0)
     ranges = schema.Ranges.from_pairs(schema.RED116_RANGES)
     parser_dir = Parser.from_config(ModelConfig.preset("smoke"), ranges).save(tmp_path / "parser")
-    meta = model_meta("fen", SOURCES, 32, fen_depth=3, fen_width=8)
-    forensic_dir = ForensicModel(build_module(meta), meta).save(tmp_path / "forensic")
+    spec = ForensicSpec("fen", tuple(SOURCES), 32, fen_depth=3, fen_width=8)
+    forensic_dir = ForensicModel(spec.build(), spec).save(tmp_path / "forensic")
     return parser_dir, forensic_dir
 
 
@@ -124,10 +124,10 @@ def test_parse_many_images_through_ray_matches_local(mixed_folder, model_dirs, r
     parser_dir, forensic_dir = model_dirs
     args = parse.get_args_parser().parse_args(["x", "--model", str(parser_dir), "--detector", str(forensic_dir),
                                                "--attributor", str(forensic_dir)])
-    payloads, _ = parse.load_payloads(args, d)
+    models, _ = parse.load_models(args, d)
     paths = parse.expand_paths([str(d)])
-    local, mode_l = parse.parse_files(paths, payloads, batch_size=4, ray_threshold=64)
-    remote, mode_r = parse.parse_files(paths, payloads, batch_size=4, ray_threshold=0)
+    local, mode_l = parse.parse_files(paths, models, batch_size=4, ray_threshold=64)
+    remote, mode_r = parse.parse_files(paths, models, batch_size=4, ray_threshold=0)
     assert (mode_l, mode_r) == ("local", "ray")
     _check(remote, d, good, bad)
     assert [r["path"] for r in remote] == [r["path"] for r in local]

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,6 +41,9 @@ from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E
 from workflows.job import start_job  # noqa: E402
 from workflows.progress import FoldProgress  # noqa: E402
 from workflows.runtime import die  # noqa: E402
+
+if TYPE_CHECKING:
+    from models.forensics import ForensicSpec
 
 EXPERIMENT = "gmparse-forensics"
 TASKS = ("detect", "attribute", "link")
@@ -118,12 +121,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # --- one training run (a fold, or the final models) -----------------------------------------------
-def _metas(cfg: ForensicsConfig, classes: list[str]) -> dict[str, dict[str, Any]]:
-    from models.forensics import model_meta
+def _specs(cfg: ForensicsConfig, classes: list[str]) -> dict[str, ForensicSpec]:
+    """Model name -> what builds it: the FEN detector/attributor and the plain CNN beside it."""
+    from models.forensics import MODEL_NAMES, ForensicSpec
 
-    common = {"image_size": cfg.image_size, "fen_depth": cfg.fen_depth, "fen_width": cfg.fen_width,
-              "head_widths": cfg.head_widths, "cnn_widths": cfg.cnn_widths or None, "spectral_head": cfg.spectral_head}
-    return {"fen": model_meta("fen", classes, **common), "cnn": model_meta("cnn", classes, **common)}
+    return {kind: ForensicSpec(kind, tuple(classes), cfg.image_size, cfg.fen_depth, cfg.fen_width, cfg.head_widths,
+                               cfg.cnn_widths, cfg.spectral_head) for kind in MODEL_NAMES}
 
 
 def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: str, label: str, storage: str,
@@ -132,24 +135,24 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
 
     from data_pipeline.ray_data import shuffle_each_epoch
     from models.constraints import ConstraintWeights
-    from models.forensics import balanced_class_weights, build_module, n_params
+    from models.forensics import balanced_class_weights, n_params
     from workflows.figures import heads_learning_curves, log_figure
     from workflows.heads_training import HeadsTask, fit_heads, train_dataset
     from workflows.loop import LoopConfig
 
     gm_index = {g: i for i, g in enumerate(classes)}
-    metas = _metas(cfg, classes)
+    specs = _specs(cfg, classes)
     split = {"test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     train_ds = train_dataset(col, classes, "train", cfg.image_size, gm_index, **split)
     val_ds = train_dataset(col, classes, "val", cfg.image_size, gm_index, **split)
     if cfg.cache_decoded:  # decode once, not once per epoch (fits in the object store when small)
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
     train_ds = shuffle_each_epoch(train_ds, cfg.seed)  # shards hold one GM each: mix them in every batch
-    mlflow.log_params({f"params_{n}": n_params(build_module(m)) for n, m in metas.items()})
+    mlflow.log_params({f"params_{n}": n_params(spec.build()) for n, spec in specs.items()})
     counts = col.read_images(classes, columns=["gm_id"]).column("gm_id").value_counts().to_pylist()
     per_class = {str(d["values"]): int(d["counts"]) for d in counts}
     source_weight = balanced_class_weights([per_class.get(c, 0) for c in classes])
-    task = HeadsTask(metas, ConstraintWeights.from_dict(cfg.weights()), cfg.task_scale, source_weight)
+    task = HeadsTask(specs, ConstraintWeights.from_dict(cfg.weights()), cfg.task_scale, source_weight)
     name = f"{run_name}-{label}"
     t0 = time.time()
     with FoldProgress(label, cfg.epochs) as bar:
@@ -161,17 +164,18 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
     mlflow.log_metrics({"train_seconds": time.time() - t0, **{f"best_epoch_{n}": e for n, e in res.best_epochs.items()}})
     mlflow.log_dict(res.history, "history.json")
     log_figure(heads_learning_curves(res.history, name), "figures/learning_curves.png")
-    return metas, res
+    return specs, res
 
 
-def _evaluate(col: Collection, parts: list[tuple[list[str], str | None]], metas, states, cfg: ForensicsConfig,
+def _evaluate(col: Collection, parts: list[tuple[list[str], str | None]], specs: dict[str, ForensicSpec],
+              states: dict[str, dict[str, Any]], cfg: ForensicsConfig,
               use_gpu: bool) -> dict[str, np.ndarray]:
     from workflows.heads_training import evaluate_dataset, raw_dataset
 
     split = {"test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     sets = [raw_dataset(col, gms, part, **split) for gms, part in parts if gms]
     ds = sets[0].union(*sets[1:]) if len(sets) > 1 else sets[0]
-    bundles = {n: (metas[n], states[n]) for n in metas}
+    bundles = {n: (specs[n], states[n]) for n in specs}
     return evaluate_dataset(ds, bundles, cfg.jpeg_quality, cfg.resize_factor, use_gpu=use_gpu)
 
 
@@ -201,9 +205,9 @@ def run_fold(col: Collection, fold: Fold, cfg: ForensicsConfig, run_name: str, s
     with mlflow.start_run(run_name=label, nested=True, tags={"fold": label}) as run:
         mlflow.log_params({"fold": label, "train_gms": len(fold.train_gms), "test_gms": len(fold.test_gms)})
         mlflow.log_dict({"train_gms": list(fold.train_gms), "test_gms": list(fold.test_gms)}, "split.json")
-        metas, res = _train(col, classes, cfg, run_name, label, storage, use_gpu, run.info.run_id)
+        specs, res = _train(col, classes, cfg, run_name, label, storage, use_gpu, run.info.run_id)
         # unseen GMs (every image) against real images held out of training
-        c = _evaluate(col, [(list(fold.test_gms), None), ([REAL_GM_ID], "test")], metas, res.states, cfg, use_gpu)
+        c = _evaluate(col, [(list(fold.test_gms), None), ([REAL_GM_ID], "test")], specs, res.states, cfg, use_gpu)
         out: dict[str, Any] = {"label": label, "test_images": int(len(c["is_fake"])),
                                "test_fake": int(c["is_fake"].sum())}
         if "detect" in tasks:
@@ -232,10 +236,10 @@ def run_final(col: Collection, cfg: ForensicsConfig, run_name: str, storage: str
     with mlflow.start_run(run_name="final", nested=True, tags={"fold": "final"}) as run:
         mlflow.log_params({"fold": "final", "classes": len(classes)})
         mlflow.log_dict({"classes": classes}, "split.json")
-        metas, res = _train(col, classes, cfg, run_name, "final", storage, use_gpu, run.info.run_id)
+        specs, res = _train(col, classes, cfg, run_name, "final", storage, use_gpu, run.info.run_id)
         out: dict[str, Any] = {"label": "final", "classes": classes}
         if "attribute" in tasks:
-            c = _evaluate(col, [(classes, "test")], metas, res.states, cfg, use_gpu)
+            c = _evaluate(col, [(classes, "test")], specs, res.states, cfg, use_gpu)
             index = {g: i for i, g in enumerate(classes)}
             true = np.array([index[g] for g in c["gm_id"]])
             att, cms = {}, {}
@@ -256,7 +260,7 @@ def run_final(col: Collection, cfg: ForensicsConfig, run_name: str, storage: str
                 mlflow.log_metrics({f"test.linking_seen.{f}.{k}": v for k, v in d.items() if np.isfinite(v)})
         mlflow.log_dict({k: v for k, v in out.items()}, "tables/metrics.json")
         if cfg.register:
-            model = ForensicModel.from_state(metas["fen"], res.states["fen"])
+            model = ForensicModel.from_state(specs["fen"], res.states["fen"])
             tags = {"collection": col.path}
             out["registered"] = {
                 DETECTOR_NAME: log_forensic_model(model, "detector", DETECTOR_NAME, tags=tags),

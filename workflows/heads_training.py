@@ -38,7 +38,7 @@ from models.forensics import (
     PERTURBATIONS,
     TRAIN_COLUMNS,
     ForensicModel,
-    build_module,
+    ForensicSpec,
     fingerprint_stats,
     perturb,
     pixel_stats,
@@ -113,7 +113,7 @@ def log_forensic_model(model: ForensicModel, role: str, register_as: str | None,
     if register_as:
         mv = mlflow.register_model(info.model_uri, register_as)
         client = mlflow.MlflowClient()
-        all_tags = {"schema_version": SCHEMA_VERSION, "role": role, "kind": model.meta["kind"],
+        all_tags = {"schema_version": SCHEMA_VERSION, "role": role, "kind": model.spec.kind,
                     "sources": json.dumps(model.sources), **(tags or {})}
         for k, v in all_tags.items():
             client.set_model_version_tag(register_as, mv.version, k, str(v))
@@ -202,13 +202,13 @@ def _val_metrics(models: dict[str, nn.Module], shard, device) -> dict[str, float
 class HeadsTask:
     """The FEN detector/attributor and the plain CNN, trained on the same batches by ``workflows.loop``."""
 
-    metas: dict[str, dict[str, Any]]  # model name -> models.forensics.model_meta
+    specs: dict[str, ForensicSpec]  # model name -> what builds it
     weights: ConstraintWeights  # the fingerprint constraints of the FEN model
     task_scale: float  # detection / attribution losses against the constraints
     source_weight: np.ndarray | None = None  # balanced attribution class weights (None: unweighted)
 
     def build(self) -> dict[str, Any]:
-        return {n: build_module(m) for n, m in self.metas.items()}
+        return {n: spec.build() for n, spec in self.specs.items()}
 
     def train_epoch(self, models: Mapping[str, Any], optimizers: Mapping[str, Any], emas: Mapping[str, Any],
                     batches: Iterable[Mapping[str, Any]], device: Any,
@@ -258,10 +258,10 @@ class EvalBatch:
     """Ray Data actor: undecoded rows -> per model and perturbation the fake probability, plus
     (clean images) source probabilities and the linking features of every kind."""
 
-    def __init__(self, bundles: dict[str, tuple[dict[str, Any], dict[str, Any]]], jpeg_quality: int = 75,
+    def __init__(self, bundles: dict[str, tuple[ForensicSpec, dict[str, Any]]], jpeg_quality: int = 75,
                  resize_factor: float = 0.5, perturbations: Sequence[str] = PERTURBATIONS):
         torch.set_num_threads(1)
-        self.models = {n: ForensicModel.from_state(meta, state) for n, (meta, state) in bundles.items()}
+        self.models = {n: ForensicModel.from_state(spec, state) for n, (spec, state) in bundles.items()}
         self.jpeg_quality, self.resize_factor = jpeg_quality, resize_factor
         self.perturbations = tuple(perturbations)
 
@@ -288,7 +288,7 @@ class EvalBatch:
         return out
 
 
-def evaluate_dataset(ds, bundles: dict[str, tuple[dict[str, Any], dict[str, Any]]], jpeg_quality: int = 75,
+def evaluate_dataset(ds, bundles: dict[str, tuple[ForensicSpec, dict[str, Any]]], jpeg_quality: int = 75,
                      resize_factor: float = 0.5, batch_size: int = 128, actors: int = 1,
                      use_gpu: bool = False) -> dict[str, np.ndarray]:
     """Every row of ``ds`` through an EvalBatch actor pool -> concatenated columns."""

@@ -24,14 +24,19 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
 from workflows.runtime import die  # noqa: E402
+
+if TYPE_CHECKING:
+    from models.forensics import ForensicModel
+    from models.parser import Parser
 
 DEFAULT_PARSER = "models:/gm-parser@champion"
 DEFAULT_DETECTOR = "models:/gm-detector@champion"
@@ -79,20 +84,30 @@ def resolve_model_dir(ref: str, meta_file: str, workdir: Path) -> Path:
     return found
 
 
-def load_payloads(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], list[str]]:
-    """Model payloads (meta + state dicts; small, shippable to Ray actors) and notes for the user."""
-    import torch
+@dataclass(frozen=True)
+class LoadedModels:
+    """The models a parse runs, loaded and typed (small: they travel to Ray actors as they are)."""
 
-    from models.forensics import META_FILE, WEIGHTS_FILE
+    parser: Parser | None = None
+    detector: ForensicModel | None = None
+    attributor: ForensicModel | None = None
+    refs: tuple[tuple[str, str], ...] = ()  # (role, where it was loaded from)
+
+
+def load_models(args: argparse.Namespace, workdir: Path) -> tuple[LoadedModels, list[str]]:
+    """The parser (required) and the detector / attributor (the champions when they exist) ->
+    (models, notes for the user). A saved model of another schema is an error, not a guess."""
+    from models.forensics import META_FILE, ForensicModel
     from models.parser import META_FILE as PARSER_META
-    from models.parser import WEIGHTS_FILE as PARSER_WEIGHTS
+    from models.parser import Parser
 
-    payloads: dict[str, Any] = {}
+    loaded: dict[str, Any] = {}
+    refs: list[tuple[str, str]] = []
     notes: list[str] = []
-    specs = [("parser", args.model, DEFAULT_PARSER, PARSER_META, PARSER_WEIGHTS),
-             ("detector", args.detector, DEFAULT_DETECTOR, META_FILE, WEIGHTS_FILE),
-             ("attributor", args.attributor, DEFAULT_ATTRIBUTOR, META_FILE, WEIGHTS_FILE)]
-    for role, ref, default, meta_file, weights_file in specs:
+    roles = [("parser", args.model, DEFAULT_PARSER, PARSER_META, Parser.load),
+             ("detector", args.detector, DEFAULT_DETECTOR, META_FILE, ForensicModel.load),
+             ("attributor", args.attributor, DEFAULT_ATTRIBUTOR, META_FILE, ForensicModel.load)]
+    for role, ref, default, meta_file, load in roles:
         if ref is None and role != "parser":
             ref, optional = default, True
         else:
@@ -100,9 +115,7 @@ def load_payloads(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, An
         if ref.lower() == "none":
             continue
         try:
-            d = resolve_model_dir(ref, meta_file, workdir)
-            meta = json.loads((d / meta_file).read_text())
-            state = torch.load(d / weights_file, map_location="cpu", weights_only=True)
+            loaded[role] = load(resolve_model_dir(ref, meta_file, workdir))
         except ModelLoadError as e:
             if optional:
                 notes.append(f"no {role}: {e}")
@@ -110,11 +123,12 @@ def load_payloads(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, An
             raise
         except Exception as e:
             raise ModelLoadError(f"{ref}: cannot read the {role}: {type(e).__name__}: {e}") from None
-        payloads[role] = {"meta": meta, "state": state, "ref": ref}
-    if "attributor" in payloads and not payloads["attributor"]["meta"].get("sources"):
+        refs.append((role, ref))
+    if "attributor" in loaded and not loaded["attributor"].sources:
         notes.append("the attributor has no attribution classes; nearest GM not available")
-        payloads.pop("attributor")
-    return payloads, notes
+        loaded.pop("attributor")
+        refs = [r for r in refs if r[0] != "attributor"]
+    return LoadedModels(**loaded, refs=tuple(refs)), notes
 
 
 # --- reading files ---------------------------------------------------------------------------------
@@ -176,29 +190,15 @@ def read_image(path: str, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FIL
 class ImagePredictor:
     """Paths -> one JSON-able result per path. Used locally and as a Ray Data actor."""
 
-    def __init__(self, payloads: dict[str, Any], limits: dict[str, int] | None = None, threads: int = 0,
+    def __init__(self, models: LoadedModels, limits: dict[str, int] | None = None, threads: int = 0,
                  fit_mode: str = "tile"):
         import torch
-
-        from data_pipeline.schema import Ranges
-        from models.config import ModelConfig
-        from models.forensics import ForensicModel
-        from models.parser import Parser, ParsingModel
 
         if threads:
             torch.set_num_threads(threads)
         self.limits = limits or {}
         self.fit_mode = fit_mode
-        self.parser = self.detector = self.attributor = None
-        if "parser" in payloads:
-            meta = payloads["parser"]["meta"]
-            model = ParsingModel(ModelConfig.from_dict(meta["config"]))
-            model.load_state_dict(payloads["parser"]["state"])
-            self.parser = Parser(model.eval(), Ranges.from_dict(meta["ranges"]))
-        if "detector" in payloads:
-            self.detector = ForensicModel.from_state(payloads["detector"]["meta"], payloads["detector"]["state"])
-        if "attributor" in payloads:
-            self.attributor = ForensicModel.from_state(payloads["attributor"]["meta"], payloads["attributor"]["state"])
+        self.parser, self.detector, self.attributor = models.parser, models.detector, models.attributor
 
     def predict_images(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = [{} for _ in images]
@@ -253,13 +253,13 @@ class ImagePredictor:
         return {"index": batch["index"], "result": np.array([json.dumps(r) for r in rows], dtype=object)}
 
 
-def parse_files(paths: list[Path], payloads: dict[str, Any], batch_size: int = 32, ray_threshold: int = 64,
+def parse_files(paths: list[Path], models: LoadedModels, batch_size: int = 32, ray_threshold: int = 64,
                 limits: dict[str, int] | None = None, actors: int = 1,
                 fit_mode: str = "tile") -> tuple[list[dict[str, Any]], str]:
     """-> (one result per path in input order, 'local' or 'ray')."""
     strs = [str(p) for p in paths]
     if len(strs) <= ray_threshold:
-        predictor = ImagePredictor(payloads, limits, fit_mode=fit_mode)
+        predictor = ImagePredictor(models, limits, fit_mode=fit_mode)
         out: list[dict[str, Any]] = []
         for i in range(0, len(strs), batch_size):
             out += predictor.parse_paths(strs[i : i + batch_size])
@@ -270,7 +270,7 @@ def parse_files(paths: list[Path], payloads: dict[str, Any], batch_size: int = 3
 
     init_ray()
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(strs)])
-    res = ds.map_batches(ImagePredictor, fn_constructor_kwargs={"payloads": payloads, "limits": limits, "threads": 1,
+    res = ds.map_batches(ImagePredictor, fn_constructor_kwargs={"models": models, "limits": limits, "threads": 1,
                                                                   "fit_mode": fit_mode},
                          batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                          num_cpus=1)
@@ -320,7 +320,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: list[dict[str, Any]], payloads: dict[str, Any], out: Path, max_figures: int = 200) -> Path:
+def write_report(results: list[dict[str, Any]], models: LoadedModels, out: Path, max_figures: int = 200) -> Path:
     """Per-image figures (image, fingerprint, spectrum) and a Markdown summary in ``out``."""
     import torch
 
@@ -330,15 +330,10 @@ def write_report(results: list[dict[str, Any]], payloads: dict[str, Any], out: P
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     fen, size = None, 64
-    if "parser" in payloads:
-        from models.config import ModelConfig
-        from models.parser import ParsingModel
-
-        m = ParsingModel(ModelConfig.from_dict(payloads["parser"]["meta"]["config"]))
-        m.load_state_dict(payloads["parser"]["state"])
-        fen, size = m.fen.eval(), m.config.image_size
+    if models.parser is not None:
+        fen, size = models.parser.model.fen.eval(), models.parser.config.image_size
     lines = ["# gmparse report", "", f"{len(results)} file(s); models: "
-             + ", ".join(f"{k} `{v['ref']}`" for k, v in payloads.items()), "",
+             + ", ".join(f"{role} `{ref}`" for role, ref in models.refs), "",
              "| # | file | size | fake prob | nearest GM | norm type | loss types (top 2) | figure |",
              "|---|---|---|---|---|---|---|---|"]
     skipped = []
@@ -410,14 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            payloads, notes = load_payloads(args, Path(tmp))
+            models, notes = load_models(args, Path(tmp))
         except ModelLoadError as e:
             die(str(e))
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     limits = {"max_pixels": args.max_pixels, "min_side": args.min_side}
     t_parse = time.time()
-    results, mode = parse_files(paths, payloads, args.batch_size, args.ray_threshold, limits, args.actors, args.fit_mode)
+    results, mode = parse_files(paths, models, args.batch_size, args.ray_threshold, limits, args.actors, args.fit_mode)
     t_end = time.time()
     if args.json:
         print(json.dumps(results, indent=2))
@@ -427,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({len(results)} file(s) in {t_end - t0:.1f} s: models loaded in {t_parse - t0:.1f} s, then "
           f"{len(results) / max(t_end - t_parse, 1e-9):.1f} images/s, {mode} inference)", file=sys.stderr)
     if args.report:
-        md = write_report(results, payloads, Path(args.report))
+        md = write_report(results, models, Path(args.report))
         print(f"report: {md}", file=sys.stderr)
     return 0
 
