@@ -13,7 +13,6 @@ Usage: python benchmarks/bench_memory.py [--quick] [--collection PATH] [--epochs
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import sys
@@ -52,11 +51,12 @@ def main() -> None:
     before = common.peak_memory_mb()
     col = common.get_collection(args.collection)
 
+    from workflows.cli import with_overrides
     from workflows.config import job_config
     from workflows.loop import torch_trainer
     from workflows.training import EVAL_COLUMNS, TRAIN_COLUMNS, parsing_task
 
-    cfg = dataclasses.replace(job_config("default"), epochs=epochs, image_size=col.image_size, num_workers=args.workers)
+    cfg = with_overrides(job_config("default"), {"epochs": epochs, "image_size": col.image_size, "num_workers": args.workers})
     out_dir = common.WORK_DIR / "memory" / f"run-{uuid.uuid4().hex[:8]}"
     out_dir.mkdir(parents=True)
     cores = common.n_cores()
@@ -90,7 +90,7 @@ def main() -> None:
                      fmt_loop(loop_rss) if r == 0 else ""])
     if len(workers) != cfg.num_workers:
         rows.append([f"training workers: {len(workers)} of {cfg.num_workers} wrote their figures", None, None, ""])
-    m = cfg.model_config()
+    m = cfg.model
     section = common.Section(
         name="memory",
         title="5. Memory (peak resident, default preset training)",

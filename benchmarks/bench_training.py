@@ -33,12 +33,12 @@ TARGET = 0.9  # 1-worker Ray Train steady-state throughput >= 0.9x the plain loo
 
 def job(col, epochs: int):
     """The default preset's parsing task and loop settings, on every GM of ``col``."""
-    import dataclasses
 
+    from workflows.cli import with_overrides
     from workflows.config import job_config
     from workflows.training import parsing_task
 
-    cfg = dataclasses.replace(job_config("default"), epochs=epochs, image_size=col.image_size, threads=1, ema=0.0)
+    cfg = with_overrides(job_config("default"), {"epochs": epochs, "image_size": col.image_size, "threads": 1, "ema": 0.0})
     return parsing_task(cfg, col.targets(list(col.gms["gm_id"])))
 
 

@@ -68,7 +68,7 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
     test_all = data.of_gms(fold.test_gms)
     test_idx = per_gm_subset(data, test_all, args.eval_per_gm, rng)
 
-    model = ParsingModel(cfg.model_config())
+    model = ParsingModel(cfg.model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     cw = class_weights(data.take(data.of_gms(fit_gms)).targets)
     ema = weight_ema(model, cfg.ema)
@@ -78,7 +78,7 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
         mlflow.log_params({"fit_gms": len(fit_gms), "val_gms": len(val_gms), "test_gms": len(fold.test_gms)})
         for epoch in range(cfg.epochs):
             tr = train_one_epoch(model, opt, data.batches(per_gm_subset(data, train_idx, args.images_per_gm, rng),
-                                                          cfg.batch_size, drop_last=True), cfg.weights(), cw,
+                                                          cfg.batch_size, drop_last=True), cfg.weights, cw,
                                  ema=ema)
             row = {"epoch": epoch, "train/parsing": tr["parsing"], "train/images_per_s": tr["images_per_s"]}
             for name, idx in (("seen", seen_idx), ("valgm", valgm_idx), ("unseen", test_idx)):

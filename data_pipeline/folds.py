@@ -63,6 +63,16 @@ def validation_mask(image_ids: np.ndarray, val_fraction: float, seed: int = 0) -
     return np.fromiter((is_validation_image(str(i), val_fraction, seed) for i in image_ids), bool, len(image_ids))
 
 
+def image_split(image_ids: np.ndarray, val_fraction: float, seed: int = 0, test_fraction: float = 0.0) -> np.ndarray:
+    """The one image-level split of every job: 'train' / 'val' / 'test' per image id, by seeded
+    hashes (every worker agrees). ``val`` = ``validation_mask(val_fraction, seed)`` outside the
+    test images; ``test`` (forensics' held-out images; none by default) = an independent hash
+    (seed + 1) below ``test_fraction``, so adding a test share never moves an image into ``val``."""
+    test = validation_mask(image_ids, test_fraction, seed + 1) if test_fraction > 0 else np.zeros(len(image_ids), bool)
+    val = ~test & validation_mask(image_ids, val_fraction, seed)
+    return np.where(test, "test", np.where(val, "val", "train"))
+
+
 def holdout_gms(gms: pd.DataFrame, train_gms: tuple[str, ...] | list[str], share: float, seed: int = 0
                 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Split a fold's training GMs into (fit, held-out) GMs, family-stratified where every family

@@ -14,7 +14,7 @@ import numpy as np
 
 from data_pipeline import schema
 from data_pipeline.collection import REAL_GM_ID, Collection
-from data_pipeline.folds import validation_mask
+from data_pipeline.folds import image_split
 from data_pipeline.preprocess import decode_image, normalize, resize
 
 Split = Literal["all", "train", "val"]
@@ -36,8 +36,7 @@ class DecodeBatch:
         ids = batch["image_id"]
         keep = np.ones(len(ids), dtype=bool)
         if self.split != "all":
-            val = validation_mask(ids, self.val_fraction, self.seed)
-            keep = val if self.split == "val" else ~val
+            keep = image_split(ids, self.val_fraction, self.seed) == self.split
         images, kept = [], []
         for i in np.flatnonzero(keep):
             images.append(resize(decode_image(batch["image"][i]), self.size))

@@ -20,7 +20,7 @@ WINDOW_N = 25
 WINDOW_REF_SIZE = 128
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConstraintWeights:
     """Weights of the four constraints; defaults are the paper's parsing weights."""
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_pipeline.folds import image_split, validation_mask
 from models.forensics import (
     FingerprintClassifier,
     ForensicModel,
@@ -18,7 +19,6 @@ from models.forensics import (
     task_loss,
 )
 from workflows import forensics
-from workflows.heads_training import split_of
 from workflows.linking import cluster_ari, linking_metrics, pair_auc
 
 
@@ -103,11 +103,15 @@ def test_spec_round_trips_and_refuses_what_it_cannot_rebuild():
 
 def test_splits_are_disjoint_and_deterministic():
     ids = np.array([f"gm/{i:06d}" for i in range(2000)])
-    s = split_of(ids, 0.2, 0.15, seed=0)
+    s = image_split(ids, 0.15, 0, test_fraction=0.2)
     assert set(s) == {"train", "val", "test"}
     assert 0.15 < (s == "test").mean() < 0.25
-    assert np.array_equal(s, split_of(ids, 0.2, 0.15, seed=0))
-    assert not np.array_equal(s, split_of(ids, 0.2, 0.15, seed=1))
+    assert np.array_equal(s, image_split(ids, 0.15, 0, test_fraction=0.2))
+    assert not np.array_equal(s, image_split(ids, 0.15, 1, test_fraction=0.2))
+    # the main job's split (no test share) is the validation mask, and a test share only takes from it
+    plain = image_split(ids, 0.15, 0)
+    assert set(plain) == {"train", "val"} and np.array_equal(plain == "val", validation_mask(ids, 0.15, 0))
+    assert not ((s == "val") & (plain != "val")).any()
 
 
 def test_bad_collection_is_a_clear_error(tmp_path, capsys):

@@ -143,8 +143,7 @@ def test_parse_loads_registered_models(mixed_folder, model_dirs, sqlite_tracking
     import mlflow
 
     from models.parser import Parser
-    from workflows.heads_training import log_forensic_model
-    from workflows.registry import log_parser
+    from workflows.registry import log_forensic_model, log_parser
 
     d, good, bad = mixed_folder
     parser_dir, forensic_dir = model_dirs

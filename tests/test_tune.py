@@ -10,6 +10,7 @@ import time
 import pytest
 from conftest import REPO_ROOT
 
+from workflows.cli import flat_fields
 from workflows.config import JobConfig
 from workflows.tune_sweep import (
     ABLATIONS,
@@ -30,15 +31,15 @@ def test_space_overrides_and_errors():
 
 
 def test_default_space_brackets_the_paper_weights():
-    paper = JobConfig()
+    paper = flat_fields(JobConfig())
     for k in ("magnitude", "spectrum", "repetitive", "symmetry", "lr"):
         lo, hi = DEFAULT_SPACE[k]
-        assert lo < getattr(paper, k) < hi
+        assert lo < paper[k] < hi
 
 
 def test_ablation_switches_each_constraint_off():
     cfg = JobConfig()
-    assert ablation_weights("all", cfg)["symmetry"] == cfg.symmetry
+    assert ablation_weights("all", cfg)["symmetry"] == cfg.weights.symmetry
     assert ablation_weights("no_spectrum", cfg)["spectrum"] == 0 and ablation_weights("no_spectrum", cfg)["magnitude"] > 0
     assert set(ablation_weights("none", cfg).values()) == {0.0}
     assert len(ABLATIONS) == 6

@@ -44,20 +44,78 @@ def _is_int_tuple(tp: Any) -> bool:
     return typing.get_origin(tp) is tuple and typing.get_args(tp)[:1] == (int,)
 
 
+def nested_fields(cls: type) -> dict[str, type]:
+    """Fields of ``cls`` that are dataclasses themselves (e.g. JobConfig.model) -> their class."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def option_names(cls: type) -> list[str]:
+    """Every flat option of ``cls``: its own fields, then each nested config's fields (one level),
+    plus ``<nested>_preset`` where the nested class has a ``preset(name)`` constructor."""
+    nested = nested_fields(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in nested]
+    for n, sub in nested.items():
+        names += [f"{n}_preset"] * hasattr(sub, "preset") + [f.name for f in dataclasses.fields(sub)]
+    return names
+
+
+def flat_fields(cfg: Any) -> dict[str, Any]:
+    """The config as flat option name -> value (nested configs inlined): what is logged as MLflow
+    params and what ``--config`` files and Tune search spaces name."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out.update(flat_fields(v) if dataclasses.is_dataclass(v) else {f.name: v})
+    return out
+
+
+def with_overrides(cfg: Any, over: dict[str, Any]) -> Any:
+    """``cfg`` with flat overrides (``{"fen_depth": 6, "magnitude": 0.2}``) routed to the nested
+    config that holds each name; ``{"model": {...}}`` (a logged config.json) works too. Lists become
+    tuples. An unknown name is an error."""
+    nested = nested_fields(type(cfg))
+    flat = dict(over)
+    for n in nested:
+        if isinstance(flat.get(n), dict):
+            flat.update(flat.pop(n))
+    flat = {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
+    unknown = sorted(set(flat) - set(option_names(type(cfg))))
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; known: {sorted(option_names(type(cfg)))}")
+    own = {f.name for f in dataclasses.fields(cfg)} - set(nested)
+    top: dict[str, Any] = {k: v for k, v in flat.items() if k in own}
+    for n, sub_cls in nested.items():
+        sub = getattr(cfg, n)
+        if f"{n}_preset" in flat:
+            sub = sub_cls.preset(flat[f"{n}_preset"])
+        sub_names = {f.name for f in dataclasses.fields(sub_cls)}
+        top[n] = dataclasses.replace(sub, **{k: v for k, v in flat.items() if k in sub_names})
+    return dataclasses.replace(cfg, **top)
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, group: str | None = None,
                        skip: tuple[str, ...] = (), presets: dict[str, Any] | None = None) -> None:
-    """One ``--name`` option per field of ``cls`` (default None = keep the preset's value); with
-    ``presets`` (name -> instance), the help shows each preset's value."""
+    """One ``--name`` option per field of ``cls`` and of its nested configs (default None = keep
+    the preset's value); with ``presets`` (name -> instance), the help shows each preset's value."""
     g = parser.add_argument_group(group or cls.__name__)
+    nested = nested_fields(cls)
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
+    for sub in nested.values():
+        hints.update(typing.get_type_hints(sub))
+    for name in option_names(cls):
+        if name in skip:
             continue
-        tp = _field_type(hints[f.name])
+        if name.endswith("_preset") and name[: -len("_preset")] in nested:
+            g.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                           help=f"start the {name[: -len('_preset')]} config from this preset of "
+                                f"{nested[name[: -len('_preset')]].__name__}, then apply the options below")
+            continue
+        tp = _field_type(hints[name])
         kind = (_parse_bool if tp is bool else _int_tuple if _is_int_tuple(tp)
                 else tp if tp in (int, float, str) else str)
-        values = ", ".join(f"{n} {_shown(getattr(c, f.name))}" for n, c in (presets or {}).items())
-        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
+        values = ", ".join(f"{n} {_shown(flat_fields(c)[name])}" for n, c in (presets or {}).items())
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                        help=f"({tp.__name__ if hasattr(tp, '__name__') else tp}) "
                             + (f"presets: {values}" if values else "preset value if omitted"))
 
@@ -87,15 +145,12 @@ def load_overrides(path: str | Path | None) -> dict[str, Any]:
 
 def resolve(preset: Any, args: argparse.Namespace, file_overrides: dict[str, Any] | None = None) -> Any:
     """preset < file overrides < command-line options; unknown file keys are an error."""
-    names = {f.name for f in dataclasses.fields(preset)}
     over = dict(file_overrides or {})
-    unknown = sorted(set(over) - names)
-    if unknown:
-        raise SystemExit(f"error: unknown config keys {unknown}; known: {sorted(names)}")
-    for n in names:
+    for n in option_names(type(preset)):
         v = getattr(args, n, None)
         if v is not None:
             over[n] = v
-    # a JSON/YAML file gives lists where the dataclass holds tuples (frozen, hashable)
-    over = {k: tuple(v) if isinstance(v, list) else v for k, v in over.items()}
-    return dataclasses.replace(preset, **over)
+    try:
+        return with_overrides(preset, over)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None

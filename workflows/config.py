@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 from models.config import ModelConfig
 from models.constraints import ConstraintWeights
@@ -17,19 +16,19 @@ from models.constraints import ConstraintWeights
 CHECKPOINT_POLICIES = ("best", "last")
 
 
+SMOKE_MODEL = ModelConfig.preset("smoke")
+
+
 @dataclass(frozen=True)
 class JobConfig:
+    """How the main job trains and evaluates; the network and the constraint weights are nested
+    configs (``model``, ``weights``) whose fields are options of their own (``--fen-depth``,
+    ``--magnitude``; ``--model-preset`` starts the network from a ModelConfig preset)."""
+
     preset: str = "smoke"
     collection_preset: str = "smoke"  # data_pipeline.build preset used when --collection is not given
-    model_preset: str = "smoke"  # models.config.ModelConfig preset
-    fen_depth: int | None = None  # overrides of the model preset
-    fen_width: int | None = None
-    variant: str = "direct"  # "direct" or "cluster" (journal version)
-    pn_input: str = "fingerprint"  # what the PN reads: fingerprint (paper) | spectrum | both
-    spectral_residual: bool = False  # the spectral branch also reads the image's high-pass residual (not in the paper)
-    image_stats: bool = False  # the PN also reads the image's pixel-value statistics (not in the paper)
-    dropout: float | None = None  # PN dropout; None keeps the model preset's
-    image_size: int = 32
+    model: ModelConfig = SMOKE_MODEL  # the network (FEN + PN), its image size included
+    weights: ConstraintWeights = ConstraintWeights()  # the four constraint weights (PAPER.md, parsing)
     fit_mode: str = "tile"  # images of another size: resize | crop | tile (data_pipeline.preprocess.fit_to_size;
     #                         tile measured best, benchmarks/bench_fit_mode.py)
     epochs: int = 2
@@ -39,10 +38,6 @@ class JobConfig:
     weight_decay: float = 0.0  # Adam's L2 penalty
     loss_balance: bool = False  # class-balanced group / loss-type BCE, weights from the training GMs (not in the paper)
     ema: float = 0.0  # decay of an EMA of the weights, evaluated and kept instead of the last step's (0: off, paper)
-    magnitude: float = 0.1  # the four constraint weights (PAPER.md, parsing)
-    spectrum: float = 0.05
-    repetitive: float = 0.001
-    symmetry: float = 1.0
     folds: int = 2
     num_workers: int = 1
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
@@ -69,22 +64,10 @@ class JobConfig:
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
 
-    def model_config(self) -> ModelConfig:
-        m = ModelConfig.preset(self.model_preset)
-        over: dict[str, Any] = {"image_size": self.image_size, "variant": self.variant}
-        if self.fen_depth:
-            over["fen_depth"] = self.fen_depth
-        if self.fen_width:
-            over["fen_width"] = self.fen_width
-        if self.dropout is not None:
-            over["dropout"] = self.dropout
-        over["pn_input"] = self.pn_input
-        over["image_stats"] = self.image_stats
-        over["spectral_residual"] = self.spectral_residual
-        return replace(m, **over)
-
-    def weights(self) -> ConstraintWeights:
-        return ConstraintWeights(self.magnitude, self.spectrum, self.repetitive, self.symmetry)
+    @property
+    def image_size(self) -> int:
+        """The side the images are fitted to: the network's."""
+        return self.model.image_size
 
     def key(self) -> str:
         """Stable id of what is trained (not of how it runs), used to name resumable runs."""
@@ -103,12 +86,13 @@ JOB_PRESETS: dict[str, JobConfig] = {
     # 2 torch threads; measured against
     # the paper's settings in README "What differs from the paper"
     "default": JobConfig(
-        preset="default", collection_preset="default", model_preset="smoke", fen_depth=6, fen_width=24,
-        image_size=32, epochs=12, epoch_fraction=0.3, batch_size=64, folds=4, pn_input="branch",
-        spectral_residual=True, image_stats=True, checkpoint="last", ema=0.99, threads=2,
+        preset="default", collection_preset="default",
+        model=replace(SMOKE_MODEL, fen_depth=6, fen_width=24, pn_input="branch", spectral_residual=True,
+                      image_stats=True),
+        epochs=12, epoch_fraction=0.3, batch_size=64, folds=4, checkpoint="last", ema=0.99, threads=2,
     ),
     "paper": JobConfig(
-        preset="paper", collection_preset="large", model_preset="paper", image_size=64, epochs=20,
+        preset="paper", collection_preset="large", model=ModelConfig.preset("paper"), epochs=20,
         batch_size=16, lr=1e-4, folds=4, num_workers=4, n_shuffles=100, cache_decoded=False,
     ),
 }

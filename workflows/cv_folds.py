@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from data_pipeline.collection import REAL_GM_ID, Collection, open_collection  # noqa: E402
 from data_pipeline.folds import Fold, gm_folds, holdout_gms  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
-from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
+from workflows.cli import add_dataclass_args, flat_fields, load_overrides, resolve  # noqa: E402
 from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
 from workflows.job import Job, start_job  # noqa: E402
 from workflows.progress import FoldProgress  # noqa: E402
@@ -68,7 +68,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def flat_params(cfg: JobConfig) -> dict[str, Any]:
-    return {k: ("" if v is None else v) for k, v in dataclasses.asdict(cfg).items()}
+    """MLflow params: one per option (the nested model and weights inlined, as on the command line)."""
+    return {k: ("" if v is None else ",".join(map(str, v)) if isinstance(v, tuple) else v)
+            for k, v in flat_fields(cfg).items()}
 
 
 def metric_key(level: str, name: str, kind: str = "test") -> str:
@@ -176,7 +178,7 @@ def evaluate_fold(col: Collection, fold: Fold, cfg: JobConfig, state: dict[str, 
     from workflows.figures import discrete_confusion, log_figure
     from workflows.inference import predict_dataset
 
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.model
     test_ds = image_dataset(col, fold.test_gms, split="all", size=cfg.image_size, val_fraction=cfg.val_fraction,
                             seed=cfg.seed)
     pred, targets, gm_ids, _, _ = predict_dataset(test_ds, model_cfg, state, use_gpu=use_gpu)
@@ -320,7 +322,7 @@ def final_parser(job: Job, cfg: JobConfig, run_name: str, ids: tuple[str, str, s
     with FoldProgress("final", cfg.epochs) as bar:
         final = run_fold(col, Fold(-1, tuple(col.fake_gms["gm_id"]), ()), cfg, run_name, job.storage, job.use_gpu,
                          evaluate=False, parent=ids, progress=bar.queue)
-    model = ParsingModel(cfg.model_config())
+    model = ParsingModel(cfg.model)
     model.load_state_dict(final["state"])
     parser = Parser(model.eval(), col.ranges)
     if cfg.register:

@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError  # noqa: E402
 from data_pipeline.folds import Fold, gm_folds  # noqa: E402
+from models.constraints import ConstraintWeights  # noqa: E402
 from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
 from workflows.job import start_job  # noqa: E402
 from workflows.progress import FoldProgress  # noqa: E402
@@ -66,10 +67,7 @@ class ForensicsConfig:
     batch_size: int = 32
     lr: float = 1e-3
     task_scale: float = 10.0  # task losses x this against the constraints (PAPER.md)
-    magnitude: float = 0.01  # the constraint weights for detection / attribution (PAPER.md)
-    spectrum: float = 0.05
-    repetitive: float = 0.001
-    symmetry: float = 0.1
+    weights: ConstraintWeights = ConstraintWeights.detection()  # for detection / attribution (PAPER.md)
     folds: int = 2
     num_workers: int = 1
     use_gpu: bool | None = None
@@ -84,10 +82,6 @@ class ForensicsConfig:
     max_failures: int = 2
     cache_decoded: bool = True  # materialize decoded images once per training run (small collections)
     register: bool = True
-
-    def weights(self) -> dict[str, float]:
-        return {"magnitude": self.magnitude, "spectrum": self.spectrum, "repetitive": self.repetitive,
-                "symmetry": self.symmetry}
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
@@ -134,7 +128,6 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
     import mlflow
 
     from data_pipeline.ray_data import shuffle_each_epoch
-    from models.constraints import ConstraintWeights
     from models.forensics import balanced_class_weights, n_params
     from workflows.figures import heads_learning_curves, log_figure
     from workflows.heads_training import HeadsTask, fit_heads, train_dataset
@@ -152,7 +145,7 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
     counts = col.read_images(classes, columns=["gm_id"]).column("gm_id").value_counts().to_pylist()
     per_class = {str(d["values"]): int(d["counts"]) for d in counts}
     source_weight = balanced_class_weights([per_class.get(c, 0) for c in classes])
-    task = HeadsTask(specs, ConstraintWeights.from_dict(cfg.weights()), cfg.task_scale, source_weight)
+    task = HeadsTask(specs, cfg.weights, cfg.task_scale, source_weight)
     name = f"{run_name}-{label}"
     t0 = time.time()
     with FoldProgress(label, cfg.epochs) as bar:
@@ -230,7 +223,7 @@ def run_final(col: Collection, cfg: ForensicsConfig, run_name: str, storage: str
     from models.forensics import MODEL_NAMES, ForensicModel
     from models.metrics import attribution_metrics
     from workflows.figures import confusion_figure, log_figure
-    from workflows.heads_training import log_forensic_model
+    from workflows.registry import log_forensic_model
 
     classes = [*sorted(col.fake_gms["gm_id"]), REAL_GM_ID]
     with mlflow.start_run(run_name="final", nested=True, tags={"fold": "final"}) as run:

@@ -10,29 +10,24 @@ the same optimizer settings and epochs (so the comparison is "same budget, same 
 
 ``HeadsTask`` is what the one training loop (``workflows.loop``) trains for forensics: a
 checkpoint every epoch with each model's best state so far by its own validation score,
-rank-0 MLflow logging, exact resume after a worker death. ``ForensicPyfunc`` is the MLflow
-face of ``models.forensics.ForensicModel`` (state dict + JSON, loaded with ``weights_only=True``).
+rank-0 MLflow logging, exact resume after a worker death. Their MLflow packaging is in
+``workflows.registry`` with the parser's.
 
-Image splits (by a seeded hash of the image id, so every worker agrees):
-``test`` = ``is_validation_image(id, test_fraction, seed)``; ``val`` (checkpoint selection)
-= not test and ``is_validation_image(id, val_fraction, seed + 1)``; ``train`` = the rest.
+Image splits: ``data_pipeline.folds.image_split`` (the main job's too) with a test share:
+``test`` (held-out images), ``val`` (checkpoint selection), ``train`` = the rest.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from data_pipeline.schema import SCHEMA_VERSION
 from models.constraints import ConstraintWeights
 from models.forensics import (
     PERTURBATIONS,
@@ -46,95 +41,13 @@ from models.forensics import (
 )
 from workflows.loop import Fitted, LoopConfig, fit
 
-# --- MLflow packaging ----------------------------------------------------------------------------
-try:
-    import mlflow.pyfunc as _pyfunc
-
-    _PythonModel: type = _pyfunc.PythonModel
-except Exception:  # pragma: no cover - mlflow is a dependency; keep torch-only use possible
-    _PythonModel = object
-
-
-class ForensicPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
-    """pyfunc face of :class:`ForensicModel`: uint8 [N,H,W,3] -> a table per image.
-
-    role 'detector': fake_prob; role 'attributor': source, source_prob, fake_prob.
-    """
-
-    def __init__(self, role: str = "detector") -> None:
-        if role not in ("detector", "attributor"):
-            raise ValueError(f"role must be detector or attributor, got {role!r}")
-        self.role = role
-
-    def load_context(self, context) -> None:
-        self.model = ForensicModel.load(context.artifacts["forensic"])
-
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        images = np.asarray(model_input)
-        if images.ndim == 3:
-            images = images[None]
-        out = self.model.predict(images.astype(np.uint8))
-        df = pd.DataFrame({"fake_prob": out["fake_prob"].astype(np.float64)})
-        if self.role == "attributor":
-            if "source_probs" not in out:
-                raise ValueError("this forensic model has no attribution head")
-            probs = out["source_probs"]
-            df.insert(0, "source_prob", probs.max(axis=1).astype(np.float64))
-            df.insert(0, "source", [self.model.sources[i] for i in probs.argmax(axis=1)])
-        return df
-
-
-def log_forensic_model(model: ForensicModel, role: str, register_as: str | None, alias: str = "champion",
-                       tags: dict[str, str] | None = None) -> tuple[str, str | None]:
-    """Log ``model`` as a pyfunc into the active run (artifact name = role), register it and
-    point ``alias`` at the new version. Returns (model_uri, version or None)."""
-    import mlflow
-
-    from data_pipeline.paths import REPO_ROOT
-
-    size = model.image_size
-    example = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = model.save(Path(tmp) / "forensic")
-        wrapper = ForensicPyfunc(role)
-        wrapper.model = model
-        output = wrapper.predict(None, example)
-        del wrapper.model
-        info = mlflow.pyfunc.log_model(
-            name=role, python_model=wrapper, artifacts={"forensic": str(bundle)},
-            signature=mlflow.models.infer_signature(example, output), input_example=example,
-            code_paths=[str(REPO_ROOT / p) for p in ("models", "data_pipeline", "workflows")],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "pillow",
-                              "scikit-learn", "torchvision", f"mlflow=={mlflow.__version__}"],
-        )
-    version = None
-    if register_as:
-        mv = mlflow.register_model(info.model_uri, register_as)
-        client = mlflow.MlflowClient()
-        all_tags = {"schema_version": SCHEMA_VERSION, "role": role, "kind": model.spec.kind,
-                    "sources": json.dumps(model.sources), **(tags or {})}
-        for k, v in all_tags.items():
-            client.set_model_version_tag(register_as, mv.version, k, str(v))
-        client.set_registered_model_alias(register_as, alias, mv.version)
-        version = str(mv.version)
-    return info.model_uri, version
-
 
 # --- data -------------------------------------------------------------------------------------------
-def split_of(image_ids: np.ndarray, test_fraction: float, val_fraction: float, seed: int) -> np.ndarray:
-    """'train' / 'val' / 'test' per image id (seeded hashes; see module docstring)."""
-    from data_pipeline.folds import validation_mask
-
-    test = validation_mask(image_ids, test_fraction, seed)
-    val = ~test & validation_mask(image_ids, val_fraction, seed + 1)
-    return np.where(test, "test", np.where(val, "val", "train"))
-
-
 def _keep_split(batch: dict[str, np.ndarray], part: str, test_fraction: float, val_fraction: float,
                 seed: int) -> dict[str, np.ndarray]:
-    keep = split_of(batch["image_id"], test_fraction, val_fraction, seed) == part
+    from data_pipeline.folds import image_split
+
+    keep = image_split(batch["image_id"], val_fraction, seed, test_fraction) == part
     return {k: v[keep] for k, v in batch.items()}
 
 

@@ -145,6 +145,15 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return out
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """What a file may be before it is skipped (too large, too small)."""
+
+    max_pixels: int = MAX_PIXELS
+    min_side: int = MIN_SIDE
+    max_bytes: int = MAX_FILE_BYTES
+
+
 def read_image(path: str, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES,
                min_side: int = MIN_SIDE) -> tuple[np.ndarray | None, str]:
     """-> (uint8 [H,W,3], '') or (None, why it was skipped). Never raises for a bad file."""
@@ -190,13 +199,13 @@ def read_image(path: str, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FIL
 class ImagePredictor:
     """Paths -> one JSON-able result per path. Used locally and as a Ray Data actor."""
 
-    def __init__(self, models: LoadedModels, limits: dict[str, int] | None = None, threads: int = 0,
+    def __init__(self, models: LoadedModels, limits: ReadLimits = ReadLimits(), threads: int = 0,
                  fit_mode: str = "tile"):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.limits = limits or {}
+        self.limits = limits
         self.fit_mode = fit_mode
         self.parser, self.detector, self.attributor = models.parser, models.detector, models.attributor
 
@@ -232,7 +241,7 @@ class ImagePredictor:
         results: list[dict[str, Any]] = []
         ok: list[tuple[int, np.ndarray]] = []
         for p in paths:
-            img, why = read_image(p, **self.limits)
+            img, why = read_image(p, self.limits.max_pixels, self.limits.max_bytes, self.limits.min_side)
             r: dict[str, Any] = {"path": str(p), "status": "ok" if img is not None else "skipped"}
             if img is None:
                 r["reason"] = why
@@ -254,7 +263,7 @@ class ImagePredictor:
 
 
 def parse_files(paths: list[Path], models: LoadedModels, batch_size: int = 32, ray_threshold: int = 64,
-                limits: dict[str, int] | None = None, actors: int = 1,
+                limits: ReadLimits = ReadLimits(), actors: int = 1,
                 fit_mode: str = "tile") -> tuple[list[dict[str, Any]], str]:
     """-> (one result per path in input order, 'local' or 'ray')."""
     strs = [str(p) for p in paths]
@@ -410,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             die(str(e))
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
-    limits = {"max_pixels": args.max_pixels, "min_side": args.min_side}
+    limits = ReadLimits(max_pixels=args.max_pixels, min_side=args.min_side)
     t_parse = time.time()
     results, mode = parse_files(paths, models, args.batch_size, args.ray_threshold, limits, args.actors, args.fit_mode)
     t_end = time.time()

@@ -1,12 +1,14 @@
-"""MLflow model packaging: the parser as a pyfunc model in the registry.
+"""MLflow model packaging: every registered model (the parser, the detector, the attributor) as a pyfunc.
 
 ``mlflow.pyfunc.load_model("models:/gm-parser@champion").predict(images)`` takes uint8
-images [N, H, W, 3] and returns one row of named hyperparameters per image. The model is
-logged with the project's code (``code_paths``), so it loads without this checkout.
+images [N, H, W, 3] and returns one row of named hyperparameters per image; ``gm-detector`` a
+fake probability per image, ``gm-attributor`` the nearest known GM too. Each model is logged
+with the project's code (``code_paths``), so it loads without this checkout.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,12 @@ def flatten_prediction(row: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def as_images(model_input: Any) -> np.ndarray:
+    """A pyfunc's input as uint8 [N, H, W, 3] (one [H, W, 3] image becomes a batch of one)."""
+    images = np.asarray(model_input)
+    return (images[None] if images.ndim == 3 else images).astype(np.uint8)
+
+
 class ParserPyfunc(mlflow.pyfunc.PythonModel):
     """pyfunc face of models.parser.Parser: uint8 [N, H, W, 3] images of any size, each read at
     native resolution through its tiles (the default of cv_folds and parse.py)."""
@@ -49,10 +57,7 @@ class ParserPyfunc(mlflow.pyfunc.PythonModel):
         self.parser = Parser.load(context.artifacts["parser"])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        images = np.asarray(model_input)
-        if images.ndim == 3:
-            images = images[None]
-        rows = self.parser.describe(self.parser.predict_fitted(images.astype(np.uint8)))
+        rows = self.parser.describe(self.parser.predict_fitted(as_images(model_input)))
         return pd.DataFrame([flatten_prediction(r) for r in rows])
 
 
@@ -66,39 +71,83 @@ def any_size_signature(example: np.ndarray, output: pd.DataFrame) -> mlflow.mode
                                         inferred.outputs)
 
 
+class ForensicPyfunc(mlflow.pyfunc.PythonModel):
+    """pyfunc face of models.forensics.ForensicModel: uint8 [N,H,W,3] -> a table per image.
+
+    role 'detector': fake_prob; role 'attributor': source, source_prob, fake_prob.
+    """
+
+    def __init__(self, role: str = "detector") -> None:
+        if role not in ("detector", "attributor"):
+            raise ValueError(f"role must be detector or attributor, got {role!r}")
+        self.role = role
+
+    def load_context(self, context) -> None:
+        from models.forensics import ForensicModel
+
+        self.model = ForensicModel.load(context.artifacts["forensic"])
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        out = self.model.predict(as_images(model_input))
+        df = pd.DataFrame({"fake_prob": out["fake_prob"].astype(np.float64)})
+        if self.role == "attributor":
+            if "source_probs" not in out:
+                raise ValueError("this forensic model has no attribution head")
+            probs = out["source_probs"]
+            df.insert(0, "source_prob", probs.max(axis=1).astype(np.float64))
+            df.insert(0, "source", [self.model.sources[i] for i in probs.argmax(axis=1)])
+        return df
+
+
+def _log_and_register(wrapper: mlflow.pyfunc.PythonModel, loaded: str, model: Any, bundle_name: str, size: int,
+                      name: str, register_as: str | None, alias: str, tags: dict[str, str],
+                      any_size: bool = False) -> tuple[str, str | None]:
+    """Save ``model`` (it has ``save(dir)``), log ``wrapper`` over it into the active run with the
+    project's code, an example and a signature measured on that example; register it with
+    ``tags`` and point ``alias`` at the new version. ``loaded`` is the attribute ``load_context``
+    sets. Returns (model_uri, version or None)."""
+    import torch
+
+    example = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = model.save(Path(tmp) / bundle_name)
+        setattr(wrapper, loaded, model)
+        output = wrapper.predict(None, example)
+        delattr(wrapper, loaded)
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=wrapper, artifacts={bundle_name: str(bundle)},
+            signature=(any_size_signature if any_size else mlflow.models.infer_signature)(example, output),
+            input_example=example,
+            code_paths=[str(REPO_ROOT / p) for p in ("models", "data_pipeline", "workflows")],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "pillow",
+                              "scikit-learn", "torchvision", f"mlflow=={mlflow.__version__}"],
+        )
+    version = None
+    if register_as:
+        mv = mlflow.register_model(info.model_uri, register_as)
+        client = mlflow.MlflowClient()
+        for k, v in {"schema_version": SCHEMA_VERSION, **tags}.items():
+            client.set_model_version_tag(register_as, mv.version, k, str(v))
+        client.set_registered_model_alias(register_as, alias, mv.version)
+        version = str(mv.version)
+    return info.model_uri, version
+
+
 def log_parser(parser, name: str = "parser", register_as: str | None = PARSER_NAME, alias: str = CHAMPION,
                tags: dict[str, str] | None = None) -> tuple[str, str | None]:
     """Log ``parser`` into the active run; register it and point ``alias`` at the new version.
 
     Returns (model_uri, registered version or None).
     """
-    import torch
+    return _log_and_register(ParserPyfunc(), "parser", parser, "parser", parser.config.image_size, name,
+                             register_as, alias, {"ranges": str(parser.ranges.to_dict()), **(tags or {})},
+                             any_size=True)
 
-    size = parser.config.image_size
-    example = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
-    with tempfile.TemporaryDirectory() as tmp:
-        parser_dir = parser.save(Path(tmp) / "parser")
-        wrapper = ParserPyfunc()
-        wrapper.parser = parser
-        output = wrapper.predict(None, example)
-        del wrapper.parser
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=wrapper,
-            artifacts={"parser": str(parser_dir)},
-            signature=any_size_signature(example, output),
-            input_example=example,
-            code_paths=[str(REPO_ROOT / p) for p in ("models", "data_pipeline", "workflows")],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "pillow",
-                              "scikit-learn", f"mlflow=={mlflow.__version__}"],
-        )
-    version = None
-    if register_as:
-        mv = mlflow.register_model(info.model_uri, register_as)
-        client = mlflow.MlflowClient()
-        all_tags = {"schema_version": SCHEMA_VERSION, "ranges": str(parser.ranges.to_dict()), **(tags or {})}
-        for k, v in all_tags.items():
-            client.set_model_version_tag(register_as, mv.version, k, v)
-        client.set_registered_model_alias(register_as, alias, mv.version)
-        version = str(mv.version)
-    return info.model_uri, version
+
+def log_forensic_model(model, role: str, register_as: str | None, alias: str = CHAMPION,
+                       tags: dict[str, str] | None = None) -> tuple[str, str | None]:
+    """Log a ``ForensicModel`` as the ``role`` pyfunc (detector or attributor) into the active run
+    (artifact name = role), register it and point ``alias`` at the new version."""
+    return _log_and_register(ForensicPyfunc(role), "model", model, "forensic", model.image_size, role, register_as,
+                             alias, {"role": role, "kind": model.spec.kind, "sources": json.dumps(model.sources),
+                                     **(tags or {})})

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models.config import ModelConfig
 from models.constraints import ConstraintWeights
 from workflows.loop import LoopConfig, fit
+
+if TYPE_CHECKING:
+    from workflows.config import JobConfig
 
 TRAIN_COLUMNS = ["image", "continuous", "discrete", "loss", "group"]
 
@@ -104,18 +107,17 @@ class FoldResult:
     checkpoint_path: str
 
 
-def parsing_task(cfg, train_targets, fault_marker: str | None = None, mlflow_run_id: str | None = None,
+def parsing_task(cfg: JobConfig, train_targets, fault_marker: str | None = None, mlflow_run_id: str | None = None,
                  progress: Any = None) -> tuple[ParsingTask, LoopConfig]:
     """The task and the loop settings from a ``JobConfig`` and the training GMs' labels (one row per GM)."""
     import mlflow
 
     from models.pn import binary_weights, class_weights, fit_clusters
 
-    model_cfg = cfg.model_config()
     task = ParsingTask(
-        model_cfg, cfg.weights(), tuple(w.numpy() for w in class_weights(train_targets)),
+        cfg.model, cfg.weights, tuple(w.numpy() for w in class_weights(train_targets)),
         {k: w.numpy() for k, w in binary_weights(train_targets).items()} if cfg.loss_balance else None,
-        fit_clusters(train_targets, model_cfg.n_clusters, cfg.seed) if cfg.variant == "cluster" else None,
+        fit_clusters(train_targets, cfg.model.n_clusters, cfg.seed) if cfg.model.variant == "cluster" else None,
     )
     loop = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                       weight_decay=cfg.weight_decay, ema=cfg.ema, keep=cfg.checkpoint, threads=cfg.threads,

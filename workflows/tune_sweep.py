@@ -16,11 +16,11 @@ of the sweep's parent run (Train V2 takes no Tune callbacks, so rank 0 logs itse
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from data_pipeline.collection import Collection, open_collection  # noqa: E402
 from data_pipeline.folds import gm_folds  # noqa: E402
-from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
+from workflows.cli import add_dataclass_args, flat_fields, load_overrides, resolve, with_overrides  # noqa: E402
 from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
 from workflows.job import start_job  # noqa: E402
 from workflows.runtime import die  # noqa: E402
@@ -71,7 +71,7 @@ def parse_space(overrides: list[str] | None) -> dict[str, tuple[float, float]]:
 
 
 def ablation_weights(name: str, cfg: JobConfig) -> dict[str, float]:
-    w = {k: getattr(cfg, k) for k in WEIGHTS}
+    w = cfg.weights.to_dict()
     if name == "none":
         return dict.fromkeys(WEIGHTS, 0.0)
     if name.startswith("no_"):
@@ -104,7 +104,24 @@ def _trial_mlflow_run(parent_id: str, experiment_id: str, trial_id: str, params:
     return run.info.run_id
 
 
-def trial_fn(config: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class SweepSetup:
+    """What every trial of a sweep shares, handed to trials by ``tune.with_parameters`` (typed,
+    frozen); Tune's own config holds only the sampled values (and the ablation's name)."""
+
+    job: JobConfig
+    collection: str
+    train_gms: tuple[str, ...]
+    val_gms: tuple[str, ...]
+    parent_run_id: str
+    experiment_id: str
+    sweep_name: str
+    storage_path: str
+    use_gpu: bool
+    tracking_uri: str
+
+
+def trial_fn(config: dict[str, Any], setup: SweepSetup) -> None:
     """One Tune trial: a TorchTrainer with this trial's weights, reporting to Tune each epoch."""
     import mlflow
     import ray.tune
@@ -114,29 +131,28 @@ def trial_fn(config: dict[str, Any]) -> None:
     from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
     from workflows.training import fit_fold, parsing_task
 
-    mlflow.set_tracking_uri(config["tracking_uri"])
+    mlflow.set_tracking_uri(setup.tracking_uri)
     trial_id = ray.tune.get_context().get_trial_id()
-    base = JobConfig(**config["job"])
     over = {k: config[k] for k in (*WEIGHTS, "lr") if k in config}
     if "ablation" in config:
-        over.update(ablation_weights(config["ablation"], base))
-    cfg = dataclasses.replace(base, **over)
-    col = open_collection(config["collection"])
+        over.update(ablation_weights(config["ablation"], setup.job))
+    cfg = with_overrides(setup.job, over)
+    col = open_collection(setup.collection)
     params = {**over, **({"ablation": config["ablation"]} if "ablation" in config else {})}
-    run_id = _trial_mlflow_run(config["parent_run_id"], config["experiment_id"], trial_id, params)
-    task, loop = parsing_task(cfg, col.targets(config["train_gms"]), mlflow_run_id=run_id)
+    run_id = _trial_mlflow_run(setup.parent_run_id, setup.experiment_id, trial_id, params)
+    task, loop = parsing_task(cfg, col.targets(list(setup.train_gms)), mlflow_run_id=run_id)
     ds_args = {"size": cfg.image_size, "seed": cfg.seed}
-    train_ds = image_dataset(col, config["train_gms"], split="all", **ds_args)
-    val_ds = image_dataset(col, config["val_gms"], split="all", **ds_args)
+    train_ds = image_dataset(col, list(setup.train_gms), split="all", **ds_args)
+    val_ds = image_dataset(col, list(setup.val_gms), split="all", **ds_args)
     if cfg.cache_decoded:  # as in the main job: decode once, not once per epoch
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
     train_ds = shuffle_each_epoch(train_ds, cfg.seed, cfg.epoch_fraction)  # shards hold one GM each: mix them
-    res = fit_fold(f"{config['sweep_name']}-trial-{trial_id}", task, loop, train_ds, val_ds,
-                   storage_path=config["storage_path"], num_workers=cfg.num_workers, use_gpu=config["use_gpu"],
+    res = fit_fold(f"{setup.sweep_name}-trial-{trial_id}", task, loop, train_ds, val_ds,
+                   storage_path=setup.storage_path, num_workers=cfg.num_workers, use_gpu=setup.use_gpu,
                    cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=1, max_failures=cfg.max_failures,
                    callbacks=[TuneReportCallback()])
-    log_gm_level(run_id, val_ds, cfg, res.state, col, config["use_gpu"])
-    MlflowClient(config["tracking_uri"]).set_terminated(run_id, "FINISHED")
+    log_gm_level(run_id, val_ds, cfg, res.state, col, setup.use_gpu)
+    MlflowClient(setup.tracking_uri).set_terminated(run_id, "FINISHED")
 
 
 def log_gm_level(run_id: str, val_ds, cfg: JobConfig, state: dict[str, Any], col: Collection, use_gpu: bool) -> None:
@@ -148,7 +164,7 @@ def log_gm_level(run_id: str, val_ds, cfg: JobConfig, state: dict[str, Any], col
     from models.metrics import evaluate_parsing
     from workflows.inference import predict_dataset
 
-    pred, targets, gm_ids, _, _ = predict_dataset(val_ds, cfg.model_config(), state, use_gpu=use_gpu)
+    pred, targets, gm_ids, _, _ = predict_dataset(val_ds, cfg.model, state, use_gpu=use_gpu)
     gm = evaluate_parsing(pred, targets, gm_ids, col.ranges, n_shuffles=cfg.n_shuffles, seed=cfg.seed)["gm"]
     metrics = {f"gm.{k}": v for k, v in gm.model.items()} | {f"baseline.gm.{k}": v for k, v in gm.baseline.items()}
     ts = int(time.time() * 1000)
@@ -230,17 +246,13 @@ def main(argv: list[str] | None = None) -> int:
                   else mlflow.start_run(run_name=sweep_name, tags={"sweep": sweep_name}))
     t0 = time.time()
     with parent_ctx as parent:
-        fixed = {
-            "job": dataclasses.asdict(cfg), "collection": col.path, "train_gms": list(train_gms),
-            "val_gms": list(val_gms), "parent_run_id": parent.info.run_id, "experiment_id": exp.experiment_id,
-            "sweep_name": sweep_name, "storage_path": storage, "use_gpu": use_gpu,
-            "tracking_uri": mlflow.get_tracking_uri(),
-        }
+        setup = SweepSetup(cfg, col.path, tuple(train_gms), tuple(val_gms), parent.info.run_id, exp.experiment_id,
+                           sweep_name, storage, bool(use_gpu), mlflow.get_tracking_uri())
         if not resuming:
             mlflow.log_params({"num_samples": args.num_samples, "search": args.search, "ablation": args.ablation,
                                "train_gms": len(train_gms), "val_gms": len(val_gms), "collection": col.path})
             mlflow.log_dict({k: list(v) for k, v in space.items()}, "search_space.json")
-        tuner = make_tuner(args, cfg, space, fixed, sweep_path if resuming else None)
+        tuner = make_tuner(args, space, setup, sweep_path if resuming else None)
         grid = tuner.fit()
         expected = len(ABLATIONS) if args.ablation else args.num_samples
         if len(grid) < expected:  # Ctrl-C: Tune saved its state and returned early
@@ -252,20 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def make_tuner(args, cfg: JobConfig, space: dict[str, tuple[float, float]], fixed: dict[str, Any],
-               restore_from: str | None):
+def make_tuner(args, space: dict[str, tuple[float, float]], setup: SweepSetup, restore_from: str | None):
     """The Tuner: restored from ``restore_from``, else the ablation grid or the weight search
     (random or Optuna, with ASHA stopping weak trials early)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    sweep_name, storage = fixed["sweep_name"], fixed["storage_path"]
-    trainable = tune.with_resources(trial_fn, {"CPU": 0.5})
+    cfg, sweep_name, storage = setup.job, setup.sweep_name, setup.storage_path
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, setup=setup), {"CPU": 0.5})
     if restore_from:
         return tune.Tuner.restore(restore_from, trainable=trainable, resume_errored=True)
     if args.ablation:
         return tune.Tuner(
-            trainable, param_space={**fixed, "ablation": tune.grid_search(list(ABLATIONS))},
+            trainable, param_space={"ablation": tune.grid_search(list(ABLATIONS))},
             tune_config=tune.TuneConfig(metric="val_score", mode="max", max_concurrent_trials=args.max_concurrent),
             run_config=tune.RunConfig(name=sweep_name, storage_path=storage, verbose=1),
         )
@@ -275,9 +286,9 @@ def make_tuner(args, cfg: JobConfig, space: dict[str, tuple[float, float]], fixe
         from ray.tune.search.optuna import OptunaSearch
 
         search = OptunaSearch(seed=cfg.seed,
-                              points_to_evaluate=[{k: getattr(cfg, k) for k in space}])  # the paper's weights first
+                              points_to_evaluate=[{k: flat_fields(cfg)[k] for k in space}])  # the paper's weights first
     return tune.Tuner(
-        trainable, param_space={**fixed, **params},
+        trainable, param_space=params,
         tune_config=tune.TuneConfig(
             metric="val_score", mode="max", num_samples=args.num_samples, search_alg=search,
             # max_t one past the last epoch: a full-length trial ends by itself (its run FINISHED),
@@ -310,7 +321,7 @@ def report_sweep(args, cfg: JobConfig, space: dict[str, tuple[float, float]], gr
     Path(args.out).write_text(json.dumps(best_cfg, indent=2))
     mlflow.log_dict(best_cfg, "best_config.json")
     mlflow.log_metric("best_val_score", float(best.metrics["val_score"]))
-    log_figure(objective_figure(df, list(space), cfg.epochs, {k: getattr(cfg, k) for k in space}),
+    log_figure(objective_figure(df, list(space), cfg.epochs, {k: flat_fields(cfg)[k] for k in space}),
                "figures/objective_vs_weights.png")
     cols = ["trial_id", "val_score", *[f"config/{k}" for k in space if f"config/{k}" in df]]
     print(df[cols].sort_values("val_score", ascending=False).to_string(index=False))
