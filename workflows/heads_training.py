@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -168,12 +169,12 @@ def fit_heads(name: str, task: HeadsTask, loop: LoopConfig, train_ds, val_ds, *,
 
 # --- batch evaluation (Ray Data actor pool) -----------------------------------------------------
 class EvalBatch:
-    """Ray Data actor: undecoded rows -> per model and perturbation the fake probability, plus
-    (clean images) source probabilities and the linking features of every kind."""
+    """Predictor (run by ``workflows.inference.BatchActor``): undecoded rows -> per model and
+    perturbation the fake probability, plus (clean images) source probabilities and the linking
+    features of every kind."""
 
     def __init__(self, bundles: dict[str, tuple[ForensicSpec, dict[str, Any]]], jpeg_quality: int = 75,
                  resize_factor: float = 0.5, perturbations: Sequence[str] = PERTURBATIONS):
-        torch.set_num_threads(1)
         self.models = {n: ForensicModel.from_state(spec, state) for n, (spec, state) in bundles.items()}
         self.jpeg_quality, self.resize_factor = jpeg_quality, resize_factor
         self.perturbations = tuple(perturbations)
@@ -207,8 +208,8 @@ def evaluate_dataset(ds, bundles: dict[str, tuple[ForensicSpec, dict[str, Any]]]
     """Every row of ``ds`` through an EvalBatch actor pool -> concatenated columns."""
     from workflows.inference import map_columns
 
-    c = map_columns(ds, EvalBatch, {"bundles": bundles, "jpeg_quality": jpeg_quality, "resize_factor": resize_factor},
-                    batch_size=batch_size, actors=actors, use_gpu=use_gpu)
+    c = map_columns(ds, partial(EvalBatch, bundles, jpeg_quality, resize_factor), batch_size=batch_size,
+                    actors=actors, use_gpu=use_gpu)
     c["gm_id"], c["image_id"] = c["gm_id"].astype(str), c["image_id"].astype(str)
     c["is_fake"] = c["is_fake"].astype(np.int64)
     return c

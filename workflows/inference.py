@@ -1,10 +1,16 @@
-"""Batch inference with Ray Data: a pool of actors each holding the model once.
+"""Batch inference with Ray Data: one actor class (``BatchActor``) for every job, a pool of them
+each holding its predictor once.
 
-Used for the folds' test GMs, the final evaluation and ``parse.py`` on many images.
+A predictor is any ``batch dict -> batch dict`` callable, built inside the actor from a picklable
+factory (``functools.partial``): ``PredictBatch`` here (the parser on decoded images: the folds'
+test GMs, Tune's validation GMs), ``heads_training.EvalBatch`` (forensics) and
+``parse.ImagePredictor`` (image files).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -12,16 +18,41 @@ import numpy as np
 from data_pipeline.schema import TargetArrays
 from models.config import ModelConfig
 
+Batch = dict[str, np.ndarray]
+
+
+class BatchActor:
+    """The Ray Data actor of every batch-inference job: builds its predictor once (``make()``,
+    with one torch thread per actor: the pool gives the parallelism), then maps batches through it."""
+
+    def __init__(self, make: Callable[[], Callable[[Batch], Batch]], threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.predict = make()
+
+    def __call__(self, batch: Batch) -> Batch:
+        return self.predict(batch)
+
+
+def actor_pool(ds, make: Callable[[], Callable[[Batch], Batch]], *, batch_size: int, actors: int = 1,
+               use_gpu: bool = False):
+    """``ds`` mapped through a pool of ``actors`` BatchActors (one GPU each when used), lazily."""
+    import ray.data
+
+    return ds.map_batches(BatchActor, fn_constructor_kwargs={"make": make}, batch_size=batch_size,
+                          batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                          num_gpus=1 if use_gpu else 0, num_cpus=1)
+
 
 class PredictBatch:
-    """Ray Data actor: normalized image batch -> parser probabilities (+ passthrough columns)."""
+    """Predictor: normalized image batch -> parser probabilities (+ passthrough columns)."""
 
     def __init__(self, model_config: ModelConfig, state: dict[str, Any], use_gpu: bool = False):
         import torch
 
         from models.parser import ParsingModel
 
-        torch.set_num_threads(1)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = ParsingModel(model_config)
         self.model.load_state_dict(state)
@@ -49,8 +80,8 @@ def predict_dataset(ds, model_config: ModelConfig, state: dict[str, Any], use_gp
     """-> (Predictions, TargetArrays, gm_ids, image_ids, is_fake) over every row of ``ds``."""
     from models.predictions import Predictions
 
-    c = map_columns(ds, PredictBatch, {"model_config": model_config, "state": state, "use_gpu": use_gpu},
-                    batch_size=batch_size, actors=actors, use_gpu=use_gpu)
+    c = map_columns(ds, partial(PredictBatch, model_config, state, use_gpu), batch_size=batch_size, actors=actors,
+                    use_gpu=use_gpu)
     n_disc = sum(1 for k in c if k.startswith("pred_discrete_"))
     pred = Predictions(c["pred_continuous"], tuple(c[f"pred_discrete_{j}"] for j in range(n_disc)),
                        c["pred_group"], c["pred_loss"])
@@ -58,14 +89,11 @@ def predict_dataset(ds, model_config: ModelConfig, state: dict[str, Any], use_gp
     return pred, targets, c["gm_id"].astype(str), c["image_id"].astype(str), c["is_fake"]
 
 
-def map_columns(ds, actor: type, kwargs: dict[str, Any], *, batch_size: int, actors: int = 1,
+def map_columns(ds, make: Callable[[], Callable[[Batch], Batch]], *, batch_size: int, actors: int = 1,
                 use_gpu: bool = False) -> dict[str, np.ndarray]:
-    """Every row of ``ds`` through a pool of ``actor(**kwargs)`` (one GPU each when used) -> its
-    output columns, concatenated in the order Ray Data returns them."""
-    import ray.data
-
-    out = ds.map_batches(actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
-                         compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if use_gpu else 0, num_cpus=1)
+    """Every row of ``ds`` through an actor pool of ``make()`` predictors -> their output columns,
+    concatenated in the order Ray Data returns them."""
+    out = actor_pool(ds, make, batch_size=batch_size, actors=actors, use_gpu=use_gpu)
     cols: dict[str, list[np.ndarray]] = {}
     for b in out.iter_batches(batch_size=4096, batch_format="numpy"):
         for k, v in b.items():

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,7 +198,8 @@ def read_image(path: str, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FIL
 
 # --- prediction --------------------------------------------------------------------------------------
 class ImagePredictor:
-    """Paths -> one JSON-able result per path. Used locally and as a Ray Data actor."""
+    """Paths -> one JSON-able result per path. Used in process and, for many files, as the
+    predictor of ``workflows.inference.BatchActor``."""
 
     def __init__(self, models: LoadedModels, limits: ReadLimits = ReadLimits(), threads: int = 0,
                  fit_mode: str = "tile"):
@@ -275,14 +277,13 @@ def parse_files(paths: list[Path], models: LoadedModels, batch_size: int = 32, r
         return out, "local"
     import ray.data
 
+    from workflows.inference import actor_pool
     from workflows.runtime import init_ray
 
     init_ray()
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(strs)])
-    res = ds.map_batches(ImagePredictor, fn_constructor_kwargs={"models": models, "limits": limits, "threads": 1,
-                                                                  "fit_mode": fit_mode},
-                         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-                         num_cpus=1)
+    res = actor_pool(ds, partial(ImagePredictor, models, limits, fit_mode=fit_mode), batch_size=batch_size,
+                     actors=actors)
     from tqdm.auto import tqdm
 
     results: list[dict[str, Any] | None] = [None] * len(strs)
