@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from data_pipeline.collection import (
 from data_pipeline.paths import collections_root
 from data_pipeline.preprocess import encode_png
 from data_pipeline.real_images import PhotoPool, load_bundled_photos, load_photo_dir, random_crops
+
+if TYPE_CHECKING:
+    from data_pipeline import zoo
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,12 @@ def _photo_pool(cfg: BuildConfig) -> PhotoPool:
     return load_photo_dir(cfg.real_dir) if cfg.real_dir else load_bundled_photos()
 
 
-def _make_gm_task(spec_json: str, real_crops: np.ndarray, n_images: int, zoo_preset: str) -> dict[str, Any]:
+def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train_cfg: zoo.ZooTrainConfig
+                  ) -> dict[str, Any]:
     """Runs in a Ray worker: train + gate + sample one GM, return compact results."""
     from data_pipeline import zoo
 
-    spec = zoo.GMSpec.from_json(spec_json)
-    res = zoo.make_gm(spec, real_crops, n_images, zoo.ZOO_PRESETS[zoo_preset])
+    res = zoo.make_gm(spec, real_crops, n_images, train_cfg)
     return {
         "gm_id": spec.gm_id,
         "family": spec.family,
@@ -120,7 +123,7 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
     crops_ref = ray.put(train_crops)
     task = ray.remote(num_cpus=1, max_retries=3)(_make_gm_task)
     pending = {
-        task.remote(s.to_json(), crops_ref, cfg.images_per_gm, cfg.zoo_preset): i for i, s in enumerate(specs)
+        task.remote(s, crops_ref, cfg.images_per_gm, zoo.ZOO_PRESETS[cfg.zoo_preset]): i for i, s in enumerate(specs)
     }
     results: dict[int, dict[str, Any]] = {}
     failed: list[dict[str, str]] = []
