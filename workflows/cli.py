@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -144,7 +145,8 @@ def load_overrides(path: str | Path | None) -> dict[str, Any]:
 
 
 def resolve(preset: Any, args: argparse.Namespace, file_overrides: dict[str, Any] | None = None) -> Any:
-    """preset < file overrides < command-line options; unknown file keys are an error."""
+    """preset < file overrides < command-line options. An unknown key or a value the config's own
+    checks refuse is a usage error, as argparse's: ``error: ...`` on stderr, exit status 2."""
     over = dict(file_overrides or {})
     for n in option_names(type(preset)):
         v = getattr(args, n, None)
@@ -153,4 +155,5 @@ def resolve(preset: Any, args: argparse.Namespace, file_overrides: dict[str, Any
     try:
         return with_overrides(preset, over)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
