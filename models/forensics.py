@@ -20,8 +20,6 @@ from data_pipeline.schema import SCHEMA_VERSION
 WEIGHTS_FILE = "heads.pt"
 META_FILE = "heads.json"
 FORMAT_VERSION = 1
-STATE_FILE = "state.pt"
-HISTORY_FILE = "history.json"
 TRAIN_COLUMNS = ["image", "is_fake", "gm_index"]
 PERTURBATIONS = ("clean", "jpeg", "resize")
 MODEL_NAMES = ("fen", "cnn")

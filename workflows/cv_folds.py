@@ -178,10 +178,9 @@ def evaluate_fold(col: Collection, fold: Fold, cfg: JobConfig, state: dict[str, 
     from workflows.figures import discrete_confusion, log_figure
     from workflows.inference import predict_dataset
 
-    model_cfg = cfg.model
     test_ds = image_dataset(col, fold.test_gms, split="all", size=cfg.image_size, val_fraction=cfg.val_fraction,
                             seed=cfg.seed)
-    pred, targets, gm_ids, _, _ = predict_dataset(test_ds, model_cfg, state, use_gpu=use_gpu)
+    pred, targets, gm_ids, _, _ = predict_dataset(test_ds, cfg.model, state, use_gpu=use_gpu)
     report = evaluate_parsing(pred, targets, gm_ids, col.ranges, n_shuffles=cfg.n_shuffles, seed=cfg.seed)
     rows = metric_table(report)
     for r in rows:
@@ -192,7 +191,7 @@ def evaluate_fold(col: Collection, fold: Fold, cfg: JobConfig, state: dict[str, 
     mlflow.log_dict(rows, "tables/metrics.json")
     log_figure(discrete_confusion(pred.discrete, targets, f"{label}: discrete values on unseen GMs (images)"),
                 "figures/confusion_discrete.png")
-    log_figure(family_fingerprints(col, list(fold.test_gms), model_cfg, state, cfg.image_size,
+    log_figure(family_fingerprints(col, list(fold.test_gms), cfg.model, state, cfg.image_size,
                                     f"{label}: fingerprints of unseen GMs"), "figures/fingerprints.png")
     out: dict[str, Any] = {"rows": rows}
     out["gm_ids"], out["gm_pred"], out["gm_targets"] = gm_level(pred, targets, gm_ids)
@@ -297,19 +296,20 @@ def train_folds(job: Job, folds: list[Fold], cfg: JobConfig, run_name: str, faul
 
     bars = [FoldProgress(f"fold-{f.index}", cfg.epochs, position=i if cfg.concurrent_folds else 0)
             for i, f in enumerate(folds)]
-    args = (job.col, cfg, run_name, job.storage, job.use_gpu, True, fault_marker, ids)
+    common = {"cfg": cfg, "run_name": run_name, "storage_path": job.storage, "use_gpu": job.use_gpu,
+              "fault_marker": fault_marker, "parent": ids}
     if cfg.concurrent_folds:  # each fold's driver in a Ray task; trainers share the cluster
         remote = ray.remote(num_cpus=0)(run_fold)
         with contextlib.ExitStack() as stack:
             queues = [stack.enter_context(b).queue for b in bars]
-            results = ray.get([remote.remote(args[0], f, *args[1:], q) for f, q in zip(folds, queues, strict=True)])
+            results = ray.get([remote.remote(job.col, f, progress=q, **common) for f, q in zip(folds, queues, strict=True)])
         for r in results:
             print(fold_line(r), flush=True)
         return results
     results = []
     for f, bar in zip(folds, bars, strict=True):
         with bar:
-            results.append(run_fold(args[0], f, *args[1:], bar.queue))
+            results.append(run_fold(job.col, f, progress=bar.queue, **common))
         print(fold_line(results[-1]), flush=True)
     return results
 

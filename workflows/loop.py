@@ -86,16 +86,13 @@ def fit(task: TrainTask, cfg: LoopConfig, name: str, datasets: dict[str, Any], *
         callbacks: list | None = None) -> Fitted:
     """Run the loop on a TorchTrainer; the same (storage_path, name) resumes. ``datasets``: ``train``
     is split across workers, the others are read whole by rank 0 (the task's ``evaluate``)."""
-    import torch
 
     result = torch_trainer(functools.partial(run_worker, task, cfg), name, datasets, storage_path=storage_path,
                            num_workers=num_workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
                            keep_checkpoints=keep_checkpoints, max_failures=max_failures, callbacks=callbacks).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} produced no checkpoint")
-    with result.checkpoint.as_directory() as d:  # the newest checkpoint holds every model's kept state
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        history = json.loads((Path(d) / HISTORY_FILE).read_text())
+    state, history = _read_checkpoint(result.checkpoint)  # the newest holds every model's kept state
     kept = state["kept"]
     return Fitted({n: k["state"] for n, k in kept.items()}, {n: int(k["epoch"]) for n, k in kept.items()},
                   history, result.checkpoint.path)
@@ -186,12 +183,16 @@ def run_worker(task: TrainTask, cfg: LoopConfig) -> None:
 def _restore() -> tuple[dict[str, Any] | None, list[dict[str, float]]]:
     """The newest checkpoint's state and history (a restarted worker, or a resumed run), else nothing."""
     import ray.train
-    import torch
 
     ckpt = ray.train.get_checkpoint()  # Ray
-    if not ckpt:
-        return None, []
-    with ckpt.as_directory() as d:
+    return _read_checkpoint(ckpt) if ckpt else (None, [])
+
+
+def _read_checkpoint(checkpoint: Any) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """A checkpoint written by ``_report``: (state, history)."""
+    import torch
+
+    with checkpoint.as_directory() as d:
         return (torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True),
                 json.loads((Path(d) / HISTORY_FILE).read_text()))
 

@@ -155,13 +155,13 @@ class ReadLimits:
     max_bytes: int = MAX_FILE_BYTES
 
 
-def read_image(path: str, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES,
-               min_side: int = MIN_SIDE) -> tuple[np.ndarray | None, str]:
+def read_image(path: str, limits: ReadLimits = ReadLimits()) -> tuple[np.ndarray | None, str]:
     """-> (uint8 [H,W,3], '') or (None, why it was skipped). Never raises for a bad file."""
     from PIL import Image
 
     from data_pipeline.preprocess import to_rgb_uint8
 
+    max_pixels, max_bytes, min_side = limits.max_pixels, limits.max_bytes, limits.min_side
     Image.MAX_IMAGE_PIXELS = max_pixels
     p = Path(path)
     try:
@@ -201,12 +201,7 @@ class ImagePredictor:
     """Paths -> one JSON-able result per path. Used in process and, for many files, as the
     predictor of ``workflows.inference.BatchActor``."""
 
-    def __init__(self, models: LoadedModels, limits: ReadLimits = ReadLimits(), threads: int = 0,
-                 fit_mode: str = "tile"):
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
+    def __init__(self, models: LoadedModels, limits: ReadLimits = ReadLimits(), fit_mode: str = "tile"):
         self.limits = limits
         self.fit_mode = fit_mode
         self.parser, self.detector, self.attributor = models.parser, models.detector, models.attributor
@@ -243,7 +238,7 @@ class ImagePredictor:
         results: list[dict[str, Any]] = []
         ok: list[tuple[int, np.ndarray]] = []
         for p in paths:
-            img, why = read_image(p, self.limits.max_pixels, self.limits.max_bytes, self.limits.min_side)
+            img, why = read_image(p, self.limits)
             r: dict[str, Any] = {"path": str(p), "status": "ok" if img is not None else "skipped"}
             if img is None:
                 r["reason"] = why

@@ -158,18 +158,14 @@ def trial_fn(config: dict[str, Any], setup: SweepSetup) -> None:
 def log_gm_level(run_id: str, val_ds, cfg: JobConfig, state: dict[str, Any], col: Collection, use_gpu: bool) -> None:
     """The best checkpoint on the validation GMs at GM level, beside the shuffled-label baseline
     (the main job's evaluation), as ``gm.*`` and ``baseline.gm.*`` metrics of the trial's run."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
     from models.metrics import evaluate_parsing
     from workflows.inference import predict_dataset
+    from workflows.loop import log_epoch_to_mlflow
 
     pred, targets, gm_ids, _, _ = predict_dataset(val_ds, cfg.model, state, use_gpu=use_gpu)
     gm = evaluate_parsing(pred, targets, gm_ids, col.ranges, n_shuffles=cfg.n_shuffles, seed=cfg.seed)["gm"]
     metrics = {f"gm.{k}": v for k, v in gm.model.items()} | {f"baseline.gm.{k}": v for k, v in gm.baseline.items()}
-    ts = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(k.replace("/", "."), float(v), ts, 0)
-                                              for k, v in metrics.items() if np.isfinite(v)])
+    log_epoch_to_mlflow(run_id, metrics, 0)
 
 
 def objective_figure(df, keys: list[str], full_length: int, paper: dict[str, float] | None = None):
