@@ -6,9 +6,11 @@ weights and class weights; EMA off). Ray Train runs ``workflows.loop.fit``, the 
 runs (``prepare_model``, ``iter_torch_batches`` with the local shuffle, a checkpoint and a
 ``ray.train.report`` per epoch), with the parsing task's epoch timed and its per-epoch
 evaluation left out, over the training split of the
-collection decoded by ``data_pipeline.ray_data.image_dataset(...).materialize()`` and
-reshuffled each epoch by ``shuffle_each_epoch`` (as ``cv_folds`` does with ``cache_decoded``). The plain loop trains the same model over the same
-decoded images, already in memory as torch tensors, shuffled per epoch. One torch thread per
+collection decoded by ``data_pipeline.ray_data.image_dataset(...).materialize()`` (uint8) and
+drawn each epoch as ``data_pipeline.ray_data.epoch_plan`` says (as ``cv_folds`` does with ``cache_decoded``:
+a local shuffle of each worker's whole shard). The plain loop trains the same model over the same
+decoded uint8 images, already in memory as torch tensors, shuffled per epoch, normalized per batch
+by the same ``models.inputs.model_input``. One torch thread per
 process. Steady state excludes the first epoch; start-up = ``trainer.fit()`` called -> first
 optimizer step done on rank 0 (Ray itself already running; its start-up is in section 1).
 
@@ -17,6 +19,7 @@ Usage: python benchmarks/bench_training.py [--quick] [--collection PATH] [--epoc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -52,7 +55,6 @@ def _epoch_stats(epochs: list[dict[str, float]]) -> dict[str, float]:
 def timed(task, out_dir: str):
     """The parsing task with each epoch of the loop's own training step timed into ``out_dir``
     (no per-epoch evaluation: this section measures training)."""
-    import dataclasses
 
     from workflows.training import ParsingTask
 
@@ -75,6 +77,10 @@ def timed(task, out_dir: str):
             f = Path(self.out_dir, f"rank{ray.train.get_context().get_world_rank()}.json")
             rec = json.loads(f.read_text()) if f.exists() else {"first_step": marks[0] if marks else None, "epochs": []}
             rec["epochs"].append({"seconds": time.time() - t0, "steps": len(marks), "images": seen["images"]})
+            import torch
+
+            if torch.cuda.is_available():
+                rec["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
             f.write_text(json.dumps(rec))
             return out
 
@@ -85,7 +91,7 @@ def timed(task, out_dir: str):
     return TimedParsing(**fields, out_dir=out_dir)
 
 
-def ray_train_run(ds, task, loop, workers: int, out_root: Path) -> dict[str, Any]:
+def ray_train_run(ds, task, loop, workers: int, out_root: Path, use_gpu: bool = False) -> dict[str, Any]:
     """``workflows.loop.fit`` (the loop every job runs) with the timed task."""
     from workflows.loop import fit
 
@@ -93,7 +99,7 @@ def ray_train_run(ds, task, loop, workers: int, out_root: Path) -> dict[str, Any
     out_dir.mkdir(parents=True)
     t0 = time.time()
     fit(timed(task, str(out_dir)), loop, out_dir.name, {"train": ds}, storage_path=str(common.WORK_DIR / "ray-train"),
-        num_workers=workers, use_gpu=False, cpus_per_worker=1, keep_checkpoints=1, max_failures=0)
+        num_workers=workers, use_gpu=use_gpu, cpus_per_worker=1, keep_checkpoints=1, max_failures=0)
     wall = time.time() - t0
     ranks = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
     if len(ranks) != workers:
@@ -104,13 +110,14 @@ def ray_train_run(ds, task, loop, workers: int, out_root: Path) -> dict[str, Any
     secs = sum(max(r["epochs"][e]["seconds"] for r in ranks) for e in steady)
     r0 = _epoch_stats(ranks[0]["epochs"])
     return {"images_per_s": images / secs, "steps_per_s": r0["steps_per_s"], "startup_s": ranks[0]["first_step"] - t0,
-            "first_epoch_s": r0["first_epoch_s"], "fit_wall_s": wall}
+            "first_epoch_s": r0["first_epoch_s"], "fit_wall_s": wall, "gpu_peak_mb": ranks[0].get("gpu_peak_mb", float("nan"))}
 
 
 def plain_run(images, labels: dict[str, Any], task, loop) -> dict[str, Any]:
     """The same model, loss and optimizer in a plain PyTorch loop over tensors in memory."""
     import torch
 
+    from models.inputs import model_input
     from models.losses import compute_loss
     from models.parser import ParsingModel
 
@@ -128,7 +135,7 @@ def plain_run(images, labels: dict[str, Any], task, loop) -> dict[str, Any]:
         perm = torch.randperm(n_all, generator=gen)
         for i in range(0, n_all - b + 1, b):  # whole batches, as the loop (drop_last)
             idx = perm[i : i + b]
-            out = model(images[idx])
+            out = model(model_input(images[idx]))
             loss, _ = compute_loss(out, {k: v[idx] for k, v in labels.items()}, task.weights, class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -181,7 +188,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], **{f"ray{w}": [] for w in args.workers}}
     cores = common.n_cores()
     with common.ray_session(max(8, 4 * cores)):
-        from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
+        from data_pipeline.ray_data import epoch_plan, image_dataset
         from workflows.training import TRAIN_COLUMNS
 
         gms = subset_gms(col, args.max_images or (1000 if args.quick else 4000))
@@ -190,7 +197,9 @@ def main() -> None:
         for _ in range(repeats):  # interleaved
             runs["plain"].append(plain_run(images, labels, task, loop))
             for w in args.workers:
-                runs[f"ray{w}"].append(ray_train_run(shuffle_each_epoch(ds, 0), task, loop, w, out_root))
+                train_ds, plan = epoch_plan(ds, cached=True, seed=0, fraction=1.0, batch_size=loop.batch_size,
+                                            num_workers=w)
+                runs[f"ray{w}"].append(ray_train_run(train_ds, task, dataclasses.replace(loop, plan=plan), w, out_root))
             print("; ".join(f"{k}: {[round(r['images_per_s']) for r in v]} img/s" for k, v in runs.items()), flush=True)
     best = {k: max(v, key=lambda r: r["images_per_s"]) for k, v in runs.items()}
     plain = best["plain"]

@@ -56,7 +56,7 @@ def to_gray(fingerprint: torch.Tensor) -> torch.Tensor:
 
 def spectrum(gray: torch.Tensor) -> torch.Tensor:
     """[B, H, W] -> centred FFT magnitude [B, H, W]."""
-    return torch.fft.fftshift(torch.fft.fft2(gray), dim=(-2, -1)).abs()
+    return torch.fft.fftshift(torch.fft.fft2(gray.float()), dim=(-2, -1)).abs()  # fp32 under autocast too
 
 
 def window_radius(size: int) -> int:

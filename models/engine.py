@@ -3,7 +3,9 @@
 The Ray Train worker loop (``workflows/training.py``) and the in-process diagnosis
 (``benchmarks/diagnose_parsing.py``) both call these, so the step they time and tune is one
 piece of code (the ``train_one_epoch`` / ``evaluate`` split of torchvision's references).
-A batch is a dict of tensors: ``image`` plus the targets of :func:`models.losses.compute_loss`.
+A batch is a dict of tensors: ``image`` (uint8 [N,H,W,3] as Ray Data delivers it, normalized on the
+device by :func:`models.inputs.model_input`; or already normalized float) plus the targets of
+:func:`models.losses.compute_loss`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from data_pipeline.schema import TARGET_FIELDS, TargetArrays
 
 from .constraints import ConstraintWeights
+from .inputs import model_input
 from .losses import compute_loss
 from .predictions import Predictions
 
@@ -48,19 +51,23 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
                     weights: ConstraintWeights, class_weights: Sequence[torch.Tensor] | None = None,
                     device: torch.device | str | None = None, ema: AveragedModel | None = None,
                     binary_weights: Mapping[str, torch.Tensor] | None = None,
-                    on_step: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
+                    on_step: Callable[[dict[str, float]], None] | None = None,
+                    amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Train over ``batches`` once -> image-weighted means of the loss terms, ``images`` and ``images_per_s``.
 
     ``ema`` (:func:`weight_ema`) is updated after every step; ``binary_weights``: see
     ``losses.parsing_terms``; ``on_step`` gets the running ``images``, ``loss`` and ``images_per_s``
-    after every step (a progress display)."""
+    after every step (a progress display). ``amp_dtype`` (e.g. ``torch.bfloat16`` on a GPU): the
+    forward pass and the loss run under ``torch.autocast`` (the backward pass outside it, as
+    torch's AMP recipe says; bf16 needs no gradient scaler); None: full precision."""
     model.train()
     t0, n_img, sums = time.time(), 0, {}
     for batch in batches:
-        x = batch["image"].to(device) if device is not None else batch["image"]
+        x = model_input(batch["image"], device)
         targets = {k: batch[k].to(x.device) for k in TARGET_KEYS}
-        out = model(x)
-        loss, log = compute_loss(out, targets, weights, class_weights, binary_weights=binary_weights)
+        with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            out = model(x)
+            loss, log = compute_loss(out, targets, weights, class_weights, binary_weights=binary_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -89,7 +96,7 @@ def predict_batches(model: nn.Module, batches: Iterable[Mapping[str, torch.Tenso
     parts, cols = [], {k: [] for k in keep}
     try:
         for batch in batches:
-            x = batch["image"].to(device) if device is not None else batch["image"]
+            x = model_input(batch["image"], device)
             parts.append(Predictions.from_outputs(model(x)))
             for k in keep:
                 v = batch[k]

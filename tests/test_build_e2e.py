@@ -10,7 +10,6 @@ import pytest
 from data_pipeline import schema
 from data_pipeline.build import build_config, ensure_collection, summarize
 from data_pipeline.collection import REAL_GM_ID
-from data_pipeline.preprocess import IMAGE_MEAN, IMAGE_STD
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +52,11 @@ def test_collection_is_reused_when_manifest_matches(smoke_collection):
 
 
 def test_ray_data_reader_splits_and_normalizes(smoke_collection):
+    import torch
+
+    from data_pipeline.preprocess import normalize
     from data_pipeline.ray_data import image_dataset
+    from models.inputs import model_input
 
     col = smoke_collection
     gms = list(col.fake_gms["gm_id"][:3])
@@ -64,8 +67,10 @@ def test_ray_data_reader_splits_and_normalizes(smoke_collection):
     assert not {r["image_id"] for r in train} & {r["image_id"] for r in val}
     assert {r["gm_id"] for r in train} == set(gms)
     row = train[0]
-    assert row["image"].shape == (3, 16, 16) and row["image"].dtype == np.float32
-    assert row["image"].min() >= -IMAGE_MEAN / IMAGE_STD - 1e-4
+    assert row["image"].shape == (16, 16, 3) and row["image"].dtype == np.uint8  # normalized on the device
+    x = model_input(torch.from_numpy(np.stack([r["image"] for r in train[:4]])))
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32
+    assert np.array_equal(x.numpy(), normalize(np.stack([r["image"] for r in train[:4]])))
     expected = col.targets([row["gm_id"]])
     assert np.allclose(row["continuous"], expected.continuous[0]) and (row["loss"] == expected.loss[0]).all()
     real = image_dataset(col, [REAL_GM_ID], size=16).take(2)
@@ -91,3 +96,30 @@ def test_training_order_mixes_gms_and_changes_each_epoch(smoke_collection):
     assert np.mean([len(set(b)) for b in e1[:-1]]) >= 0.7 * expected
     assert sum(map(len, e1)) == sum(map(len, e2)) == ds.count()
     assert e1 != e2  # a new order each epoch
+
+
+def test_cached_epochs_mix_gms_sample_a_share_and_repeat_run_to_run(smoke_collection):
+    """The cached path (epoch_plan + epoch_batches, as workflows.loop draws an epoch): every
+    batch mixes GMs, an epoch is the asked share of the rows, each epoch differs from the last,
+    and a fresh decode of the same collection gives the very same epochs (reproducible runs)."""
+    from data_pipeline.ray_data import epoch_batches, epoch_plan, image_dataset
+
+    col = smoke_collection
+    gms = list(col.fake_gms["gm_id"])
+
+    def epochs(n: int) -> tuple[int, list[list[tuple[int, int]]]]:  # per epoch: (GM, image hash) of each row
+        ds = image_dataset(col, gms, size=8).select_columns(["image", "gm_index"]).materialize()
+        ds, plan = epoch_plan(ds, cached=True, seed=0, fraction=0.5, batch_size=16, num_workers=1)
+        assert plan.steps == int(0.5 * ds.count()) // 16 and plan.shuffle_buffer == ds.count()
+        return plan.steps, [[(int(g), hash(im.numpy().tobytes()))
+                             for b in epoch_batches(ds, plan, batch_size=16, epoch=e, seed=0)
+                             for g, im in zip(b["gm_index"], b["image"])] for e in range(n)]
+
+    steps, run1 = epochs(2)
+    assert epochs(2)[1] == run1  # same seed, same collection: the same images in the same order
+    e1, e2 = run1
+    assert len(e1) == len(e2) == steps * 16
+    assert e1 != e2  # a new sample each epoch
+    per_batch = [len({g for g, _ in e1[k : k + 16]}) for k in range(0, len(e1), 16)]
+    expected = len(gms) * (1 - (1 - 1 / len(gms)) ** 16)  # distinct GMs in 16 random rows
+    assert np.mean(per_batch) >= 0.7 * expected

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import pytest
 
+from data_pipeline.schema import CONTINUOUS, LOSS_TYPES, NUM_CLASSES, TargetArrays, groups_from_losses
 from workflows.cli import add_dataclass_args, resolve
 
 
@@ -82,3 +84,22 @@ def test_job_config_nests_the_model_and_the_weights_behind_flat_options():
     text = " ".join(p.format_help().split())
     assert "--fen-depth FEN_DEPTH (int) presets: smoke 4, default 6, paper 17" in text
     assert "--magnitude MAGNITUDE (float) presets: smoke 0.1, default 0.1, paper 0.1" in text
+
+
+def test_batch_scale_scales_batch_and_lr_together_and_precision_is_checked() -> None:
+    from workflows.config import job_config
+    from workflows.training import parsing_task
+
+    cfg = replace(job_config("default"), batch_scale=4)
+    assert (cfg.step_batch_size, cfg.step_lr) == (4 * 64, 4 * cfg.lr)
+    train = job_config("default")
+    rng = np.random.default_rng(0)
+    loss = rng.integers(0, 2, (12, len(LOSS_TYPES)))
+    targets = TargetArrays(rng.uniform(0, 1, (12, len(CONTINUOUS))).astype(np.float32),
+                           np.stack([np.arange(12) % c for c in NUM_CLASSES], axis=1), loss, groups_from_losses(loss))
+    task, loop = parsing_task(cfg, targets)
+    assert (loop.batch_size, loop.lr) == (256, 4 * train.lr) and task.precision == "auto"
+    with pytest.raises(ValueError, match="precision"):
+        replace(cfg, precision="fp16")
+    with pytest.raises(ValueError, match="batch-scale"):
+        replace(cfg, batch_scale=0)

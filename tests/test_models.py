@@ -386,3 +386,42 @@ def test_weight_ema_averages_steps_and_loads_into_a_fresh_model() -> None:
     fresh.load_state_dict(averaged_weights(state))  # strict: every key of the model, nothing else
     torch.testing.assert_close(fresh.fen.body[0].weight, expect)
     assert not torch.allclose(fresh.fen.body[0].weight, w)
+
+
+def test_model_input_normalizes_uint8_exactly_as_numpy_and_passes_floats() -> None:
+    from data_pipeline.preprocess import normalize
+    from models.inputs import model_input
+
+    u8 = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    x = model_input(torch.from_numpy(u8))
+    assert x.shape == (5, 3, 8, 8) and x.dtype == torch.float32 and x.is_contiguous()
+    assert np.array_equal(x.numpy(), normalize(u8))  # the same values as every numpy consumer
+    f = torch.randn(2, 3, 8, 8)
+    assert model_input(f) is f
+    with pytest.raises(ValueError, match="uint8"):
+        model_input(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))  # channels first: not what Ray Data delivers
+
+
+def test_bf16_autocast_step_trains_the_default_model() -> None:
+    """The GPU step's precision (bf16 autocast around forward + loss), run on the CPU: every part
+    of the default model (FFTs of the constraints and the spectral branch included) must accept
+    it, and the loss must stay close to full precision's on the same weights and batch."""
+    import copy
+
+    from models.constraints import ConstraintWeights
+    from models.engine import train_one_epoch
+    from models.losses import targets_to_tensors
+    from models.parser import ParsingModel
+    from workflows.config import job_config
+
+    torch.manual_seed(0)
+    model = ParsingModel(job_config("default").model)
+    b = targets_to_tensors(_targets(8, 0), np.arange(8))
+    b["image"] = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+    losses = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        m = copy.deepcopy(model)
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)  # no update: the same weights for both
+        losses[name] = train_one_epoch(m, opt, [b], ConstraintWeights(), amp_dtype=dtype)["total"]
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
+    assert np.isfinite(losses["bf16"]) and abs(losses["bf16"] - losses["fp32"]) < 0.05 * abs(losses["fp32"])

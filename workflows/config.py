@@ -14,6 +14,7 @@ from models.config import ModelConfig
 from models.constraints import ConstraintWeights
 
 CHECKPOINT_POLICIES = ("best", "last")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 SMOKE_MODEL = ModelConfig.preset("smoke")
@@ -35,6 +36,10 @@ class JobConfig:
     epoch_fraction: float = 1.0  # share of the training images an epoch sees (a fresh sample each epoch)
     batch_size: int = 32
     lr: float = 1e-3
+    batch_scale: int = 1  # multiplies batch size and learning rate together (linear scaling rule; for GPUs)
+    precision: str = "auto"  # fp32 | bf16 (autocast) | auto: bf16 on CUDA, fp32 on the CPU
+    compile: bool = False  # torch.compile the model in each worker (its cost: train/first_step_s of epoch 0)
+    prefetch_batches: int = 1  # batches each worker fetches ahead (iter_torch_batches; more for GPUs)
     weight_decay: float = 0.0  # Adam's L2 penalty
     loss_balance: bool = False  # class-balanced group / loss-type BCE, weights from the training GMs (not in the paper)
     ema: float = 0.0  # decay of an EMA of the weights, evaluated and kept instead of the last step's (0: off, paper)
@@ -63,6 +68,20 @@ class JobConfig:
             raise ValueError(f"--checkpoint must be one of {CHECKPOINT_POLICIES}, got {self.checkpoint!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.batch_scale < 1:
+            raise ValueError(f"--batch-scale must be >= 1, got {self.batch_scale}")
+
+    @property
+    def step_batch_size(self) -> int:
+        """Images per optimizer step and worker: ``batch_size`` x ``batch_scale``."""
+        return self.batch_size * self.batch_scale
+
+    @property
+    def step_lr(self) -> float:
+        """The learning rate scaled with the batch (Goyal et al. 2017's linear rule)."""
+        return self.lr * self.batch_scale
 
     @property
     def image_size(self) -> int:
@@ -73,7 +92,7 @@ class JobConfig:
         """Stable id of what is trained (not of how it runs), used to name resumable runs."""
         d = asdict(self)
         for k in ("concurrent_folds", "register", "kill_after_epoch", "max_failures", "n_shuffles", "use_gpu",
-                  "cache_decoded", "pooled_shuffles"):
+                  "cache_decoded", "pooled_shuffles", "compile", "prefetch_batches"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from data_pipeline.collection import REAL_GM_ID, Collection, open_collection  # noqa: E402
 from data_pipeline.folds import Fold, gm_folds, holdout_gms  # noqa: E402
+from data_pipeline.ray_data import EpochPlan  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from workflows.cli import add_dataclass_args, flat_fields, load_overrides, resolve  # noqa: E402
 from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
@@ -119,7 +120,8 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
     label = f"fold-{fold.index}" if evaluate else "final"
     fit_gms, val_gms = holdout_gms(col.gms, fold.train_gms, cfg.val_gms, cfg.seed + max(fold.index, 0))
     task, loop = parsing_task(cfg, col.targets(fit_gms), fault_marker, progress=progress)
-    train_ds, val_ds, eval_ds = fold_datasets(col, cfg, fit_gms, val_gms, fold.test_gms)
+    train_ds, plan, val_ds, eval_ds = fold_datasets(col, cfg, fit_gms, val_gms, fold.test_gms)
+    loop = dataclasses.replace(loop, plan=plan)
     exp_id, parent_id, uri = parent or (None, None, None)
     if uri:  # (experiment id, parent run id, tracking URI): also right in a Ray task (--concurrent-folds)
         mlflow.set_tracking_uri(uri)
@@ -144,10 +146,12 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
         return out
 
 
-def fold_datasets(col: Collection, cfg: JobConfig, fit_gms, val_gms, test_gms) -> tuple[Any, Any, dict[str, Any]]:
-    """A fold's Ray Datasets: training images of the training GMs (a fresh share each epoch), their
-    held-out images, and the per-epoch watch sets: held-out GMs (``valgm``) and the unseen GMs."""
-    from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
+def fold_datasets(col: Collection, cfg: JobConfig, fit_gms, val_gms, test_gms
+                  ) -> tuple[Any, EpochPlan, Any, dict[str, Any]]:
+    """A fold's Ray Datasets: training images of the training GMs and how each epoch draws from
+    them (a fresh share each epoch), their held-out images, and the per-epoch watch sets: held-out
+    GMs (``valgm``) and the unseen GMs."""
+    from data_pipeline.ray_data import epoch_plan, image_dataset
 
     ds_args = {"size": cfg.image_size, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     train_ds = image_dataset(col, fit_gms, split="train", **ds_args)
@@ -161,7 +165,9 @@ def fold_datasets(col: Collection, cfg: JobConfig, fit_gms, val_gms, test_gms) -
     if cfg.cache_decoded:  # decode once, not once per epoch (fits in the object store when small)
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
         eval_ds = {k: v.materialize() for k, v in eval_ds.items()}
-    return shuffle_each_epoch(train_ds, cfg.seed, cfg.epoch_fraction), val_ds, eval_ds  # shards hold one GM each
+    train_ds, plan = epoch_plan(train_ds, cached=cfg.cache_decoded, seed=cfg.seed, fraction=cfg.epoch_fraction,
+                                batch_size=cfg.step_batch_size, num_workers=cfg.num_workers)
+    return train_ds, plan, val_ds, eval_ds
 
 
 def evaluate_fold(col: Collection, fold: Fold, cfg: JobConfig, state: dict[str, Any], use_gpu: bool,

@@ -127,7 +127,7 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
            use_gpu: bool, run_id: str):
     import mlflow
 
-    from data_pipeline.ray_data import shuffle_each_epoch
+    from data_pipeline.ray_data import epoch_plan
     from models.forensics import balanced_class_weights, n_params
     from workflows.figures import heads_learning_curves, log_figure
     from workflows.heads_training import HeadsTask, fit_heads, train_dataset
@@ -140,7 +140,8 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
     val_ds = train_dataset(col, classes, "val", cfg.image_size, gm_index, **split)
     if cfg.cache_decoded:  # decode once, not once per epoch (fits in the object store when small)
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
-    train_ds = shuffle_each_epoch(train_ds, cfg.seed)  # shards hold one GM each: mix them in every batch
+    train_ds, plan = epoch_plan(train_ds, cached=cfg.cache_decoded, seed=cfg.seed, fraction=1.0,
+                                batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     mlflow.log_params({f"params_{n}": n_params(spec.build()) for n, spec in specs.items()})
     counts = col.read_images(classes, columns=["gm_id"]).column("gm_id").value_counts().to_pylist()
     per_class = {str(d["values"]): int(d["counts"]) for d in counts}
@@ -149,7 +150,7 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
     name = f"{run_name}-{label}"
     t0 = time.time()
     with FoldProgress(label, cfg.epochs) as bar:
-        loop = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, drop_last=False,
+        loop = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, drop_last=False, plan=plan,
                           mlflow_run_id=run_id, tracking_uri=mlflow.get_tracking_uri(), progress=bar.queue)
         res = fit_heads(name, task, loop, train_ds, val_ds, storage_path=storage, num_workers=cfg.num_workers,
                         use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=cfg.keep_checkpoints,

@@ -40,6 +40,7 @@ from models.forensics import (
     pixel_stats,
     task_loss,
 )
+from models.inputs import model_input
 from workflows.loop import Fitted, LoopConfig, fit
 
 
@@ -70,7 +71,7 @@ def raw_dataset(col, gm_ids: Sequence[str], part: str | None, test_fraction: flo
 
 def train_dataset(col, gm_ids: Sequence[str], part: str, size: int, gm_index: dict[str, int],
                   test_fraction: float, val_fraction: float, seed: int):
-    """Decoded, normalized rows for training (columns TRAIN_COLUMNS) via data_pipeline.ray_data."""
+    """Decoded uint8 rows for training (columns TRAIN_COLUMNS) via data_pipeline.ray_data."""
     from data_pipeline.ray_data import DecodeBatch, decode_batch, label_lookup
 
     ds = raw_dataset(col, gm_ids, part, test_fraction, val_fraction, seed)
@@ -89,7 +90,7 @@ def _val_metrics(models: dict[str, nn.Module], shard, device) -> dict[str, float
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=256, device=device):
             for n, m in models.items():
-                o = m(batch["image"])
+                o = m(model_input(batch["image"]))
                 fake[n].append(torch.sigmoid(o["detection_logit"]).cpu().numpy())
                 if "attribution_logits" in o:
                     att[n].append(o["attribution_logits"].argmax(1).cpu().numpy())
@@ -132,7 +133,7 @@ class HeadsTask:
         first = next(iter(models))
         t0, n_img, sums = time.time(), 0, {}
         for batch in batches:
-            x = batch["image"]
+            x = model_input(batch["image"])
             for n, w in models.items():
                 loss, log = task_loss(w(x), batch["is_fake"], batch["gm_index"], self.weights, self.task_scale, sw)
                 optimizers[n].zero_grad(set_to_none=True)

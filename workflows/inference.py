@@ -17,6 +17,7 @@ import numpy as np
 
 from data_pipeline.schema import TargetArrays
 from models.config import ModelConfig
+from models.inputs import model_input
 
 Batch = dict[str, np.ndarray]
 
@@ -46,7 +47,7 @@ def actor_pool(ds, make: Callable[[], Callable[[Batch], Batch]], *, batch_size: 
 
 
 class PredictBatch:
-    """Predictor: normalized image batch -> parser probabilities (+ passthrough columns)."""
+    """Predictor: uint8 image batch (image_dataset rows) -> parser probabilities (+ passthrough columns)."""
 
     def __init__(self, model_config: ModelConfig, state: dict[str, Any], use_gpu: bool = False):
         import torch
@@ -64,7 +65,7 @@ class PredictBatch:
         from models.predictions import Predictions
 
         with torch.no_grad():
-            x = torch.as_tensor(batch["image"], device=self.device)
+            x = model_input(torch.as_tensor(batch["image"]), self.device)
             p = Predictions.from_outputs(self.model(x))
         out = {k: v for k, v in batch.items() if k != "image"}
         out["pred_continuous"] = p.continuous.astype(np.float32)

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from data_pipeline.ray_data import EpochPlan, epoch_batches
+
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 KEEP_POLICIES = ("best", "last")
@@ -43,6 +45,9 @@ class LoopConfig:
     keep: str = "best"
     threads: int = 1  # torch threads per worker
     drop_last: bool = True  # BatchNorm needs more than one row per batch
+    plan: EpochPlan = EpochPlan()  # how each epoch is drawn from a worker's shard (data_pipeline.ray_data.epoch_plan)
+    prefetch_batches: int = 1  # batches fetched ahead onto the device
+    compile: bool = False  # torch.compile each model (after prepare_model); the first step then compiles
     mlflow_run_id: str | None = None  # the run each epoch's metrics go to (rank 0)
     tracking_uri: str | None = None  # explicit: workers may have started before MLFLOW_TRACKING_URI was set
     fault_marker: str | None = None  # fault injection (tests): a file that says the kill happened
@@ -142,8 +147,12 @@ def run_worker(task: TrainTask, cfg: LoopConfig) -> None:
         for n, m in models.items():
             m.load_state_dict(state["models"][n])
     device = ray.train.torch.get_device()  # Ray
+    if device.type == "cuda":  # the layout of model_input's batches there (cuDNN's preferred one)
+        models = {n: m.to(memory_format=torch.channels_last) for n, m in models.items()}
     wrapped = {n: ray.train.torch.prepare_model(m) for n, m in models.items()}  # Ray: device, DDP
     raw = {n: getattr(w, "module", w) for n, w in wrapped.items()}
+    if cfg.compile:
+        wrapped = {n: torch.compile(w) for n, w in wrapped.items()}
     optims = {n: torch.optim.Adam(w.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) for n, w in wrapped.items()}
     emas = {n: e for n, e in ((n, weight_ema(m, cfg.ema)) for n, m in raw.items()) if e is not None}
     kept_models = {n: (emas[n].module if n in emas else m) for n, m in raw.items()}  # evaluated and kept
@@ -157,15 +166,21 @@ def run_worker(task: TrainTask, cfg: LoopConfig) -> None:
     progress = ProgressSender(cfg.progress if rank == 0 else None)
     shard = ray.train.get_dataset_shard("train")  # Ray: this worker's share
     for epoch in range(int(state["epoch"]) + 1 if state else 0, cfg.epochs):
-        batches = shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=cfg.drop_last,
-                                           local_shuffle_buffer_size=4 * cfg.batch_size,
-                                           local_shuffle_seed=cfg.seed * 1000 + epoch)
+        batches = epoch_batches(shard, cfg.plan, batch_size=cfg.batch_size, epoch=epoch, seed=cfg.seed, device=device,
+                                drop_last=cfg.drop_last, prefetch_batches=cfg.prefetch_batches)
         for w in wrapped.values():
             w.train()
-        tr = task.train_epoch(wrapped, optims, emas, batches, device,
-                              (lambda stats, e=epoch: progress.step(e, stats)) if rank == 0 else None)
+        t_epoch, first_step = time.time(), []
+
+        def on_step(stats: dict[str, float], e: int = epoch, t0: float = t_epoch, first: list = first_step) -> None:
+            if not first:
+                first.append(time.time() - t0)  # with compile: the compilation, on epoch 0
+            progress.step(e, stats)
+
+        tr = task.train_epoch(wrapped, optims, emas, batches, device, on_step if rank == 0 else None)
         console = {"loss": tr.pop("loss", float("nan")), "images_per_s": tr.pop("images_per_s", float("nan"))}
         metrics = {**tr, "epoch": float(epoch), "train/images_per_s": console["images_per_s"],
+                   "train/first_step_s": first_step[0] if first_step else float("nan"),
                    "worker/max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if rank == 0:
             for m in kept_models.values():

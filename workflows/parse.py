@@ -6,8 +6,10 @@
 
 PATHs are image files or folders (searched recursively; hidden files skipped). Each file is
 checked on its own: missing, empty, unreadable, truncated, tiny or huge files are reported
-and skipped, never fatal. More than ``--ray-threshold`` images go through Ray Data batch
-inference with an actor pool; fewer run in this process.
+and skipped, never fatal. Images run in this process: measured on 2 cores it was faster than
+Ray Data batch inference at every size up to 4,096 files (``benchmarks/bench_parse.py``, Ray's
+start-up and per-task costs outweigh the second core). ``--ray-threshold N`` sends more than N
+images through Ray Data with an actor pool (``--actors``), for a cluster's cores or GPUs.
 
 Models load from the MLflow registry (``models:/NAME@ALIAS`` or any MLflow model URI; the
 weights are read from the logged artifact with ``torch.load(weights_only=True)``) or from a
@@ -259,12 +261,13 @@ class ImagePredictor:
         return {"index": batch["index"], "result": np.array([json.dumps(r) for r in rows], dtype=object)}
 
 
-def parse_files(paths: list[Path], models: LoadedModels, batch_size: int = 32, ray_threshold: int = 64,
+def parse_files(paths: list[Path], models: LoadedModels, batch_size: int = 32, ray_threshold: int | None = None,
                 limits: ReadLimits = ReadLimits(), actors: int = 1,
                 fit_mode: str = "tile") -> tuple[list[dict[str, Any]], str]:
-    """-> (one result per path in input order, 'local' or 'ray')."""
+    """-> (one result per path in input order, 'local' or 'ray'); Ray Data only for more than
+    ``ray_threshold`` images (None: never)."""
     strs = [str(p) for p in paths]
-    if len(strs) <= ray_threshold:
+    if ray_threshold is None or len(strs) <= ray_threshold:
         predictor = ImagePredictor(models, limits, fit_mode=fit_mode)
         out: list[dict[str, Any]] = []
         for i in range(0, len(strs), batch_size):
@@ -393,7 +396,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="how an image of another size than the parser's reaches it (data_pipeline.preprocess."
                         "fit_to_size): tile (default) averages every native-resolution tile, crop takes the centre "
                         "one, resize low-passes the image (README: measured)")
-    p.add_argument("--ray-threshold", type=int, default=64, help="more images than this go through Ray Data")
+    p.add_argument("--ray-threshold", type=int, default=None,
+                   help="more images than this go through Ray Data (default: none; in process measured faster "
+                        "up to 4,096 files on 2 cores, benchmarks/RESULTS.md)")
     p.add_argument("--actors", type=int, default=1, help="Ray Data actor pool size")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are skipped")
     p.add_argument("--min-side", type=int, default=MIN_SIDE, help="smaller images are skipped")

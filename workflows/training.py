@@ -65,6 +65,7 @@ class ParsingTask:
     binary_weights: dict[str, np.ndarray] | None = None  # balanced group / loss-type BCE (--loss-balance)
     centres: np.ndarray | None = None  # k-means centres of the continuous labels (cluster variant)
     eval_sets: tuple[str, ...] = ("val",)  # EVAL_SETS scored every epoch; ``valgm`` picks the epoch when given
+    precision: str = "auto"  # training step: fp32 | bf16 autocast | auto (bf16 on CUDA, fp32 on the CPU)
     name: str = field(default="parser", init=False)
 
     def build(self) -> dict[str, Any]:
@@ -85,8 +86,10 @@ class ParsingTask:
         cw = [torch.as_tensor(w, dtype=torch.float32, device=device) for w in self.class_weights]
         bw = ({k: torch.as_tensor(w, dtype=torch.float32, device=device) for k, w in self.binary_weights.items()}
               if self.binary_weights else None)
+        bf16 = self.precision == "bf16" or (self.precision == "auto" and torch.device(device).type == "cuda")
         tr = train_one_epoch(models[self.name], optimizers[self.name], batches, self.weights, cw,
-                             ema=emas.get(self.name), binary_weights=bw, on_step=on_step)
+                             ema=emas.get(self.name), binary_weights=bw, on_step=on_step,
+                             amp_dtype=torch.bfloat16 if bf16 else None)
         out = {f"train/{k}": v for k, v in tr.items() if k not in ("images", "images_per_s")}
         return {**out, "loss": tr.get("total", float("nan")), "images_per_s": tr["images_per_s"]}
 
@@ -118,11 +121,13 @@ def parsing_task(cfg: JobConfig, train_targets, fault_marker: str | None = None,
         cfg.model, cfg.weights, tuple(w.numpy() for w in class_weights(train_targets)),
         {k: w.numpy() for k, w in binary_weights(train_targets).items()} if cfg.loss_balance else None,
         fit_clusters(train_targets, cfg.model.n_clusters, cfg.seed) if cfg.model.variant == "cluster" else None,
+        precision=cfg.precision,
     )
-    loop = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+    loop = LoopConfig(epochs=cfg.epochs, batch_size=cfg.step_batch_size, lr=cfg.step_lr, seed=cfg.seed,
                       weight_decay=cfg.weight_decay, ema=cfg.ema, keep=cfg.checkpoint, threads=cfg.threads,
                       mlflow_run_id=mlflow_run_id, tracking_uri=mlflow.get_tracking_uri(), fault_marker=fault_marker,
-                      kill_after_epoch=cfg.kill_after_epoch, progress=progress)
+                      kill_after_epoch=cfg.kill_after_epoch, progress=progress, compile=cfg.compile,
+                      prefetch_batches=cfg.prefetch_batches)
     return task, loop
 
 

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ def trial_fn(config: dict[str, Any], setup: SweepSetup) -> None:
     from mlflow.tracking import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
+    from data_pipeline.ray_data import epoch_plan, image_dataset
     from workflows.training import fit_fold, parsing_task
 
     mlflow.set_tracking_uri(setup.tracking_uri)
@@ -146,8 +146,9 @@ def trial_fn(config: dict[str, Any], setup: SweepSetup) -> None:
     val_ds = image_dataset(col, list(setup.val_gms), split="all", **ds_args)
     if cfg.cache_decoded:  # as in the main job: decode once, not once per epoch
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
-    train_ds = shuffle_each_epoch(train_ds, cfg.seed, cfg.epoch_fraction)  # shards hold one GM each: mix them
-    res = fit_fold(f"{setup.sweep_name}-trial-{trial_id}", task, loop, train_ds, val_ds,
+    train_ds, plan = epoch_plan(train_ds, cached=cfg.cache_decoded, seed=cfg.seed, fraction=cfg.epoch_fraction,
+                                batch_size=cfg.step_batch_size, num_workers=cfg.num_workers)
+    res = fit_fold(f"{setup.sweep_name}-trial-{trial_id}", task, replace(loop, plan=plan), train_ds, val_ds,
                    storage_path=setup.storage_path, num_workers=cfg.num_workers, use_gpu=setup.use_gpu,
                    cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=1, max_failures=cfg.max_failures,
                    callbacks=[TuneReportCallback()])

@@ -1,0 +1,28 @@
+"""The networks' input, made on the device: uint8 images in, normalized float out.
+
+Ray Data carries images as uint8 [N, H, W, 3], a quarter of float32's bytes through the object
+store and the host-to-device copy; the normalization (``data_pipeline.preprocess.normalize``'s
+mean and std, the same float32 operations in the same order, so the values are identical) runs
+here, on the training device. On CUDA the batch stays channels-last in memory (the layout
+cuDNN's convolutions prefer under autocast); on the CPU it is made contiguous NCHW as before.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from data_pipeline.preprocess import IMAGE_MEAN, IMAGE_STD
+
+
+def model_input(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """A batch as the networks read it: uint8 [N, H, W, 3] -> normalized float32 [N, 3, H, W] on
+    ``device`` (the batch's own device when None). Floating-point input is taken as already
+    normalized [N, 3, H, W] and only moved."""
+    x = images if device is None else images.to(device, non_blocking=True)
+    if x.is_floating_point():
+        return x
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected uint8 [N, H, W, 3] images, got {x.dtype} {tuple(x.shape)}")
+    x = ((x.float() / 255.0) - IMAGE_MEAN) / IMAGE_STD
+    x = x.permute(0, 3, 1, 2)  # NCHW shape, channels-last strides
+    return x if x.is_cuda else x.contiguous()
