@@ -26,7 +26,9 @@ SCRIPTS = {  # name -> script; order = order of the runs
     "training": "bench_training.py",
     "memory": "bench_memory.py",
     "inference": "bench_inference.py",
+    "parse": "bench_parse.py",
     "build": "bench_build.py",
+    "gpu": "bench_gpu.py",  # without CUDA: "GPU: not measured", in a second
 }
 
 
