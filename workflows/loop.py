@@ -111,6 +111,10 @@ def torch_trainer(loop: Callable[[], None], name: str, datasets: dict[str, Any],
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    # Train replaces a dataset's execution options with its ingest defaults, which let blocks arrive
+    # in completion order; keep the training set's order, so a seed draws the same epochs every run
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     return TorchTrainer(  # Ray
         loop,
         scaling_config=ray.train.ScalingConfig(
@@ -125,7 +129,7 @@ def torch_trainer(loop: Callable[[], None], name: str, datasets: dict[str, Any],
             callbacks=callbacks,
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": ingest}),
     )
 
 
