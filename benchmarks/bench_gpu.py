@@ -128,14 +128,16 @@ def plain_loop(task, loop, images, labels: dict[str, Any], device, compile_model
             "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")}
 
 
-def ray_path(col, cfg, task, loop, use_gpu: bool, out_root: Path) -> dict[str, float]:
-    """``workflows.loop.fit`` on one worker over the fold cache, as ``cv_folds`` feeds it."""
+def ray_path(col, cfg, task, loop, use_gpu: bool, out_root: Path, max_images: int | None = None) -> dict[str, float]:
+    """``workflows.loop.fit`` on one worker over the fold cache, as ``cv_folds`` feeds it (the
+    first ``max_images`` rows only, for the CPU check)."""
     from bench_training import ray_train_run
 
     from data_pipeline.ray_data import epoch_plan, image_dataset
     from workflows.training import TRAIN_COLUMNS
 
-    ds = image_dataset(col, split="all", size=cfg.image_size).select_columns(TRAIN_COLUMNS).materialize()
+    ds = image_dataset(col, split="all", size=cfg.image_size).select_columns(TRAIN_COLUMNS)
+    ds = (ds.limit(max_images) if max_images else ds).materialize()
     ds, plan = epoch_plan(ds, cached=True, seed=0, fraction=1.0, batch_size=loop.batch_size, num_workers=1)
     return ray_train_run(ds, task, dataclasses.replace(loop, plan=plan), 1, out_root, use_gpu=use_gpu)
 
@@ -210,7 +212,7 @@ def main() -> None:
                 r = plain_loop(task, loop, images, labels, device, compiled)
             rows.append([where, name, r["images_per_s"], gpu.mean(), r["peak_mb"], r["first_step_s"]])
         with GpuSampler() as gpu:
-            r = ray_path(col, cfg, task, loop, cuda, out_root)
+            r = ray_path(col, cfg, task, loop, cuda, out_root, None if cuda else n_images)
         rows.append([where, "Ray Data -> Ray Train (workflows.loop.fit, 1 worker)", r["images_per_s"], gpu.mean(),
                      r.get("gpu_peak_mb", float("nan")), r["startup_s"]])
     ray_ips = rows[-1][2]

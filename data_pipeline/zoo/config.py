@@ -71,6 +71,11 @@ ZOO_PRESETS: dict[str, ZooTrainConfig] = {
         gate_images=32, diffusion_sample_steps=5, min_diversity_ratio=0.1, min_improvement=1.2,
     ),
     "default": ZooTrainConfig(),
-    "large": ZooTrainConfig(steps=1500, batch_size=64, retry_steps=500, max_retries=3, max_rebuilds=2,
-                            max_seconds=900.0, gate_images=128, min_improvement=2.0, diffusion_sample_steps=20),
+    # large: 64x64, sized so a 16-core node builds 400 GMs in well under an hour (one core per GM).
+    # Measured per training step on one core at batch 64 (GAN 0.38 s, VAE 0.20, diffusion 0.12,
+    # autoregressive 0.70; sampling 1,000 autoregressive images 105 s), the old budget of 1,500
+    # steps (cap 900 s) cost ~560 s a GM: ~4 h for 400 GMs on 16 cores. Batch 32, 400 steps and a
+    # 120 s cap bring a GM to ~40-225 s (benchmarks/RESULTS.md, section 4).
+    "large": ZooTrainConfig(steps=400, batch_size=32, retry_steps=200, max_retries=2, max_rebuilds=1,
+                            max_seconds=120.0, gate_images=128, min_improvement=2.0, diffusion_sample_steps=20),
 }  # fmt: skip
