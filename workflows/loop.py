@@ -18,6 +18,7 @@ import resource
 import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +114,9 @@ def torch_trainer(loop: Callable[[], None], name: str, datasets: dict[str, Any],
 
     # Train replaces a dataset's execution options with its ingest defaults, which let blocks arrive
     # in completion order; keep the training set's order, so a seed draws the same epochs every run
-    ingest = ray.train.DataConfig.default_ingest_options()
+    with warnings.catch_warnings():  # Ray's own default sets a deprecated field (exclude_resources)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
     return TorchTrainer(  # Ray
         loop,
