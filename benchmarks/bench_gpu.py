@@ -94,7 +94,7 @@ def plain_loop(task, loop, images, labels: dict[str, Any], device, compile_model
     """The loop's step (``train_one_epoch``) over uint8 images resident on ``device``."""
     import torch
 
-    from models.engine import train_one_epoch
+    from models.engine import autocast_dtype, train_one_epoch
     from models.parser import ParsingModel
 
     torch.manual_seed(0)
@@ -105,7 +105,7 @@ def plain_loop(task, loop, images, labels: dict[str, Any], device, compile_model
     step_model = torch.compile(model) if compile_model else model
     opt = torch.optim.Adam(model.parameters(), lr=loop.lr)
     cw = [torch.as_tensor(w, dtype=torch.float32, device=device) for w in task.class_weights]
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amp = autocast_dtype(task.precision, device)  # the paper preset's "auto": bf16 on CUDA
     images, labels = images.to(device), {k: v.to(device) for k, v in labels.items()}
     b, gen = loop.batch_size, torch.Generator(device=device).manual_seed(0)
     epochs, first_step = [], None

@@ -47,6 +47,13 @@ def averaged_weights(ema_state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return {k[len("module."):]: v for k, v in ema_state.items() if k.startswith("module.")}
 
 
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The training step's autocast dtype: bf16 when ``precision`` is ``bf16``, or ``auto`` on
+    CUDA; None (full precision) otherwise - ``auto`` on the CPU."""
+    auto_bf16 = precision == "auto" and torch.device(device).type == "cuda"
+    return torch.bfloat16 if precision == "bf16" or auto_bf16 else None
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Mapping[str, torch.Tensor]],
                     weights: ConstraintWeights, class_weights: Sequence[torch.Tensor] | None = None,
                     device: torch.device | str | None = None, ema: AveragedModel | None = None,

@@ -89,8 +89,9 @@ def _val_metrics(models: dict[str, nn.Module], shard, device) -> dict[str, float
     y, src = [], []
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=256, device=device):
+            x = model_input(batch["image"])  # once per batch, for every model
             for n, m in models.items():
-                o = m(model_input(batch["image"]))
+                o = m(x)
                 fake[n].append(torch.sigmoid(o["detection_logit"]).cpu().numpy())
                 if "attribution_logits" in o:
                     att[n].append(o["attribution_logits"].argmax(1).cpu().numpy())

@@ -81,15 +81,14 @@ class ParsingTask:
                     on_step: Callable[[dict[str, float]], None] | None) -> dict[str, float]:
         import torch
 
-        from models.engine import train_one_epoch
+        from models.engine import autocast_dtype, train_one_epoch
 
         cw = [torch.as_tensor(w, dtype=torch.float32, device=device) for w in self.class_weights]
         bw = ({k: torch.as_tensor(w, dtype=torch.float32, device=device) for k, w in self.binary_weights.items()}
               if self.binary_weights else None)
-        bf16 = self.precision == "bf16" or (self.precision == "auto" and torch.device(device).type == "cuda")
         tr = train_one_epoch(models[self.name], optimizers[self.name], batches, self.weights, cw,
                              ema=emas.get(self.name), binary_weights=bw, on_step=on_step,
-                             amp_dtype=torch.bfloat16 if bf16 else None)
+                             amp_dtype=autocast_dtype(self.precision, device))
         out = {f"train/{k}": v for k, v in tr.items() if k not in ("images", "images_per_s")}
         return {**out, "loss": tr.get("total", float("nan")), "images_per_s": tr["images_per_s"]}
 
