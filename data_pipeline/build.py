@@ -31,6 +31,8 @@ from data_pipeline.collection import (
 from data_pipeline.paths import collections_root
 from data_pipeline.preprocess import encode_png
 from data_pipeline.real_images import PhotoPool, load_bundled_photos, load_photo_dir, random_crops
+from data_pipeline.realism import RealismReference, calibration
+from data_pipeline.realism import summarize as summarize_realism
 
 if TYPE_CHECKING:
     from data_pipeline import zoo
@@ -52,7 +54,13 @@ class BuildConfig:
     max_rows_per_shard: int = 4096
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of these fields and of the zoo preset's settings (not just its name), so a
+        collection built before a preset changed is rebuilt, not reused."""
+        from data_pipeline.zoo.config import ZOO_PRESETS
+
+        zoo = ZOO_PRESETS.get(self.zoo_preset)
+        d = {**asdict(self), "zoo": asdict(zoo) if zoo is not None else None}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def default_path(self) -> Path:
         return collections_root() / f"{self.preset}-s{self.seed}-{self.key()[:8]}"
@@ -81,12 +89,22 @@ def _photo_pool(cfg: BuildConfig) -> PhotoPool:
     return load_photo_dir(cfg.real_dir) if cfg.real_dir else load_bundled_photos()
 
 
-def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train_cfg: zoo.ZooTrainConfig
-                  ) -> dict[str, Any]:
-    """Runs in a Ray worker: train + gate + sample one GM, return compact results."""
+def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train_cfg: zoo.ZooTrainConfig,
+                  realism_ref: RealismReference) -> dict[str, Any]:
+    """Runs in a Ray worker: train + gate + sample one GM, measure its realism against the
+    held-out real images (and the same GM untrained), return compact results."""
+    import torch
+
     from data_pipeline import zoo
 
     res = zoo.make_gm(spec, real_crops, n_images, train_cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core per task, as in make_gm
+    try:
+        realism = realism_ref.measure(res.images)
+        realism["swd_untrained"] = realism_ref.swd(res.untrained)
+    finally:
+        torch.set_num_threads(threads)
     return {
         "gm_id": spec.gm_id,
         "family": spec.family,
@@ -102,8 +120,15 @@ def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train
         "attempts": int(res.attempts),
         "steps": int(res.steps),
         "train_seconds": float(res.train_seconds),
-        "grid": zoo.sample_grid_png(res.images[:32], real_crops[:32]),
+        "realism": realism,
+        "grid": zoo.sample_grid_png(res.images[:32], real_crops[:32], caption=realism_caption(realism)),
     }
+
+
+def realism_caption(realism: dict[str, float]) -> str:
+    """The line printed above a GM's grid."""
+    return (f"SWD {realism['swd']:.0f} (untrained {realism['swd_untrained']:.0f}) "
+            f"C2ST {realism['c2st']:.2f}")
 
 
 def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Collection:
@@ -121,9 +146,11 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
     real_crops = random_crops(pool, cfg.real_images, cfg.image_size, seed=cfg.seed + 1_000_003)
     specs = zoo.sample_specs(cfg.n_gms, cfg.seed, cfg.image_size)
     crops_ref = ray.put(train_crops)
+    realism_ref = ray.put(RealismReference(real_crops, seed=cfg.seed))
     task = ray.remote(num_cpus=1, max_retries=3)(_make_gm_task)
     pending = {
-        task.remote(s, crops_ref, cfg.images_per_gm, zoo.ZOO_PRESETS[cfg.zoo_preset]): i for i, s in enumerate(specs)
+        task.remote(s, crops_ref, cfg.images_per_gm, zoo.ZOO_PRESETS[cfg.zoo_preset], realism_ref): i
+        for i, s in enumerate(specs)
     }
     results: dict[int, dict[str, Any]] = {}
     failed: list[dict[str, str]] = []
@@ -170,6 +197,7 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
         rows = []
         for r, lab in zip(kept, labels):
             extra = {f"gate_{k}": v for k, v in r["quality"].items()}
+            extra.update({f"realism_{k}": v for k, v in r["realism"].items()})
             extra.update({"gate_attempts": r["attempts"], "train_steps": r["steps"], "train_seconds": r["train_seconds"]})
             rows.append(gms_row(r["gm_id"], r["family"], "zoo", lab, ranges, r["spec"], extra))
         rows.append(gms_row(REAL_GM_ID, "real", "bundled" if not cfg.real_dir else "folder", None, ranges))
@@ -185,6 +213,7 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
             )
 
         improvements = np.array([r["quality"].get("improvement", np.nan) for r in kept])
+        per_gm = pd.DataFrame([{"gm_id": r["gm_id"], "family": r["family"], **r["realism"]} for r in kept])
         manifest = {
             "kind": "zoo",
             "build_key": cfg.key(),
@@ -203,10 +232,25 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
                 "improvement_median": float(np.nanmedian(improvements)) if len(improvements) else None,
                 "improvement_worst": float(np.nanmin(improvements)) if len(improvements) else None,
             },
+            "realism": realism_summary(per_gm, calibration(real_crops, cfg.images_per_gm, cfg.seed)),
             "build_seconds": round(time.time() - t0, 1),
         }
         path = writer.commit(gms, manifest)
     return open_collection(path)
+
+
+def realism_summary(per_gm: pd.DataFrame, cal: dict[str, float]) -> dict[str, Any]:
+    """The manifest's realism record: calibration ends, then median / worst / per family."""
+    out: dict[str, Any] = {
+        "measure": "swd: sliced Wasserstein distance x1e3 of Laplacian-pyramid 7x7 patches to held-out real "
+                   "crops (lower = more real); c2st: linear real-vs-GM classifier accuracy (0.5 = indistinguishable)",
+        **cal,
+        "swd": summarize_realism(per_gm, "swd"),
+        "c2st": summarize_realism(per_gm, "c2st"),
+    }
+    if "swd_untrained" in per_gm:
+        out["swd_untrained_median"] = float(per_gm["swd_untrained"].median())
+    return out
 
 
 def ensure_collection(cfg: BuildConfig, path: str | Path | None = None, progress: bool = True) -> Collection:

@@ -17,8 +17,19 @@ def _tile(images: np.ndarray, cols: int, pad: int) -> np.ndarray:
     return out
 
 
-def sample_grid_png(images: np.ndarray, real_crops: np.ndarray, n: int = 16, cols: int = 4, pad: int = 2) -> bytes:
-    """PNG bytes: up to ``n`` GM samples (left) beside ``n`` real crops (right)."""
+def _caption(text: str, width: int) -> np.ndarray:
+    """A white strip with ``text`` in PIL's built-in font (no font file needed)."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (width, 14), "white")
+    ImageDraw.Draw(strip).text((2, 2), text, fill="black")
+    return np.asarray(strip)
+
+
+def sample_grid_png(images: np.ndarray, real_crops: np.ndarray, n: int = 16, cols: int = 4, pad: int = 2,
+                    caption: str = "") -> bytes:
+    """PNG bytes: up to ``n`` GM samples (left) beside ``n`` real crops (right), under an
+    optional one-line ``caption`` (the GM's realism figures)."""
     fake = _tile(np.asarray(images, dtype=np.uint8)[:n], cols, pad)
     real = _tile(np.asarray(real_crops, dtype=np.uint8)[:n], cols, pad)
     h = max(fake.shape[0], real.shape[0])
@@ -27,4 +38,7 @@ def sample_grid_png(images: np.ndarray, real_crops: np.ndarray, n: int = 16, col
     def fit(a: np.ndarray) -> np.ndarray:
         return np.pad(a, ((0, h - a.shape[0]), (0, 0), (0, 0)), constant_values=255)
 
-    return encode_png(np.concatenate([fit(fake), sep, fit(real)], axis=1))
+    grid = np.concatenate([fit(fake), sep, fit(real)], axis=1)
+    if caption:
+        grid = np.concatenate([_caption(caption, grid.shape[1]), grid], axis=0)
+    return encode_png(grid)

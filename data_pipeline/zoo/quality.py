@@ -10,16 +10,23 @@ Features are standardized by the real crops' statistics. Figures:
   real crops - a GM that emits one image fails;
 * ``dist_real_trained`` / ``dist_real_untrained``: diagonal Frechet distance (mean of
   squared differences of per-feature means and stds) between samples and real crops, for
-  the trained GM and for the same GM before training; ``improvement`` is their ratio.
+  the trained GM and for the same GM before training; ``improvement`` is their ratio;
+* ``swd`` (when the gate has a realism threshold, ``max_swd``): the sliced Wasserstein
+  distance of Laplacian-pyramid patches to the training crops (``data_pipeline.realism``).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import ZooTrainConfig
+
+if TYPE_CHECKING:
+    from data_pipeline.realism import RealismReference
 
 GRADIENT_EDGES = np.array([0.0, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, np.inf])
 SPECTRUM_BINS = 8
@@ -92,11 +99,14 @@ class QualityReference:
         return float(np.mean((f.mean(0) - self.real.mean(0)) ** 2 + (f.std(0) - self.real.std(0)) ** 2))
 
 
-def gate_figures(samples: np.ndarray, reference: QualityReference, untrained: np.ndarray) -> dict[str, float]:
-    """The gate's figures for a GM's samples (uint8 NHWC) against real crops."""
+def gate_figures(samples: np.ndarray, reference: QualityReference, untrained: np.ndarray,
+                 realism: RealismReference | None = None) -> dict[str, float]:
+    """The gate's figures for a GM's samples (uint8 NHWC) against real crops (with ``realism``:
+    also their ``swd`` to its real images, for a gate with a realism threshold)."""
     d_trained = reference.distance(samples)
     d_untrained = reference.distance(untrained)
-    return {
+    extra = {"swd": realism.swd(samples)} if realism is not None else {}
+    return extra | {
         "pixel_std": float(np.asarray(samples, dtype=np.float64).std(axis=(1, 2, 3)).mean()),
         "diversity_ratio": _mean_pairwise(reference.standardize(samples)) / max(reference.diversity, _EPS),
         "dist_real_trained": d_trained,
@@ -111,4 +121,5 @@ def gate_passes(figures: dict[str, float], cfg: ZooTrainConfig) -> bool:
         figures["pixel_std"] >= cfg.min_pixel_std
         and figures["diversity_ratio"] >= cfg.min_diversity_ratio
         and figures["improvement"] >= cfg.min_improvement
+        and (cfg.max_swd is None or figures.get("swd", np.inf) <= cfg.max_swd)
     )

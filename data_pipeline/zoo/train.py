@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from data_pipeline.realism import RealismReference
 from data_pipeline.schema import GMLabels
 
 from .config import ZooTrainConfig
@@ -30,6 +31,7 @@ class GMResult:
     steps: int = 0  # training steps of the kept build
     train_seconds: float = 0.0  # CPU time of the whole call (this thread; ~ wall on an idle core)
     build_seed: int = 0  # the seed of the kept build (spec.seed unless rebuilt)
+    untrained: np.ndarray | None = None  # the kept build's samples before training (the realism ceiling)
 
 
 def _to_tensor(crops: np.ndarray) -> torch.Tensor:
@@ -68,6 +70,7 @@ def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainCo
         n_gate = min(cfg.gate_images, len(real_crops))
         gate_rng = np.random.default_rng(spec.seed)
         reference = QualityReference(real_crops[gate_rng.choice(len(real_crops), n_gate, replace=False)])
+        realism = RealismReference(real_crops, seed=spec.seed) if cfg.max_swd is not None else None
         attempts = 0
         sec_per_step = 0.0  # measured, for the wall-time cap
         gate_seconds = 0.0
@@ -101,7 +104,7 @@ def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainCo
                 attempts += 1
                 tg = time.thread_time()
                 samples = gm.sample(n_gate, real, torch.Generator().manual_seed(seed + 2))
-                quality = gate_figures(samples, reference, untrained)
+                quality = gate_figures(samples, reference, untrained, realism)
                 gate_seconds = time.thread_time() - tg
                 passed = gate_passes(quality, cfg)
                 if passed:
@@ -114,5 +117,5 @@ def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainCo
         torch.set_num_threads(threads)
     return GMResult(
         spec=spec, images=images, labels=labels, quality=quality, passed=passed, attempts=attempts,
-        steps=steps, train_seconds=time.thread_time() - t0, build_seed=seed,
+        steps=steps, train_seconds=time.thread_time() - t0, build_seed=seed, untrained=untrained,
     )  # fmt: skip
