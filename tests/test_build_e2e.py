@@ -37,10 +37,33 @@ def test_smoke_collection_covers_the_schema(smoke_collection):
     assert col.manifest["quality"]["improvement_median"] is not None
     grids = Path(col.path) / "grids"
     assert {p.stem for p in grids.glob("*.png")} == set(fake["gm_id"])
+    # realism per GM, calibrated: trained GMs sit between real-vs-real and their untrained selves
+    assert {"realism_swd", "realism_c2st", "realism_swd_untrained"} <= set(fake.columns)
+    r = col.manifest["realism"]
+    assert r["real_swd"] < r["swd"]["median"] < r["swd_untrained_median"], r
+    assert (fake["realism_swd"] < fake["realism_swd_untrained"]).mean() >= 0.75
+    assert set(r["swd"]["per_family"]) == set(fake["family"]) and 0.4 < r["real_c2st"] < 0.8
     real = col.read_images([REAL_GM_ID], columns=["is_fake"]).to_pydict()["is_fake"]
     assert len(real) == col.manifest["build"]["real_images"] and not any(real)
     assert {s["package"] for s in col.manifest["real_sources"]} >= {"scikit-image"}
     assert all(s["license"] for s in col.manifest["real_sources"])
+
+
+def test_realism_of_a_built_collection_from_the_command_line(smoke_collection, tmp_path, capsys):
+    """``build_collection.py --realism`` re-measures a collection from its own images: the
+    same numbers the build recorded, up to the subsample of real images each was run with."""
+    import pandas as pd
+
+    from workflows.build_collection import main
+
+    out = tmp_path / "realism.csv"
+    assert main(["--realism", str(smoke_collection.path), "--realism-csv", str(out)]) == 0
+    assert "realism SWD" in capsys.readouterr().out
+    per_gm = pd.read_csv(out).set_index("gm_id")
+    fake = smoke_collection.fake_gms.set_index("gm_id")
+    assert set(per_gm.index) == set(fake.index)
+    both = per_gm.join(fake[["realism_swd"]])
+    assert np.corrcoef(both["swd"], both["realism_swd"])[0, 1] > 0.9
 
 
 def test_collection_is_reused_when_manifest_matches(smoke_collection):

@@ -4,6 +4,8 @@
     python workflows/build_collection.py --from-folder DIR --labels labels.csv --out PATH
     python workflows/build_collection.py --from-folder DIR --labels ground_truth_net_116_15dim.npy \
         --gm-names names.txt --out PATH
+    python workflows/build_collection.py --realism PATH [--realism-csv per_gm.csv]   # measure a built one
+    python workflows/build_collection.py --external [--out PATH]   # GMs written from their papers, for testing
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="ingest: label table (.csv, .json, or RED116 .npy)")
     p.add_argument("--gm-names", help="ingest: GM folder names, one per RED116 matrix row")
     p.add_argument("--loss-labels", help="ingest: RED116 loss matrix (default: sibling ground_truth_loss_116_9dim.npy)")
+    p.add_argument("--realism", metavar="PATH", help="measure how real the GMs of an existing collection look "
+                   "(SWD and C2ST against its own real images) and exit")
+    p.add_argument("--realism-csv", help="with --realism: also write the per-GM table here")
+    p.add_argument("--external", action="store_true", help="build the external test collection (DCGAN, LSGAN, "
+                   "SNGAN and a VAE written from their papers, no zoo code) instead of a zoo")
     add_dataclass_args(p, BuildConfig, "zoo build (overrides the preset)", skip=("preset",), presets=BUILD_PRESETS)
     return p
 
@@ -40,6 +47,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
+        if args.realism:
+            return measure_realism(args.realism, args.realism_csv)
+        if args.external:
+            return build_external(args.out, args.overwrite)
         if args.from_folder:
             if not args.labels or not args.out:
                 die("--from-folder needs --labels and --out")
@@ -69,6 +80,50 @@ def main(argv: list[str] | None = None) -> int:
     print(f"built {m['counts']['gms']} GMs ({m['counts']['gms_rejected']} rejected by the quality gate, "
           f"{m['counts']['gate_retries']} retries), {m['counts']['images']} images in {m['build_seconds']} s; "
           f"gate improvement median {m['quality']['improvement_median']:.3g}, worst {m['quality']['improvement_worst']:.3g}")
+    print(realism_text(m["realism"]))
+    return 0
+
+
+def realism_text(r: dict) -> str:
+    """The realism summary a person reads after a build (lower SWD = more real)."""
+    swd, c2st = r["swd"], r["c2st"]
+    fams = ", ".join(f"{k} {v:.0f}" for k, v in sorted(swd["per_family"].items()))
+    untrained = f", untrained GMs {r['swd_untrained_median']:.0f}" if "swd_untrained_median" in r else ""
+    return (f"realism SWD x1e3 (lower = more real; real vs real {r['real_swd']:.0f}{untrained}): median "
+            f"{swd['median']:.0f}, worst {swd['worst']:.0f} ({swd['worst_gm']}); per family median: {fams}\n"
+            f"realism C2ST accuracy (0.5 = indistinguishable; real vs real {r['real_c2st']:.2f}): median "
+            f"{c2st['median']:.2f}, worst {c2st['worst']:.2f}")
+
+
+def build_external(out: str | None, overwrite: bool) -> int:
+    from data_pipeline.external_gms import ExternalConfig, build_external_collection
+    from data_pipeline.paths import collections_root
+
+    cfg = ExternalConfig()
+    path = Path(out) if out else collections_root() / f"external-s{cfg.seed}-{cfg.key()}"
+    init_ray()
+    col = build_external_collection(path, cfg, overwrite=overwrite)
+    m = col.manifest
+    for _, r in col.fake_gms.iterrows():
+        print(f"{r['gm_id']}: {r['paper']}, {int(r['train_steps'])} steps, realism SWD {r['realism_swd']:.0f}")
+    print(f"collection: {col.path} ({m['counts']['gms']} GMs, {m['counts']['gms_rejected']} short of the realism "
+          f"threshold, {m['build_seconds']} s)")
+    print(realism_text(m["realism"]))
+    return 0
+
+
+def measure_realism(path: str, csv: str | None) -> int:
+    from data_pipeline.build import realism_summary
+    from data_pipeline.realism import collection_realism
+
+    col = open_collection(path)
+    per_gm, cal = collection_realism(col, per_gm=int(col.manifest.get("build", {}).get("images_per_gm", 256)))
+    if per_gm.empty:
+        die(f"{path} has no GM with enough images to measure")
+    if csv:
+        per_gm.to_csv(csv, index=False)
+    print(f"{col.path}: {len(per_gm)} GMs against {col.manifest['counts'].get('real_images', '?')} real images")
+    print(realism_text(realism_summary(per_gm, cal)))
     return 0
 
 

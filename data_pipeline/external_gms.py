@@ -1,0 +1,412 @@
+"""An external test collection: GMs written from their papers, sharing no code with the zoo.
+
+Every zoo GM is built from one backbone (``data_pipeline.zoo.backbone``), so a parser trained
+on the zoo may learn that code's habits rather than what an architecture does to images.
+These GMs are plain torch modules written from each paper's description of its generator,
+trained on the same kind of real crops until their samples pass the realism threshold, and
+labelled by the same introspection (``zoo.introspect.measure_architecture``) as the zoo.
+
+* ``dcgan`` - Radford et al. 2016: transposed-conv stack from a 1x1 latent, batch norm and
+  ReLU, Tanh output; a strided-conv critic with leaky ReLU; the cross-entropy GAN loss.
+* ``lsgan`` - Mao et al. 2017: an FC projection, 3x3 stride-2 transposed convs with batch
+  norm and ReLU, Tanh output; the least-squares GAN loss.
+* ``sngan`` - Miyato et al. 2018, the "standard CNN" generator: FC projection, 4x4 stride-2
+  transposed convs with batch norm and ReLU, a 3x3 conv and Tanh; a spectrally normalized
+  critic; the hinge loss.
+* ``wgan-gp`` - Gulrajani et al. 2017, their CIFAR generator: FC projection with batch norm,
+  2x2 stride-2 transposed convs with batch norm and ReLU, Tanh output; a critic without
+  normalization; the Wasserstein loss with gradient penalty.
+* ``vae`` - Kingma & Welling 2014 with the usual conv encoder / decoder: FC projection,
+  transposed convs with ReLU and no normalization, a Sigmoid output; Gaussian (L2)
+  reconstruction plus KL.
+* ``mlp-vae`` - Kingma & Welling 2014 as the paper wrote it: an MLP encoder and decoder with
+  one tanh hidden layer, a Sigmoid output, no convolution at all; Gaussian (L2) plus KL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: the realism threshold of the zoo's default gate (SWD x1e3 of 64 samples to the training crops)
+DEFAULT_MAX_SWD = 550.0
+
+
+# --- generators, as each paper describes them (scaled to 32 px and to a CPU) --------------------------
+def dcgan_generator(nz: int = 100, ngf: int = 32) -> nn.Module:
+    return nn.Sequential(
+        nn.ConvTranspose2d(nz, ngf * 4, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh(),
+    )  # fmt: skip
+
+
+def dcgan_critic(ndf: int = 32) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True),
+        nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, True),
+        nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, True),
+        nn.Conv2d(ndf * 4, 1, 4, 1, 0, bias=False), nn.Flatten(),
+    )  # fmt: skip
+
+
+class Unflatten(nn.Module):
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(len(x), *self.shape)
+
+
+def lsgan_generator(nz: int = 64, ch: int = 128) -> nn.Module:
+    def up(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.ConvTranspose2d(cin, cout, 3, 2, 1, output_padding=1), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+    return nn.Sequential(
+        nn.Linear(nz, ch * 4 * 4), nn.BatchNorm1d(ch * 4 * 4), nn.ReLU(True), Unflatten(ch, 4, 4),
+        *up(ch, ch), *up(ch, ch // 2), nn.ConvTranspose2d(ch // 2, 3, 3, 2, 1, output_padding=1), nn.Tanh(),
+    )  # fmt: skip
+
+
+def sngan_generator(nz: int = 128, ch: int = 128) -> nn.Module:
+    def up(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+    return nn.Sequential(
+        nn.Linear(nz, ch * 4 * 4), Unflatten(ch, 4, 4), nn.BatchNorm2d(ch), nn.ReLU(True),
+        *up(ch, ch // 2), *up(ch // 2, ch // 4), *up(ch // 4, ch // 8), nn.Conv2d(ch // 8, 3, 3, 1, 1), nn.Tanh(),
+    )  # fmt: skip
+
+
+def sngan_critic(ch: int = 32) -> nn.Module:
+    sn = nn.utils.parametrizations.spectral_norm
+    return nn.Sequential(
+        sn(nn.Conv2d(3, ch, 3, 1, 1)), nn.LeakyReLU(0.1), sn(nn.Conv2d(ch, ch, 4, 2, 1)), nn.LeakyReLU(0.1),
+        sn(nn.Conv2d(ch, ch * 2, 3, 1, 1)), nn.LeakyReLU(0.1), sn(nn.Conv2d(ch * 2, ch * 2, 4, 2, 1)), nn.LeakyReLU(0.1),
+        sn(nn.Conv2d(ch * 2, ch * 4, 3, 1, 1)), nn.LeakyReLU(0.1), sn(nn.Conv2d(ch * 4, ch * 4, 4, 2, 1)),
+        nn.LeakyReLU(0.1), nn.Flatten(), sn(nn.Linear(ch * 4 * 4 * 4, 1)),
+    )  # fmt: skip
+
+
+def wgan_gp_generator(nz: int = 128, dim: int = 64) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(nz, 4 * 4 * 4 * dim), nn.BatchNorm1d(4 * 4 * 4 * dim), nn.ReLU(True), Unflatten(4 * dim, 4, 4),
+        nn.ConvTranspose2d(4 * dim, 2 * dim, 2, stride=2), nn.BatchNorm2d(2 * dim), nn.ReLU(True),
+        nn.ConvTranspose2d(2 * dim, dim, 2, stride=2), nn.BatchNorm2d(dim), nn.ReLU(True),
+        nn.ConvTranspose2d(dim, 3, 2, stride=2), nn.Tanh(),
+    )  # fmt: skip
+
+
+def wgan_gp_critic(dim: int = 32) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, dim, 3, 2, 1), nn.LeakyReLU(), nn.Conv2d(dim, 2 * dim, 3, 2, 1), nn.LeakyReLU(),
+        nn.Conv2d(2 * dim, 4 * dim, 3, 2, 1), nn.LeakyReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4 * dim, 1),
+    )  # fmt: skip
+
+
+def vae_encoder(nz: int = 32, ch: int = 32) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, ch, 4, 2, 1), nn.ReLU(True), nn.Conv2d(ch, ch * 2, 4, 2, 1), nn.ReLU(True),
+        nn.Conv2d(ch * 2, ch * 4, 4, 2, 1), nn.ReLU(True), nn.Flatten(), nn.Linear(ch * 4 * 16, 2 * nz),
+    )  # fmt: skip
+
+
+def vae_decoder(nz: int = 32, ch: int = 32) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(nz, ch * 4 * 16), nn.ReLU(True), Unflatten(ch * 4, 4, 4),
+        nn.ConvTranspose2d(ch * 4, ch * 2, 4, 2, 1), nn.ReLU(True),
+        nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1), nn.ReLU(True),
+        nn.ConvTranspose2d(ch, 3, 4, 2, 1), nn.Sigmoid(),
+    )  # fmt: skip
+
+
+def mlp_vae_encoder(nz: int = 32, hidden: int = 500) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, hidden), nn.Tanh(), nn.Linear(hidden, 2 * nz))
+
+
+def mlp_vae_decoder(nz: int = 32, hidden: int = 500) -> nn.Module:
+    return nn.Sequential(nn.Linear(nz, hidden), nn.Tanh(), nn.Linear(hidden, 3 * 32 * 32), nn.Sigmoid(),
+                         Unflatten(3, 32, 32))
+
+
+def _weights_init(m: nn.Module) -> None:
+    """DCGAN's initialisation: N(0, 0.02) convolutions, N(1, 0.02) batch-norm scales."""
+    if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+# --- training -----------------------------------------------------------------------------------------
+class _GAN:
+    def __init__(self, g: nn.Module, d: nn.Module, nz: int, loss: str, lr: float, betas: tuple[float, float],
+                 latent_4d: bool = False) -> None:
+        self.net, self.d, self.nz, self.loss, self.latent_4d = g, d, nz, loss, latent_4d
+        self.opt_g = torch.optim.Adam(g.parameters(), lr, betas=betas)
+        self.opt_d = torch.optim.Adam(d.parameters(), lr, betas=betas)
+
+    def z(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.randn(n, self.nz, generator=gen)
+        return z[..., None, None] if self.latent_4d else z
+
+    def _d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        if self.loss == "adversarial":
+            return F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + \
+                F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+        if self.loss == "least_squares":
+            return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake**2).mean()
+        if self.loss == "wasserstein":
+            return fake.mean() - real.mean()
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()  # hinge
+
+    def _g_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        if self.loss == "adversarial":
+            return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+        if self.loss == "least_squares":
+            return 0.5 * ((fake - 1) ** 2).mean()
+        return -fake.mean()  # hinge, wasserstein
+
+    def _penalty(self, x: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """WGAN-GP's gradient penalty on random interpolates (weight 10, as in the paper)."""
+        eps = torch.rand(len(x), 1, 1, 1)
+        mix = (eps * x + (1 - eps) * fake).requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.d(mix).sum(), mix, create_graph=True)
+        return 10.0 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+    def step(self, x: torch.Tensor) -> None:
+        fake = self.net(self.z(len(x)))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss = self._d_loss(self.d(x), self.d(fake.detach()))
+        if self.loss == "wasserstein":
+            loss = loss + self._penalty(x, fake.detach())
+        loss.backward()
+        self.opt_d.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        self._g_loss(self.d(fake)).backward()
+        self.opt_g.step()
+
+    def generate(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        return self.net(self.z(n, gen))
+
+
+class _VAE:
+    def __init__(self, nz: int = 32, mlp: bool = False) -> None:
+        self.nz = nz
+        self.enc, self.net = (mlp_vae_encoder(nz), mlp_vae_decoder(nz)) if mlp else (vae_encoder(nz), vae_decoder(nz))
+        self.opt = torch.optim.Adam([*self.enc.parameters(), *self.net.parameters()], 1e-3)
+
+    def step(self, x: torch.Tensor) -> None:
+        x01 = (x + 1) / 2
+        mu, logvar = self.enc(x).chunk(2, dim=1)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        recon = ((self.net(z) - x01) ** 2).flatten(1).sum(1) / 0.1  # Gaussian likelihood, sigma^2 = 0.05
+        kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
+        self.opt.zero_grad(set_to_none=True)
+        (recon + kl).mean().backward()
+        self.opt.step()
+
+    def generate(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        return self.net(torch.randn(n, self.nz, generator=gen)) * 2 - 1
+
+
+@dataclass(frozen=True)
+class ExternalGM:
+    """One GM of the external collection: how to build it and what it trains with."""
+
+    gm_id: str
+    family: str
+    loss_types: tuple[str, ...]
+    paper: str
+    build: Callable[[], Any]
+
+
+def _dcgan() -> _GAN:
+    g, d = dcgan_generator(), dcgan_critic()
+    g.apply(_weights_init), d.apply(_weights_init)
+    return _GAN(g, d, 100, "adversarial", 2e-4, (0.5, 0.999), latent_4d=True)
+
+
+def _lsgan() -> _GAN:
+    g, d = lsgan_generator(), dcgan_critic()
+    g.apply(_weights_init), d.apply(_weights_init)
+    return _GAN(g, d, 64, "least_squares", 2e-4, (0.5, 0.999))
+
+
+def _sngan() -> _GAN:
+    return _GAN(sngan_generator(), sngan_critic(), 128, "hinge", 2e-4, (0.5, 0.999))
+
+
+def _wgan_gp() -> _GAN:
+    return _GAN(wgan_gp_generator(), wgan_gp_critic(), 128, "wasserstein", 1e-4, (0.5, 0.9))
+
+
+EXTERNAL_GMS: tuple[ExternalGM, ...] = (
+    ExternalGM("ext-dcgan", "gan", ("adversarial",), "Radford et al. 2016 (DCGAN)", _dcgan),
+    ExternalGM("ext-lsgan", "gan", ("least_squares",), "Mao et al. 2017 (LSGAN)", _lsgan),
+    ExternalGM("ext-sngan", "gan", ("hinge",), "Miyato et al. 2018 (SNGAN, standard CNN)", _sngan),
+    ExternalGM("ext-wgan-gp", "gan", ("wasserstein",), "Gulrajani et al. 2017 (WGAN-GP, CIFAR generator)", _wgan_gp),
+    ExternalGM("ext-vae", "vae", ("kl", "l2"), "Kingma & Welling 2014 (VAE, conv encoder/decoder)", _VAE),
+    ExternalGM("ext-mlp-vae", "vae", ("kl", "l2"), "Kingma & Welling 2014 (VAE, MLP as in the paper)",
+               lambda: _VAE(mlp=True)),
+)
+
+
+@dataclass(frozen=True)
+class ExternalConfig:
+    """How the external collection is built (32 px, as the default zoo)."""
+
+    image_size: int = 32
+    images_per_gm: int = 256
+    real_images: int = 1024
+    train_crops: int = 4096
+    batch_size: int = 64
+    min_steps: int = 1000  # every GM trains this long (passing the threshold early is not enough)
+    max_steps: int = 3000
+    check_every: int = 250  # steps between realism checks
+    max_swd: float = DEFAULT_MAX_SWD
+    seed: int = 0
+
+    def key(self) -> str:
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+
+
+@torch.no_grad()
+def _sample(model: Any, n: int, seed: int) -> np.ndarray:
+    model.net.eval()
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        x = torch.cat([model.generate(min(64, n - i), gen) for i in range(0, n, 64)])
+    finally:
+        model.net.train()
+    return ((x.clamp(-1, 1).permute(0, 2, 3, 1).numpy() + 1) * 127.5 + 0.5).astype(np.uint8)
+
+
+def train_external_gm(gm: ExternalGM, crops: np.ndarray, cfg: ExternalConfig, realism_ref) -> dict[str, Any]:
+    """Train ``gm`` on ``crops`` (uint8 NHWC) for ``min_steps``, then until 64 samples reach
+    ``cfg.max_swd`` against the crops (checked every ``check_every`` steps) or ``max_steps`` run
+    out; sample and label it."""
+    from data_pipeline.realism import RealismReference
+    from data_pipeline.zoo.introspect import measure_architecture
+
+    torch.set_num_threads(1)
+    seed = int(np.random.SeedSequence([cfg.seed, sum(map(ord, gm.gm_id))]).generate_state(1)[0])
+    torch.manual_seed(seed)
+    t0 = time.thread_time()
+    model = gm.build()
+    gate = RealismReference(crops, seed=cfg.seed)
+    untrained = _sample(model, 64, seed + 1)
+    real = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).float() / 127.5 - 1
+    batches = torch.Generator().manual_seed(seed + 2)
+    steps, history = 0, []
+    while steps < cfg.max_steps:
+        for _ in range(cfg.check_every):
+            idx = torch.randint(len(real), (cfg.batch_size,), generator=batches)
+            model.step(real[idx])
+        steps += cfg.check_every
+        history.append((steps, gate.swd(_sample(model, 64, seed + 1))))
+        if steps >= cfg.min_steps and history[-1][1] <= cfg.max_swd:
+            break
+    images = _sample(model, cfg.images_per_gm, seed + 3)
+    measured = realism_ref.measure(images)
+    measured["swd_untrained"] = realism_ref.swd(untrained)
+    labels = measure_architecture(model.net, gm.loss_types)
+    return {"gm": gm, "images": images, "labels": labels, "realism": measured, "steps": steps,
+            "gate_swd": history[-1][1], "passed": history[-1][1] <= cfg.max_swd, "history": history,
+            "train_seconds": time.thread_time() - t0}
+
+
+def build_external_collection(out: str | Path, cfg: ExternalConfig | None = None, overwrite: bool = False,
+                              progress: bool = True):
+    """Build the external test collection at ``out``: one Ray task per GM, written as the zoo's."""
+    import pandas as pd
+    import ray
+    from tqdm.auto import tqdm
+
+    from data_pipeline import schema
+    from data_pipeline.build import realism_caption, realism_summary
+    from data_pipeline.collection import (
+        REAL_GM_ID,
+        CollectionError,
+        CollectionWriter,
+        gms_row,
+        image_rows,
+        open_collection,
+    )
+    from data_pipeline.preprocess import encode_png
+    from data_pipeline.real_images import load_bundled_photos, random_crops
+    from data_pipeline.realism import RealismReference, calibration
+    from data_pipeline.zoo.grid import sample_grid_png
+
+    cfg = cfg or ExternalConfig()
+    if not ray.is_initialized():
+        ray.init()
+    t0 = time.time()
+    pool = load_bundled_photos()
+    # other crop seeds than the zoo's: the same photos, never the same crops
+    crops = random_crops(pool, cfg.train_crops, cfg.image_size, seed=cfg.seed + 7_000_001)
+    real = random_crops(pool, cfg.real_images, cfg.image_size, seed=cfg.seed + 7_000_002)
+    ref = ray.put(RealismReference(real, seed=cfg.seed))
+    task = ray.remote(num_cpus=1)(train_external_gm)
+    pending = {task.remote(gm, crops, cfg, ref): i for i, gm in enumerate(EXTERNAL_GMS)}
+    results: dict[int, dict[str, Any]] = {}
+    with CollectionWriter(out, overwrite=overwrite) as writer, tqdm(total=len(pending), desc="external GMs",
+                                                                    disable=not progress) as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(done[0])
+            r = ray.get(done[0])
+            bar.update(1)
+            bar.set_postfix(gm=r["gm"].gm_id, swd=f"{r['gate_swd']:.0f}", gate="pass" if r["passed"] else "FAIL")
+            results[i] = r
+            if r["passed"]:
+                s = cfg.image_size
+                writer.write_shard(i, image_rows(r["gm"].gm_id, [encode_png(im) for im in r["images"]],
+                                                 [(s, s)] * len(r["images"]), True))
+                writer.write_grid(r["gm"].gm_id, sample_grid_png(r["images"][:32], real[:32],
+                                                                 caption=realism_caption(r["realism"])))
+        kept = [results[i] for i in sorted(results) if results[i]["passed"]]
+        failed = [{"gm_id": r["gm"].gm_id, "gate_swd": r["gate_swd"], "steps": r["steps"]}
+                  for r in results.values() if not r["passed"]]
+        if not kept:
+            raise CollectionError(f"no external GM reached the realism threshold {cfg.max_swd}: {failed}")
+        ranges = schema.Ranges.fit(np.stack([r["labels"].continuous_vector() for r in kept]))
+        rows = []
+        for r in kept:
+            extra = {f"realism_{k}": v for k, v in r["realism"].items()}
+            extra.update({"paper": r["gm"].paper, "train_steps": r["steps"], "gate_swd": r["gate_swd"],
+                          "train_seconds": r["train_seconds"]})
+            rows.append(gms_row(r["gm"].gm_id, r["gm"].family, "external", r["labels"], ranges, "", extra))
+        rows.append(gms_row(REAL_GM_ID, "real", "bundled", None, ranges))
+        s = cfg.image_size
+        writer.write_shard(len(EXTERNAL_GMS), image_rows(REAL_GM_ID, [encode_png(im) for im in real],
+                                                         [(s, s)] * len(real), False))
+        per_gm = pd.DataFrame([{"gm_id": r["gm"].gm_id, "family": r["gm"].family, **r["realism"]} for r in kept])
+        manifest = {
+            "kind": "external",
+            "build_key": cfg.key(),
+            "build": asdict(cfg),
+            "image_size": s,
+            "ranges": ranges.to_dict(),
+            "real_sources": pool.sources,
+            "papers": {r["gm"].gm_id: r["gm"].paper for r in kept},
+            "counts": {"real_images": len(real), "gms_requested": len(EXTERNAL_GMS), "gms_rejected": len(failed)},
+            "rejected": failed,
+            "realism": realism_summary(per_gm, calibration(real, cfg.images_per_gm, cfg.seed)),
+            "build_seconds": round(time.time() - t0, 1),
+        }
+        path = writer.commit(pd.DataFrame(rows), manifest)
+    return open_collection(path)
