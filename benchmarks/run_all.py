@@ -29,6 +29,7 @@ SCRIPTS = {  # name -> script; order = order of the runs
     "parse": "bench_parse.py",
     "build": "bench_build.py",
     "gpu": "bench_gpu.py",  # without CUDA: "GPU: not measured", in a second
+    "realism": "bench_realism.py",
 }
 
 
