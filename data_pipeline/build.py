@@ -52,14 +52,21 @@ class BuildConfig:
     seed: int = 0
     real_dir: str | None = None
     max_rows_per_shard: int = 4096
+    implementations: str = "backbone"  # comma-separated: how GANs / VAEs may be written (zoo.generators)
+
+    def implementation_tuple(self) -> tuple[str, ...]:
+        return tuple(w.strip() for w in self.implementations.split(",") if w.strip())
 
     def key(self) -> str:
         """Hash of these fields and of the zoo preset's settings (not just its name), so a
-        collection built before a preset changed is rebuilt, not reused."""
+        collection built before a preset changed is rebuilt, not reused. ``implementations``
+        enters only when it is not the default, so collections built before it existed match."""
         from data_pipeline.zoo.config import ZOO_PRESETS
 
         zoo = ZOO_PRESETS.get(self.zoo_preset)
         d = {**asdict(self), "zoo": asdict(zoo) if zoo is not None else None}
+        if self.implementation_tuple() == ("backbone",):
+            d.pop("implementations")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def default_path(self) -> Path:
@@ -144,7 +151,7 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
     pool = _photo_pool(cfg)
     train_crops = random_crops(pool, cfg.train_crops, cfg.image_size, seed=cfg.seed)
     real_crops = random_crops(pool, cfg.real_images, cfg.image_size, seed=cfg.seed + 1_000_003)
-    specs = zoo.sample_specs(cfg.n_gms, cfg.seed, cfg.image_size)
+    specs = zoo.sample_specs(cfg.n_gms, cfg.seed, cfg.image_size, cfg.implementation_tuple())
     crops_ref = ray.put(train_crops)
     realism_ref = ray.put(RealismReference(real_crops, seed=cfg.seed))
     task = ray.remote(num_cpus=1, max_retries=3)(_make_gm_task)
@@ -198,7 +205,8 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
         for r, lab in zip(kept, labels):
             extra = {f"gate_{k}": v for k, v in r["quality"].items()}
             extra.update({f"realism_{k}": v for k, v in r["realism"].items()})
-            extra.update({"gate_attempts": r["attempts"], "train_steps": r["steps"], "train_seconds": r["train_seconds"]})
+            extra.update({"gate_attempts": r["attempts"], "train_steps": r["steps"], "train_seconds": r["train_seconds"],
+                          "implementation": json.loads(r["spec"])["arch"].get("implementation", "backbone")})
             rows.append(gms_row(r["gm_id"], r["family"], "zoo", lab, ranges, r["spec"], extra))
         rows.append(gms_row(REAL_GM_ID, "real", "bundled" if not cfg.real_dir else "folder", None, ranges))
         gms = pd.DataFrame(rows)

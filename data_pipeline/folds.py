@@ -53,6 +53,25 @@ def gm_folds(gms: pd.DataFrame, k: int, seed: int = 0) -> list[Fold]:
     ]
 
 
+def holdout_fold(gms: pd.DataFrame, holdout: str) -> list[Fold]:
+    """One fold whose test GMs are every GM with ``COLUMN=VALUE`` (``holdout``), trained on all
+    the others: e.g. ``implementation=resnet`` asks whether a parser reads GMs written in a way
+    it never saw, not only GMs with unseen knob settings."""
+    column, sep, value = holdout.partition("=")
+    if not sep or not column or not value:
+        raise FoldError(f"--holdout wants COLUMN=VALUE (e.g. implementation=resnet), got {holdout!r}")
+    fake = gms[gms["gm_id"] != REAL_GM_ID]
+    if column not in fake:
+        raise FoldError(f"--holdout {holdout}: the collection has no column {column!r}")
+    values = fake[column].astype(str)
+    test = fake["gm_id"][values == value]
+    train = fake["gm_id"][values != value]
+    if test.empty or train.empty:
+        raise FoldError(f"--holdout {holdout}: {len(test)} GMs have it and {len(train)} do not; need both "
+                        f"(values present: {sorted(values.unique())})")
+    return [Fold(0, tuple(sorted(train)), tuple(sorted(test)))]
+
+
 def is_validation_image(image_id: str, val_fraction: float, seed: int = 0) -> bool:
     """Deterministic held-out membership of one image (same answer on every worker)."""
     h = hashlib.blake2b(f"{seed}:{image_id}".encode(), digest_size=8).digest()

@@ -185,3 +185,25 @@ def test_target_arrays_take_and_concat() -> None:
     assert two.continuous.tolist() == [[4.0, 5.0], [0.0, 1.0]] and two.discrete.ravel().tolist() == [2, 0]
     back = TargetArrays.concat([t.take([0]), t.take([1, 2])])
     assert all(np.array_equal(getattr(back, f), getattr(t, f)) for f in ("continuous", "discrete", "loss", "group"))
+
+
+def test_holdout_fold_tests_on_one_implementation():
+    from data_pipeline.folds import FoldError, holdout_fold
+
+    gms = pd.DataFrame({"gm_id": ["a", "b", "c", "d", "real"], "family": ["gan"] * 4 + ["real"],
+                        "implementation": ["backbone", "resnet", "backbone", "resnet", ""]})
+    (fold,) = holdout_fold(gms, "implementation=resnet")
+    assert fold.test_gms == ("b", "d") and fold.train_gms == ("a", "c")  # real is in neither
+    for bad, msg in (("implementation", "COLUMN=VALUE"), ("style=resnet", "no column"),
+                     ("implementation=dcgan", "need both"), ("family=gan", "need both")):
+        with pytest.raises(FoldError, match=msg):
+            holdout_fold(gms, bad)
+
+
+def test_build_key_keeps_old_collections_and_sees_implementations():
+    from data_pipeline.build import build_config
+
+    base = build_config("default")
+    assert build_config("default", implementations="backbone").key() == base.key()
+    assert build_config("default", implementations="backbone,dcgan,resnet").key() != base.key()
+    assert build_config("default", implementations="backbone, dcgan").implementation_tuple() == ("backbone", "dcgan")

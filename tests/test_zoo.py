@@ -296,3 +296,57 @@ def test_time_cap_stops_retries_and_rebuilds(crops: np.ndarray) -> None:
     capped = TINY.with_(min_improvement=1e9, max_retries=5, max_rebuilds=3, retry_steps=50, max_seconds=1e-3)
     r = make_gm(FAMILY_CASES[0], crops, 2, capped)
     assert not r.passed and r.attempts == 1 and r.build_seed == FAMILY_CASES[0].seed
+
+
+# --- implementations: the same knobs written in other code styles -------------------------------
+ALL_IMPLS = ("backbone", "dcgan", "resnet")
+
+
+def test_implementations_build_and_measure_as_asked() -> None:
+    """GANs and VAEs written DCGAN- or SNGAN/BigGAN-style: every spec builds, generates, and
+    measures as asked; each latent family gets every implementation."""
+    from data_pipeline.zoo.families import build_family
+    from data_pipeline.zoo.generators import DCGANGenerator, ResidualUpBlock, ResNetGenerator
+
+    specs = sample_specs(32, 0, 32, ALL_IMPLS)
+    for family in ("gan", "vae"):
+        assert {s.arch.implementation for s in specs if s.family == family} == set(ALL_IMPLS)
+    assert all(s.arch.implementation == "backbone" for s in specs if s.family not in ("gan", "vae"))
+    for spec in specs:
+        net = build_family(spec, ZOO_PRESETS["smoke"]).net
+        a = spec.arch
+        got = measure_architecture(net, spec.loss_types).discrete_names()
+        assert got == {
+            "norm_type": a.norm, "last_layer_nonlinearity": a.last_act, "last_block_nonlinearity": a.block_act,
+            "upsampling": a.upsampling, "skip_connection": "yes" if a.skip else "no",
+            "downsampling": "yes" if a.downsampling else "no",
+        }, (spec.gm_id, a.implementation)  # fmt: skip
+        if a.implementation == "dcgan":
+            assert isinstance(net, DCGANGenerator) and not any(isinstance(m, Block) for m in net.modules())
+        if a.implementation == "resnet":
+            blocks = [m for m in net.modules() if isinstance(m, ResidualUpBlock)]
+            assert isinstance(net, ResNetGenerator) and len(blocks) == 3  # 4 -> 8 -> 16 -> 32
+            assert measure_architecture(net, spec.loss_types).continuous["num_blocks"] == 3
+        if spec.family in ("gan", "vae"):
+            assert net(torch.randn(2, a.z_dim)).shape == (2, 3, 32, 32)
+
+
+def test_default_specs_draw_no_implementation() -> None:
+    """Collections built before implementations existed keep their specs: same draws, backbone only."""
+    a, b = sample_specs(40, 5, 32), sample_specs(40, 5, 32, ("backbone",))
+    assert [s.to_json() for s in a] == [s.to_json() for s in b]
+    assert {s.arch.implementation for s in a} == {"backbone"}
+    old = GMSpec.from_json(a[0].to_json().replace(', "implementation": "backbone"', ""))
+    assert old == a[0]  # a spec stored before the field existed reads back as the backbone
+    with pytest.raises(ValueError, match="implementations"):
+        sample_specs(16, 0, 32, ("dcgan",))
+    with pytest.raises(ValueError, match="implementations"):
+        sample_specs(16, 0, 32, ("backbone", "stylegan9"))
+
+
+@pytest.mark.parametrize("impl", ["dcgan", "resnet"])
+def test_make_gm_with_each_implementation(impl: str, crops: np.ndarray) -> None:
+    spec = next(s for s in sample_specs(32, 0, S, ALL_IMPLS) if s.family == "gan" and s.arch.implementation == impl)
+    r = make_gm(spec, crops, n_images=5, cfg=TINY)
+    assert r.images.shape == (5, S, S, 3) and r.images.dtype == np.uint8 and r.images.std() > 0
+    assert r.labels.discrete_names()["skip_connection"] == ("yes" if impl == "resnet" else "no")

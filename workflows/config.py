@@ -44,6 +44,7 @@ class JobConfig:
     loss_balance: bool = False  # class-balanced group / loss-type BCE, weights from the training GMs (not in the paper)
     ema: float = 0.0  # decay of an EMA of the weights, evaluated and kept instead of the last step's (0: off, paper)
     folds: int = 2
+    holdout: str | None = None  # COLUMN=VALUE (e.g. implementation=resnet): one fold testing on those GMs instead
     num_workers: int = 1
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     cpus_per_worker: float = 1.0

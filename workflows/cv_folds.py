@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from data_pipeline.collection import REAL_GM_ID, Collection, open_collection  # noqa: E402
-from data_pipeline.folds import Fold, gm_folds, holdout_gms  # noqa: E402
+from data_pipeline.folds import Fold, gm_folds, holdout_fold, holdout_gms  # noqa: E402
 from data_pipeline.ray_data import EpochPlan  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from workflows.cli import add_dataclass_args, flat_fields, load_overrides, resolve  # noqa: E402
@@ -250,9 +250,14 @@ def format_summary(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def job_folds(col: Collection, cfg: JobConfig) -> list[Fold]:
+    """The K GM-disjoint folds, or with ``--holdout COLUMN=VALUE`` the one fold testing on those GMs."""
+    return holdout_fold(col.gms, cfg.holdout) if cfg.holdout else gm_folds(col.gms, cfg.folds, cfg.seed)
+
+
 def check_inputs(col: Collection, args: argparse.Namespace, cfg: JobConfig) -> None:
     """Everything this job needs of its inputs, before anything trains (``workflows.job.start_job``)."""
-    gm_folds(col.gms, cfg.folds, cfg.seed)
+    job_folds(col, cfg)
     if args.test_collection:
         if not cfg.final_model:
             raise SetupError("--test-collection scores the final parser: drop --final-model false")
@@ -269,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     job = start_job(args, cfg, "cv", validate=lambda col: check_inputs(col, args, cfg))
     import mlflow
 
-    col, folds, run_name = job.col, gm_folds(job.col.gms, cfg.folds, cfg.seed), job.run_name(args.resume)
+    col, folds, run_name = job.col, job_folds(job.col, cfg), job.run_name(args.resume)
     marker_dir = job.storage if "://" not in job.storage else tempfile.gettempdir()
     fault_marker = str(Path(marker_dir) / f"{run_name}.killed") if cfg.kill_after_epoch >= 0 else None
     print(f"collection {col.path}: {len(col.fake_gms)} GMs, {col.manifest['counts']['images']} images; "

@@ -70,6 +70,7 @@ class ArchSpec:
     down_stages: int = 1
     pool: str = "none"  # how down-sampling happens: strided conv ("none") or a pooling layer
     z_dim: int = 32
+    implementation: str = "backbone"  # how the network is written: generators.ALL_IMPLEMENTATIONS
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,6 +17,7 @@ import numpy as np
 from data_pipeline.schema import DISCRETE, DISCRETE_NAMES, FAMILIES, LOSS_TYPES, NONLINEARITIES
 
 from .backbone import POOLING, ArchSpec, stage_count
+from .generators import ALL_IMPLEMENTATIONS, IMPLEMENTATIONS, RESTRICTIONS
 from .layers import HIDDEN_ACTS
 
 #: (family, loss set) in the order the covering design cycles through; covers LOSS_TYPES
@@ -77,8 +78,10 @@ class GMSpec:
         return cls(**d)
 
 
-def _allowed(family: str, name: str, chosen: dict[str, str]) -> tuple[str, ...]:
-    """Discrete classes a family can realise (given the choices made so far)."""
+def _allowed(family: str, name: str, chosen: dict[str, str], implementation: str = "backbone") -> tuple[str, ...]:
+    """Discrete classes a family written as ``implementation`` can realise (given the choices so far)."""
+    if implementation in RESTRICTIONS and name in RESTRICTIONS[implementation]:
+        return RESTRICTIONS[implementation][name]
     values = DISCRETE[name]
     if family == "autoregressive":  # row-causal: no resampling; instance stats would leak rows
         return {"downsampling": ("no",), "upsampling": ("nearest",), "norm_type": ("batch", "none")}.get(
@@ -108,7 +111,8 @@ def _family_options(family: str, rng: np.random.Generator) -> dict:
     return {}
 
 
-def _sample_arch(family: str, disc: dict[str, str], image_size: int, rng: np.random.Generator) -> ArchSpec:
+def _sample_arch(family: str, disc: dict[str, str], image_size: int, rng: np.random.Generator,
+                 implementation: str = "backbone") -> ArchSpec:
     downsampling = disc["downsampling"] == "yes"
     skip = disc["skip_connection"] == "yes"
     mid_blocks = int(rng.integers(0, 4))
@@ -132,14 +136,26 @@ def _sample_arch(family: str, disc: dict[str, str], image_size: int, rng: np.ran
         down_stages=int(rng.integers(1, max_down + 1)) if downsampling else 1,
         pool=str(rng.choice(POOLING)) if downsampling else "none",
         z_dim=int(rng.choice([16, 32, 64])),
+        implementation=implementation,
     )
 
 
-def sample_specs(n: int, seed: int, image_size: int) -> list[GMSpec]:
+def sample_specs(n: int, seed: int, image_size: int, implementations: tuple[str, ...] = ("backbone",)
+                 ) -> list[GMSpec]:
     """``n`` GM specs, deterministic by ``seed``; covering every loss type and discrete
-    class once ``n >= MIN_COVERING_N`` (asserted by the tests)."""
+    class once ``n >= MIN_COVERING_N`` (asserted by the tests).
+
+    With more than the backbone in ``implementations``, each GM of a family that can be written
+    otherwise (``generators.IMPLEMENTATIONS``) is written in the implementation least used so far
+    in its family (ties broken at random), which then restricts its discrete classes. The RNG draws for
+    the backbone-only default are unchanged, so existing collections keep their specs."""
     if image_size not in (16, 32, 64, 128):
         raise ValueError(f"image_size must be 16, 32, 64 or 128, got {image_size}")
+    unknown = set(implementations) - set(ALL_IMPLEMENTATIONS)
+    if unknown or "backbone" not in implementations:
+        raise ValueError(f"implementations must include 'backbone' and be among {ALL_IMPLEMENTATIONS}, "
+                         f"got {implementations}")
+    impl_used = {f: dict.fromkeys(implementations, 0) for f in ZOO_FAMILIES}
     rng = np.random.default_rng(seed)
     used = {name: dict.fromkeys(values, 0) for name, values in DISCRETE.items()}
     order = ("downsampling",) + tuple(k for k in DISCRETE_NAMES if k != "downsampling")
@@ -149,9 +165,16 @@ def sample_specs(n: int, seed: int, image_size: int) -> list[GMSpec]:
             family, losses = LOSS_CONFIGS[i]
         else:
             family, losses = LOSS_CONFIGS[int(rng.integers(len(LOSS_CONFIGS)))]
+        implementation = "backbone"
+        options = [m for m in IMPLEMENTATIONS.get(family, ("backbone",)) if m in impl_used[family]]
+        if len(options) > 1:
+            fewest = min(impl_used[family][m] for m in options)
+            pool_impl = [m for m in options if impl_used[family][m] == fewest]
+            implementation = pool_impl[int(rng.integers(len(pool_impl)))]
+        impl_used[family][implementation] += 1
         disc: dict[str, str] = {}
         for name in order:
-            allowed = _allowed(family, name, disc)
+            allowed = _allowed(family, name, disc, implementation)
             counts = np.array([used[name][v] for v in allowed])
             if (np.array(list(used[name].values())) == 0).any():
                 pool = [v for v, c in zip(allowed, counts) if c == counts.min()]
@@ -160,7 +183,7 @@ def sample_specs(n: int, seed: int, image_size: int) -> list[GMSpec]:
             disc[name] = str(pool[int(rng.integers(len(pool)))])
             used[name][disc[name]] += 1
         assert disc["last_layer_nonlinearity"] in NONLINEARITIES
-        arch = _sample_arch(family, disc, image_size, rng)
+        arch = _sample_arch(family, disc, image_size, rng, implementation)
         gm_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         specs.append(
             GMSpec(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..backbone import Backbone
 from ..config import ZooTrainConfig
+from ..generators import latent_generator
 from ..specs import GMSpec
 from .base import Family, adam, d_loss, discriminator, g_loss, gradient_penalty, init_generator, mmd2
 
@@ -23,7 +23,7 @@ class GANFamily(Family):
     def __init__(self, spec: GMSpec, cfg: ZooTrainConfig) -> None:
         super().__init__(spec, cfg)
         (self.kind,) = [t for t in spec.loss_types if t in GAN_LOSSES]
-        self.net = Backbone(spec.arch, self.size, mode="latent", output_kind="image")
+        self.net = latent_generator(spec.arch, self.size)
         spectral = cfg.gan_spectral and (self.kind != "wasserstein" or cfg.gan_wgan_spectral)
         self.d = discriminator(
             self.size, out_dim=MMD_FEATURES if self.kind == "mmd" else 1, width=cfg.gan_d_width, spectral=spectral,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..backbone import Backbone
 from ..config import ZooTrainConfig
+from ..generators import latent_generator
 from ..specs import GMSpec
 from .base import Family, adam, discriminator, init_generator
 
@@ -27,7 +27,7 @@ class VAEFamily(Family):
         self.recon = "l1" if "l1" in spec.loss_types else "l2"
         self.beta = float(spec.options.get("beta", 1.0)) * cfg.vae_kl_scale
         z = spec.arch.z_dim
-        self.net = Backbone(spec.arch, self.size, mode="latent", output_kind="image")
+        self.net = latent_generator(spec.arch, self.size)
         if cfg.gan_init:
             init_generator(self.net)
         self.encoder: nn.Sequential = discriminator(self.size, out_dim=2 * z)
