@@ -251,3 +251,19 @@ def test_ray_job_submit_with_defaults_leaves_results_where_it_says(smoke_collect
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI")
     assert len(model.predict(np.zeros((1, 32, 32, 3), dtype=np.uint8))) == 1
+
+
+def test_cv_job_holds_out_a_whole_group(smoke_collection, sqlite_tracking, tmp_path, capsys):
+    """``--holdout family=gan``: one fold, trained on every other GM, scored on every GAN."""
+    from workflows import cv_folds
+
+    rc = cv_folds.main([*SMOKE_ARGS, "--collection", smoke_collection.path, "--storage-path", str(tmp_path / "runs"),
+                        "--epochs", "1", "--final-model", "false", "--holdout", "family=gan"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    n_gans = int((smoke_collection.fake_gms["family"] == "gan").sum())
+    assert "1 folds" in out and f"fold-0: {n_gans} unseen GMs" in out
+    assert f"Pooled over all {n_gans} GMs" in out
+    with pytest.raises(SystemExit) as e:  # a group nobody has is an input error, before training
+        cv_folds.main([*SMOKE_ARGS, "--collection", smoke_collection.path, "--holdout", "family=stylegan"])
+    assert e.value.code == 2
