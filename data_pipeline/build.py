@@ -31,8 +31,8 @@ from data_pipeline.collection import (
 from data_pipeline.paths import collections_root
 from data_pipeline.preprocess import encode_png
 from data_pipeline.real_images import PhotoPool, load_bundled_photos, load_photo_dir, random_crops
-from data_pipeline.realism import RealismReference, calibration
-from data_pipeline.realism import summarize as summarize_realism
+from data_pipeline.realism import RealismReference, calibration, realism_summary
+from data_pipeline.realism import caption as realism_caption
 
 if TYPE_CHECKING:
     from data_pipeline import zoo
@@ -127,15 +127,10 @@ def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train
         "attempts": int(res.attempts),
         "steps": int(res.steps),
         "train_seconds": float(res.train_seconds),
+        "implementation": spec.arch.implementation,
         "realism": realism,
         "grid": zoo.sample_grid_png(res.images[:32], real_crops[:32], caption=realism_caption(realism)),
     }
-
-
-def realism_caption(realism: dict[str, float]) -> str:
-    """The line printed above a GM's grid."""
-    return (f"SWD {realism['swd']:.0f} (untrained {realism['swd_untrained']:.0f}) "
-            f"C2ST {realism['c2st']:.2f}")
 
 
 def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Collection:
@@ -206,7 +201,7 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
             extra = {f"gate_{k}": v for k, v in r["quality"].items()}
             extra.update({f"realism_{k}": v for k, v in r["realism"].items()})
             extra.update({"gate_attempts": r["attempts"], "train_steps": r["steps"], "train_seconds": r["train_seconds"],
-                          "implementation": json.loads(r["spec"])["arch"].get("implementation", "backbone")})
+                          "implementation": r["implementation"]})
             rows.append(gms_row(r["gm_id"], r["family"], "zoo", lab, ranges, r["spec"], extra))
         rows.append(gms_row(REAL_GM_ID, "real", "bundled" if not cfg.real_dir else "folder", None, ranges))
         gms = pd.DataFrame(rows)
@@ -245,20 +240,6 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
         }
         path = writer.commit(gms, manifest)
     return open_collection(path)
-
-
-def realism_summary(per_gm: pd.DataFrame, cal: dict[str, float]) -> dict[str, Any]:
-    """The manifest's realism record: calibration ends, then median / worst / per family."""
-    out: dict[str, Any] = {
-        "measure": "swd: sliced Wasserstein distance x1e3 of Laplacian-pyramid 7x7 patches to held-out real "
-                   "crops (lower = more real); c2st: linear real-vs-GM classifier accuracy (0.5 = indistinguishable)",
-        **cal,
-        "swd": summarize_realism(per_gm, "swd"),
-        "c2st": summarize_realism(per_gm, "c2st"),
-    }
-    if "swd_untrained" in per_gm:
-        out["swd_untrained_median"] = float(per_gm["swd_untrained"].median())
-    return out
 
 
 def ensure_collection(cfg: BuildConfig, path: str | Path | None = None, progress: bool = True) -> Collection:

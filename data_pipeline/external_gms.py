@@ -36,8 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_pipeline.zoo.config import ZOO_PRESETS
+
 #: the realism threshold of the zoo's default gate (SWD x1e3 of 64 samples to the training crops)
-DEFAULT_MAX_SWD = 550.0
+DEFAULT_MAX_SWD: float = ZOO_PRESETS["default"].max_swd  # type: ignore[assignment]
 
 
 # --- generators, as each paper describes them (scaled to 32 px and to a CPU) --------------------------
@@ -311,22 +313,21 @@ def train_external_gm(gm: ExternalGM, crops: np.ndarray, cfg: ExternalConfig, re
     untrained = _sample(model, 64, seed + 1)
     real = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).float() / 127.5 - 1
     batches = torch.Generator().manual_seed(seed + 2)
-    steps, history = 0, []
+    steps = 0
     while steps < cfg.max_steps:
         for _ in range(cfg.check_every):
             idx = torch.randint(len(real), (cfg.batch_size,), generator=batches)
             model.step(real[idx])
         steps += cfg.check_every
-        history.append((steps, gate.swd(_sample(model, 64, seed + 1))))
-        if steps >= cfg.min_steps and history[-1][1] <= cfg.max_swd:
+        gate_swd = gate.swd(_sample(model, 64, seed + 1))
+        if steps >= cfg.min_steps and gate_swd <= cfg.max_swd:
             break
     images = _sample(model, cfg.images_per_gm, seed + 3)
     measured = realism_ref.measure(images)
     measured["swd_untrained"] = realism_ref.swd(untrained)
     labels = measure_architecture(model.net, gm.loss_types)
     return {"gm": gm, "images": images, "labels": labels, "realism": measured, "steps": steps,
-            "gate_swd": history[-1][1], "passed": history[-1][1] <= cfg.max_swd, "history": history,
-            "train_seconds": time.thread_time() - t0}
+            "gate_swd": gate_swd, "passed": gate_swd <= cfg.max_swd, "train_seconds": time.thread_time() - t0}
 
 
 def build_external_collection(out: str | Path, cfg: ExternalConfig | None = None, overwrite: bool = False,
@@ -337,7 +338,6 @@ def build_external_collection(out: str | Path, cfg: ExternalConfig | None = None
     from tqdm.auto import tqdm
 
     from data_pipeline import schema
-    from data_pipeline.build import realism_caption, realism_summary
     from data_pipeline.collection import (
         REAL_GM_ID,
         CollectionError,
@@ -348,7 +348,8 @@ def build_external_collection(out: str | Path, cfg: ExternalConfig | None = None
     )
     from data_pipeline.preprocess import encode_png
     from data_pipeline.real_images import load_bundled_photos, random_crops
-    from data_pipeline.realism import RealismReference, calibration
+    from data_pipeline.realism import RealismReference, calibration, realism_summary
+    from data_pipeline.realism import caption as realism_caption
     from data_pipeline.zoo.grid import sample_grid_png
 
     cfg = cfg or ExternalConfig()

@@ -13,14 +13,15 @@ Two measures, both computed from uint8 [N, S, S, 3] arrays:
   (``zoo.quality.image_features``: colour moments, gradient histogram, power spectrum,
   a seeded random conv net). 0.5 = indistinguishable, 1.0 = told apart every time.
 
-Calibration (:func:`calibration`): the same measures between two disjoint halves of the
-real images (the floor a perfect GM would reach at that sample size) and, per zoo GM, of
+Calibration (:func:`calibration`): the same measures of some real images against the other,
+disjoint real images (the floor a perfect GM would reach at that sample size) and, per zoo GM, of
 the same GM untrained (the ceiling it started from, recorded as ``swd_untrained``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,9 +110,7 @@ class RealismReference:
         levels = laplacian_pyramid(self.real)
         self.stats = [(lv.mean(dim=(0, 2, 3)), lv.std(dim=(0, 2, 3)).clamp_min(1e-6)) for lv in levels]
         self._real_desc = self._descriptors(levels, torch.Generator().manual_seed(self.seed + 1))
-        from data_pipeline.zoo.quality import image_features
-
-        self._real_features = image_features(self.real)
+        self._real_features: np.ndarray | None = None  # C2ST's statistics, computed on first use (a gate needs SWD only)
 
     def _descriptors(self, levels: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
         out = []
@@ -147,12 +146,14 @@ class RealismReference:
         n = min(len(images), len(self.real))
         if n < C2ST_FOLDS:
             return float("nan")  # too few images to cross-validate a classifier
+        if self._real_features is None:
+            self._real_features = image_features(self.real)
         fake_f = image_features(_subsample(images, n, rng))
         real_f = self._real_features[rng.choice(len(self.real), n, replace=False)]
         x = np.concatenate([real_f, fake_f])
         y = np.r_[np.zeros(n), np.ones(n)]
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-        folds = StratifiedKFold(min(C2ST_FOLDS, n), shuffle=True, random_state=self.seed)
+        folds = StratifiedKFold(C2ST_FOLDS, shuffle=True, random_state=self.seed)
         return float(cross_val_score(clf, x, y, cv=folds).mean())
 
     def measure(self, images: np.ndarray) -> dict[str, float]:
@@ -189,6 +190,25 @@ def summarize(table: pd.DataFrame, column: str = "swd") -> dict[str, object]:
         "worst_gm": str(table.loc[worst, "gm_id"]) if "gm_id" in table else "",
         "per_family": {str(k): float(v) for k, v in table.groupby("family")[column].median().items()},
     }
+
+
+def realism_summary(per_gm: pd.DataFrame, cal: dict[str, float]) -> dict[str, Any]:
+    """A collection manifest's realism record: calibration ends, then median / worst / per family."""
+    out: dict[str, Any] = {
+        "measure": "swd: sliced Wasserstein distance x1e3 of Laplacian-pyramid 7x7 patches to held-out real "
+                   "crops (lower = more real); c2st: linear real-vs-GM classifier accuracy (0.5 = indistinguishable)",
+        **cal,
+        "swd": summarize(per_gm, "swd"),
+        "c2st": summarize(per_gm, "c2st"),
+    }
+    if "swd_untrained" in per_gm:
+        out["swd_untrained_median"] = float(per_gm["swd_untrained"].median())
+    return out
+
+
+def caption(realism: dict[str, float]) -> str:
+    """The line printed above a GM's grid."""
+    return f"SWD {realism['swd']:.0f} (untrained {realism['swd_untrained']:.0f}) C2ST {realism['c2st']:.2f}"
 
 
 def collection_realism(col, per_gm: int = 256, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:

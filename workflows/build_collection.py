@@ -39,7 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(SWD and C2ST against its own real images) and exit")
     p.add_argument("--realism-csv", help="with --realism: also write the per-GM table here")
     p.add_argument("--external", action="store_true", help="build the external test collection (DCGAN, LSGAN, "
-                   "SNGAN and a VAE written from their papers, no zoo code) instead of a zoo")
+                   "SNGAN, WGAN-GP and two VAEs written from their papers, no zoo code) instead of a zoo")
     add_dataclass_args(p, BuildConfig, "zoo build (overrides the preset)", skip=("preset",), presets=BUILD_PRESETS)
     return p
 
@@ -113,8 +113,7 @@ def build_external(out: str | None, overwrite: bool) -> int:
 
 
 def measure_realism(path: str, csv: str | None) -> int:
-    from data_pipeline.build import realism_summary
-    from data_pipeline.realism import collection_realism
+    from data_pipeline.realism import collection_realism, realism_summary
 
     col = open_collection(path)
     per_gm, cal = collection_realism(col, per_gm=int(col.manifest.get("build", {}).get("images_per_gm", 256)))
