@@ -52,7 +52,7 @@ class BuildConfig:
     seed: int = 0
     real_dir: str | None = None
     max_rows_per_shard: int = 4096
-    implementations: str = "backbone"  # comma-separated: how GANs / VAEs may be written (zoo.generators)
+    implementations: str = "backbone"  # comma-separated: how each family may be written (zoo.generators.IMPLEMENTATIONS)
 
     def implementation_tuple(self) -> tuple[str, ...]:
         return tuple(w.strip() for w in self.implementations.split(",") if w.strip())

@@ -299,24 +299,35 @@ def test_time_cap_stops_retries_and_rebuilds(crops: np.ndarray) -> None:
 
 
 # --- implementations: the same knobs written in other code styles -------------------------------
-ALL_IMPLS = ("backbone", "dcgan", "resnet")
+ALL_IMPLS = ("backbone", "dcgan", "resnet", "stylegan", "unet")
 
 
 def test_implementations_build_and_measure_as_asked() -> None:
-    """GANs and VAEs written DCGAN- or SNGAN/BigGAN-style: every spec builds, generates, and
-    measures as asked; each latent family gets every implementation."""
+    """GANs, VAEs, autoencoders and diffusion denoisers written DCGAN-, SNGAN/BigGAN-,
+    StyleGAN- or U-Net-style: every spec builds, runs, and measures as asked; each family gets
+    every implementation it can be written in."""
     from data_pipeline.zoo.families import build_family
-    from data_pipeline.zoo.generators import DCGANGenerator, ResidualUpBlock, ResNetGenerator
+    from data_pipeline.zoo.generators import (
+        IMPLEMENTATIONS,
+        ConcatSkip,
+        DCGANGenerator,
+        ModulatedConv2d,
+        ResidualUpBlock,
+        ResNetGenerator,
+        StyleBlock,
+        StyleGenerator,
+        UNet,
+    )
 
-    specs = sample_specs(32, 0, 32, ALL_IMPLS)
-    for family in ("gan", "vae"):
-        assert {s.arch.implementation for s in specs if s.family == family} == set(ALL_IMPLS)
-    assert all(s.arch.implementation == "backbone" for s in specs if s.family not in ("gan", "vae"))
+    specs = sample_specs(48, 0, 32, ALL_IMPLS)
+    for family in ("gan", "vae", "autoencoder", "diffusion", "autoregressive"):
+        assert {s.arch.implementation for s in specs if s.family == family} == set(
+            IMPLEMENTATIONS.get(family, ("backbone",))), family
     for spec in specs:
         net = build_family(spec, ZOO_PRESETS["smoke"]).net
         a = spec.arch
-        got = measure_architecture(net, spec.loss_types).discrete_names()
-        assert got == {
+        got = measure_architecture(net, spec.loss_types)
+        assert got.discrete_names() == {
             "norm_type": a.norm, "last_layer_nonlinearity": a.last_act, "last_block_nonlinearity": a.block_act,
             "upsampling": a.upsampling, "skip_connection": "yes" if a.skip else "no",
             "downsampling": "yes" if a.downsampling else "no",
@@ -326,9 +337,42 @@ def test_implementations_build_and_measure_as_asked() -> None:
         if a.implementation == "resnet":
             blocks = [m for m in net.modules() if isinstance(m, ResidualUpBlock)]
             assert isinstance(net, ResNetGenerator) and len(blocks) == 3  # 4 -> 8 -> 16 -> 32
-            assert measure_architecture(net, spec.loss_types).continuous["num_blocks"] == 3
+            assert got.continuous["num_blocks"] == 3
+        if a.implementation == "stylegan":
+            assert isinstance(net, StyleGenerator) and got.continuous["num_blocks"] == 3
+            assert any(isinstance(m, ModulatedConv2d) for m in net.modules()) == (a.norm == "none")
+            assert sum(isinstance(m, StyleBlock) for m in net.modules()) == 3
+        if a.implementation == "unet":
+            assert isinstance(net, UNet) and sum(isinstance(m, ConcatSkip) for m in net.modules()) == a.down_stages
+            out = net(torch.randn(2, 3, 32, 32), torch.randn(2, 6 if spec.family == "autoencoder" else 16))
+            assert out.shape == (2, 3, 32, 32)
         if spec.family in ("gan", "vae"):
             assert net(torch.randn(2, a.z_dim)).shape == (2, 3, 32, 32)
+
+
+def test_modulated_conv_demodulates_and_noise_is_fixed_in_eval() -> None:
+    """StyleGAN2's modulated conv: a style that scales every input channel alike changes nothing
+    (the filters are demodulated), one that scales them differently does; the noise maps are
+    random in training and fixed in eval (deterministic sampling)."""
+    from data_pipeline.zoo.generators import ModulatedConv2d, NoiseInjection
+
+    conv = ModulatedConv2d(4, 6, 3, w_dim=5)
+    x = torch.randn(2, 4, 8, 8)
+    conv.style = torch.zeros(2, 5)
+    nn.init.zeros_(conv.affine.weight)
+    nn.init.constant_(conv.affine.bias, 0.0)  # modulation 1 for every channel
+    y1 = conv(x)
+    nn.init.constant_(conv.affine.bias, 4.0)  # modulation 5 for every channel
+    assert torch.allclose(conv(x), y1, atol=1e-5)
+    conv.style = torch.randn(2, 5)
+    nn.init.normal_(conv.affine.weight)
+    assert not torch.allclose(conv(x), y1, atol=1e-3)
+    noise = NoiseInjection(3, 8)
+    nn.init.ones_(noise.strength)
+    h = torch.zeros(1, 3, 8, 8)
+    assert not torch.equal(noise(h), noise(h))
+    noise.eval()
+    assert torch.equal(noise(h), noise(h))
 
 
 def test_default_specs_draw_no_implementation() -> None:
@@ -344,9 +388,12 @@ def test_default_specs_draw_no_implementation() -> None:
         sample_specs(16, 0, 32, ("backbone", "stylegan9"))
 
 
-@pytest.mark.parametrize("impl", ["dcgan", "resnet"])
-def test_make_gm_with_each_implementation(impl: str, crops: np.ndarray) -> None:
-    spec = next(s for s in sample_specs(32, 0, S, ALL_IMPLS) if s.family == "gan" and s.arch.implementation == impl)
+@pytest.mark.parametrize(("family", "impl"), [("gan", "dcgan"), ("gan", "resnet"), ("gan", "stylegan"),
+                                              ("autoencoder", "unet"), ("diffusion", "unet")])
+def test_make_gm_with_each_implementation(family: str, impl: str, crops: np.ndarray) -> None:
+    spec = next(s for s in sample_specs(48, 0, S, ALL_IMPLS) if s.family == family and s.arch.implementation == impl)
     r = make_gm(spec, crops, n_images=5, cfg=TINY)
     assert r.images.shape == (5, S, S, 3) and r.images.dtype == np.uint8 and r.images.std() > 0
-    assert r.labels.discrete_names()["skip_connection"] == ("yes" if impl == "resnet" else "no")
+    assert r.labels.discrete_names()["skip_connection"] == ("yes" if impl in ("resnet", "unet") else "no")
+    again = make_gm(spec, crops, n_images=5, cfg=TINY)
+    assert np.array_equal(r.images, again.images)  # deterministic, noise injection included

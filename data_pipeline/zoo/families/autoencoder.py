@@ -4,7 +4,8 @@ The target is the real crop after the spec's manipulation (a color-mixing matrix
 gamma, and a blur or sharpen filter). Loss: L1 or L2 to the target, plus an optional
 adversarial term (``adversarial``, ``least_squares`` or ``hinge``) from a critic that
 sees manipulated real crops. Its generated images are its outputs on real crops; its
-conditioning is each input's color statistics.
+conditioning is each input's color statistics. The network is the shared backbone (image
+mode) or a pix2pix-style U-Net (``implementation=unet``, zoo.generators).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..backbone import Backbone
 from ..config import ZooTrainConfig
+from ..generators import image_network
 from ..specs import GMSpec
 from .base import Family, adam, color_stats, d_loss, discriminator, g_loss, pick_crops
 
@@ -43,7 +44,7 @@ class AutoencoderFamily(Family):
         adv = [t for t in spec.loss_types if t in ADV_TERMS]
         self.adv = adv[0] if adv else None
         self.adv_weight = float(spec.options.get("adv_weight", 0.05))
-        self.net = Backbone(spec.arch, self.size, mode="image", cond_dim=6, output_kind="image")
+        self.net = image_network(spec.arch, self.size, cond_dim=6, residual=False)
         self.opt = adam(self.net.parameters(), self.lr, (0.9, 0.999))
         if self.adv:
             self.d = discriminator(self.size)

@@ -1,11 +1,13 @@
-"""A tiny DDPM: the shared backbone (image mode) predicts the clean image; MSE loss; DDIM sampling.
+"""A tiny DDPM: the shared backbone (image mode) or a DDPM-style U-Net (``implementation=unet``,
+zoo.generators) predicts the clean image; MSE loss; DDIM sampling.
 
 The network predicts x0 (not the noise): an undertrained eps-predictor divides its error by
 sqrt(alpha_bar), which at high noise turns samples into saturated noise; an x0-predictor's
 samples stay in range and improve smoothly with training.
 
 Cosine noise schedule over ``cfg.diffusion_timesteps``; the timestep reaches the network
-as a sinusoidal embedding through its FC embedding layers (and AdaIN, when chosen).
+as a sinusoidal embedding through its FC embedding layers (and AdaIN, when chosen; the
+U-Net adds it inside every block).
 Sampling is deterministic DDIM with ``cfg.diffusion_sample_steps`` steps (x0 clamped to the
 image range, the noise re-derived from it).
 """
@@ -17,8 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..backbone import Backbone
 from ..config import ZooTrainConfig
+from ..generators import image_network
 from ..specs import GMSpec
 from .base import Family, adam
 
@@ -43,7 +45,7 @@ class DiffusionFamily(Family):
         super().__init__(spec, cfg)
         self.T = cfg.diffusion_timesteps
         self.alpha_bar = cosine_alpha_bar(self.T)
-        self.net = Backbone(spec.arch, self.size, mode="image", cond_dim=TIME_DIM, output_kind="image")
+        self.net = image_network(spec.arch, self.size, cond_dim=TIME_DIM, residual=True)
         self.opt = adam(self.net.parameters(), self.lr, (0.9, 0.999))
 
     def _x0(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""GANs: the shared backbone as generator against a DCGAN-style critic.
+"""GANs: a generator (the shared backbone, or DCGAN-, SNGAN- or StyleGAN-style: zoo.generators)
+against a DCGAN-style critic.
 
 Loss types: ``adversarial`` (non-saturating cross-entropy), ``hinge``, ``least_squares``,
 ``wasserstein`` (WGAN-GP) and ``mmd`` (MMD-GAN: RBF-kernel MMD on critic features joined

@@ -1,4 +1,5 @@
-"""VAEs: a fixed conv encoder and the shared backbone as decoder; loss KL + L1 or L2.
+"""VAEs: a fixed conv encoder and a decoder (the shared backbone, or DCGAN- or SNGAN-style:
+zoo.generators); loss KL + L1 or L2.
 
 The ELBO is summed per image (reconstruction over pixels, KL over latent dims, KL weighted
 by the spec's ``beta`` times ``cfg.vae_kl_scale``, ramped up from 0 over ``cfg.vae_kl_warmup``
