@@ -57,8 +57,9 @@ def gm_level(data: ImageArrays, pred: Predictions, idx: np.ndarray) -> tuple[Pre
 def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, parent_id: str | None) -> dict:
     import mlflow
 
-    rng = np.random.default_rng(cfg.seed + fold.index)
-    torch.manual_seed(cfg.seed * 1000 + fold.index)
+    # --init-seed changes the network's initialization and image sampling, not the folds (cfg.seed)
+    rng = np.random.default_rng(cfg.seed + fold.index if not args.init_seed else [cfg.seed + fold.index, args.init_seed])
+    torch.manual_seed(cfg.seed * 1000 + fold.index + 7919 * args.init_seed)
     fit_gms, val_gms = holdout_gms(col.gms, fold.train_gms, cfg.val_gms, cfg.seed + fold.index)
     held = validation_mask(data.image_ids, cfg.val_fraction, cfg.seed)
     fit_rows = np.isin(data.gm_ids, fit_gms)
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-per-gm", type=int, default=48, help="images per GM in the per-epoch curves")
     p.add_argument("--baseline-per-gm", type=int, default=96, help="training images per GM for the classical baseline")
     p.add_argument("--shuffles", type=int, default=2000)
+    p.add_argument("--init-seed", type=int, default=0, help="initialization / sampling seed (the folds stay cfg.seed's)")
+    p.add_argument("--save", help="pickle the pooled GM-level predictions (selected, last, classical) and targets here")
     add_dataclass_args(p, JobConfig, "job (overrides the preset)", skip=("preset",))
     args = p.parse_args(argv)
     cfg = resolve(job_config(args.preset), args)
@@ -158,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                 mlflow.log_metric(f"pooled.{which}.{r['metric'].replace('/', '.')}", r["fen_pn"])
                 mlflow.log_metric(f"pooled.classical.{r['metric'].replace('/', '.')}", r["classical"])
         mlflow.log_dict([r["history"] for r in results], "history.json")
+        if args.save:
+            import pickle
+
+            with open(args.save, "wb") as f:
+                pickle.dump({k: concat_gm([r["gm"][k] for r in results]) for k in ("selected", "last", "classical")}, f)
         print(f"\n[{args.tag}] pooled over {len(t.continuous)} GMs, epoch picked on "
               f"{'held-out GMs' if cfg.val_gms else 'held-out images'}; best epochs {[r['best_epoch'] for r in results]}")
         print(format_pooled(tables["selected"]))
