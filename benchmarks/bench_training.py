@@ -114,16 +114,19 @@ def ray_train_run(ds, task, loop, workers: int, out_root: Path, use_gpu: bool = 
 
 
 def plain_run(images, labels: dict[str, Any], task, loop) -> dict[str, Any]:
-    """The same model, loss and optimizer in a plain PyTorch loop over tensors in memory."""
+    """The same model, loss, optimizer, memory layout and precision in a plain PyTorch loop over
+    tensors in memory."""
     import torch
 
+    from models.engine import autocast_dtype
     from models.inputs import model_input
     from models.losses import compute_loss
     from models.parser import ParsingModel
 
     t_start = time.time()
     torch.manual_seed(loop.seed)
-    model = ParsingModel(task.model)
+    model = ParsingModel(task.model).to(memory_format=torch.channels_last)  # as workflows.loop does
+    amp = autocast_dtype(task.precision, "cpu")
     class_weights = [torch.as_tensor(w, dtype=torch.float32) for w in task.class_weights]
     optimizer = torch.optim.Adam(model.parameters(), lr=loop.lr)
     b, n_all = loop.batch_size, len(images)
@@ -135,8 +138,9 @@ def plain_run(images, labels: dict[str, Any], task, loop) -> dict[str, Any]:
         perm = torch.randperm(n_all, generator=gen)
         for i in range(0, n_all - b + 1, b):  # whole batches, as the loop (drop_last)
             idx = perm[i : i + b]
-            out = model(model_input(images[idx]))
-            loss, _ = compute_loss(out, {k: v[idx] for k, v in labels.items()}, task.weights, class_weights)
+            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                out = model(model_input(images[idx]))
+                loss, _ = compute_loss(out, {k: v[idx] for k, v in labels.items()}, task.weights, class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

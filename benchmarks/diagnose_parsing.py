@@ -31,7 +31,7 @@ from data_pipeline.folds import gm_folds, holdout_gms, validation_mask  # noqa: 
 from data_pipeline.in_memory import ImageArrays, load_images, sample_per_gm  # noqa: E402
 from data_pipeline.schema import TargetArrays  # noqa: E402
 from models import metrics  # noqa: E402
-from models.engine import predict_batches, train_one_epoch, weight_ema  # noqa: E402
+from models.engine import autocast_dtype, predict_batches, train_one_epoch, weight_ema  # noqa: E402
 from models.parser import ParsingModel  # noqa: E402
 from models.pn import class_weights  # noqa: E402
 from models.predictions import Predictions  # noqa: E402
@@ -46,6 +46,13 @@ CURVE_KEYS = ("score", "continuous/l1", "discrete/acc", "discrete/f1", "loss/auc
 def per_gm_subset(data: ImageArrays, idx: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``k`` random images of each GM among ``idx`` (GM-balanced; all when ``k`` <= 0), shuffled."""
     return rng.permutation(idx[sample_per_gm(data.gm_ids[idx], k, rng)])
+
+
+def channels_last(batches):
+    """Batches in the training loop's memory layout (models.inputs.model_input keeps uint8 batches
+    channels-last; these are float already, which it passes through)."""
+    for b in batches:
+        yield {**b, "image": b["image"].contiguous(memory_format=torch.channels_last)}
 
 
 def gm_level(data: ImageArrays, pred: Predictions, idx: np.ndarray) -> tuple[Predictions, TargetArrays]:
@@ -69,7 +76,7 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
     test_all = data.of_gms(fold.test_gms)
     test_idx = per_gm_subset(data, test_all, args.eval_per_gm, rng)
 
-    model = ParsingModel(cfg.model)
+    model = ParsingModel(cfg.model).to(memory_format=torch.channels_last)  # as the training loop does
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     cw = class_weights(data.take(data.of_gms(fit_gms)).targets)
     ema = weight_ema(model, cfg.ema)
@@ -78,9 +85,10 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
     with mlflow.start_run(run_name=f"fold-{fold.index}", nested=True, parent_run_id=parent_id):
         mlflow.log_params({"fit_gms": len(fit_gms), "val_gms": len(val_gms), "test_gms": len(fold.test_gms)})
         for epoch in range(cfg.epochs):
-            tr = train_one_epoch(model, opt, data.batches(per_gm_subset(data, train_idx, args.images_per_gm, rng),
-                                                          cfg.batch_size, drop_last=True), cfg.weights, cw,
-                                 ema=ema)
+            batches = data.batches(per_gm_subset(data, train_idx, args.images_per_gm, rng), cfg.batch_size,
+                                   drop_last=True)
+            tr = train_one_epoch(model, opt, channels_last(batches), cfg.weights, cw,
+                                 ema=ema, amp_dtype=autocast_dtype(cfg.precision, "cpu"))
             row = {"epoch": epoch, "train/parsing": tr["parsing"], "train/images_per_s": tr["images_per_s"]}
             for name, idx in (("seen", seen_idx), ("valgm", valgm_idx), ("unseen", test_idx)):
                 if idx is None:

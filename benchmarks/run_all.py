@@ -24,6 +24,7 @@ SCRIPTS = {  # name -> script; order = order of the runs
     "quality": "bench_quality.py",
     "pipeline": "bench_pipeline.py",
     "training": "bench_training.py",
+    "step": "bench_step.py",
     "memory": "bench_memory.py",
     "inference": "bench_inference.py",
     "parse": "bench_parse.py",

@@ -40,6 +40,9 @@ class ModelConfig:
     #: also give the PN the input image's pixel-value statistics (models.pn.ImageStatsBranch;
     #: not in the paper, see the README)
     image_stats: bool = False
+    #: train this many FEN+PN networks side by side, each from its own initialization and with
+    #: its own loss, and predict with their average (a deep ensemble; not in the paper, see the README)
+    ensemble: int = 1
 
     @classmethod
     def preset(cls, name: str, task: str = "parsing") -> ModelConfig:

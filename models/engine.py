@@ -47,10 +47,24 @@ def averaged_weights(ema_state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return {k[len("module."):]: v for k, v in ema_state.items() if k.startswith("module.")}
 
 
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU (AVX-512 or AMX; else autocast would emulate
+    them slowly)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
-    """The training step's autocast dtype: bf16 when ``precision`` is ``bf16``, or ``auto`` on
-    CUDA; None (full precision) otherwise - ``auto`` on the CPU."""
-    auto_bf16 = precision == "auto" and torch.device(device).type == "cuda"
+    """The training step's autocast dtype: bf16 when ``precision`` is ``bf16``, or ``auto`` on CUDA
+    or on a CPU with oneDNN bf16 (:func:`cpu_has_bf16`); None (full precision) otherwise.
+
+    On this machine's CPU (AVX-512 with BF16) bf16 autocast ran the default preset's training step
+    1.3-1.4x faster than fp32 (both channels-last), with pooled results within seed noise
+    (README "What differs from the paper")."""
+    kind = torch.device(device).type
+    auto_bf16 = precision == "auto" and (kind == "cuda" or (kind == "cpu" and cpu_has_bf16()))
     return torch.bfloat16 if precision == "bf16" or auto_bf16 else None
 
 

@@ -3,8 +3,9 @@
 Ray Data carries images as uint8 [N, H, W, 3], a quarter of float32's bytes through the object
 store and the host-to-device copy; the normalization (``data_pipeline.preprocess.normalize``'s
 mean and std, the same float32 operations in the same order, so the values are identical) runs
-here, on the training device. On CUDA the batch stays channels-last in memory (the layout
-cuDNN's convolutions prefer under autocast); on the CPU it is made contiguous NCHW as before.
+here, on the training device. The batch stays channels-last in memory, the layout the training
+loop puts its models in: cuDNN's convolutions prefer it under autocast, and oneDNN's on the CPU
+ran a default-preset training step 1.5x faster with it than contiguous NCHW (README, "Speed").
 """
 
 from __future__ import annotations
@@ -24,5 +25,4 @@ def model_input(images: torch.Tensor, device: torch.device | str | None = None) 
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected uint8 [N, H, W, 3] images, got {x.dtype} {tuple(x.shape)}")
     x = ((x.float() / 255.0) - IMAGE_MEAN) / IMAGE_STD
-    x = x.permute(0, 3, 1, 2)  # NCHW shape, channels-last strides
-    return x if x.is_cuda else x.contiguous()
+    return x.permute(0, 3, 1, 2)  # NCHW shape, channels-last strides

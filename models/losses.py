@@ -102,10 +102,18 @@ def compute_loss(
     """Total = parsing_scale * sum(parsing terms) + weighted constraints (if a fingerprint is given).
 
     Returns the total (differentiable) and named floats: each parsing term, ``parsing``,
-    each unweighted constraint as ``constraint/<name>``, ``constraints`` and ``total``.
+    each unweighted constraint as ``constraint/<name>``, ``constraints`` and ``total``. An
+    ensemble's outputs (with ``members``): the sum of its members' totals, each term logged as
+    the members' mean.
     """
     if class_weights is not None and len(class_weights) != len(NUM_CLASSES):
         raise ValueError(f"need {len(NUM_CLASSES)} class-weight tensors, got {len(class_weights)}")
+    members = model_outputs.get("members")
+    if members is not None:  # an ensemble: every member trains on its own loss, as it would alone
+        parts = [compute_loss(m, targets, weights, class_weights, continuous_loss, parsing_scale, binary_weights)
+                 for m in members]  # type: ignore[union-attr]
+        total = torch.stack([t for t, _ in parts]).sum()
+        return total, {k: float(np.mean([log[k] for _, log in parts])) for k in parts[0][1]}  # member mean
     terms = parsing_terms(model_outputs, targets, class_weights, continuous_loss, binary_weights)
     parsing = torch.stack(list(terms.values())).sum()
     total = parsing_scale * parsing

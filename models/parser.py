@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,12 @@ class ParsingModel(nn.Module):
         c = self.config
         if c.pn_input not in PN_INPUTS:
             raise ValueError(f"pn_input must be one of {PN_INPUTS}, got {c.pn_input!r}")
+        if c.ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {c.ensemble}")
+        self.members: nn.ModuleList | None = None
+        if c.ensemble > 1:  # K independent networks; see forward
+            self.members = nn.ModuleList(ParsingModel(replace(c, ensemble=1)) for _ in range(c.ensemble))
+            return
         self.fen = FEN(c.fen_depth, c.fen_width)
         channels = 6 if c.pn_input == "both" else 3
         self.spectrum_norm = nn.BatchNorm2d(3) if c.pn_input in ("spectrum", "both") else None
@@ -86,14 +93,30 @@ class ParsingModel(nn.Module):
         spec = self.spectrum_norm(log_spectrum(fingerprint))
         return spec if self.config.pn_input == "spectrum" else torch.cat([fingerprint, spec], dim=1)
 
+    def set_centres(self, centres: np.ndarray | torch.Tensor) -> None:
+        """Cluster variant: the continuous vectors' k-means centres, into the PN (of every member)."""
+        for m in self.members if self.members is not None else [self]:
+            m.pn.set_centres(centres)
+
     def fit_centres(self, gm_targets: TargetArrays, seed: int = 0) -> np.ndarray:
         """Cluster variant: k-means the training GMs' continuous vectors (one row per GM) into the PN."""
         centres = fit_clusters(gm_targets, self.config.n_clusters, seed)
-        self.pn.set_centres(centres)
+        self.set_centres(centres)
         return centres
 
+    def fingerprint(self, images: torch.Tensor) -> torch.Tensor:
+        """The FEN's fingerprint of normalized images (an ensemble's: its first member's, for figures)."""
+        return (self.members[0] if self.members is not None else self).fen(images)
+
     def forward(self, images: torch.Tensor) -> dict[str, Any]:
-        """Normalized images [B,3,H,W] -> PN outputs + 'fingerprint' (what compute_loss takes)."""
+        """Normalized images [B,3,H,W] -> PN outputs + 'fingerprint' (what compute_loss takes).
+
+        An ensemble returns its members' average prediction (continuous values and class, group
+        and loss-type probabilities; the discrete logits are the log of the averaged
+        probabilities), the first member's fingerprint (for figures) and ``members``, every
+        member's own outputs, which ``compute_loss`` trains each on."""
+        if self.members is not None:
+            return average_outputs([m(images) for m in self.members])
         fingerprint = self.fen(images)
         extra = None
         if self.spectral is not None:
@@ -105,6 +128,19 @@ class ParsingModel(nn.Module):
         out = self.pn(self.pn_input(fingerprint), extra)
         out["fingerprint"] = fingerprint
         return out
+
+
+def average_outputs(outs: list[dict[str, Any]]) -> dict[str, Any]:
+    """An ensemble's prediction from its members' outputs (see ``ParsingModel.forward``)."""
+    def mean(key: str) -> torch.Tensor:
+        return torch.stack([o[key].float() for o in outs]).mean(dim=0)
+
+    n_disc = len(outs[0]["discrete_logits"])
+    probs = [torch.stack([o["discrete_logits"][j].float().softmax(dim=1) for o in outs]).mean(dim=0)
+             for j in range(n_disc)]
+    return {"continuous": mean("continuous"), "discrete_logits": [p.clamp_min(1e-12).log() for p in probs],
+            "group_prob": mean("group_prob"), "loss_prob": mean("loss_prob"),
+            "fingerprint": outs[0]["fingerprint"], "members": outs}
 
 
 def prepare_images(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:

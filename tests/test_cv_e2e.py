@@ -254,11 +254,12 @@ def test_ray_job_submit_with_defaults_leaves_results_where_it_says(smoke_collect
 
 
 def test_cv_job_holds_out_a_whole_group(smoke_collection, sqlite_tracking, tmp_path, capsys):
-    """``--holdout family=gan``: one fold, trained on every other GM, scored on every GAN."""
+    """``--holdout family=gan``: one fold, trained on every other GM, scored on every GAN; with
+    ``--ensemble 2`` (the default preset's two networks) through the loop, evaluation and figures."""
     from workflows import cv_folds
 
     rc = cv_folds.main([*SMOKE_ARGS, "--collection", smoke_collection.path, "--storage-path", str(tmp_path / "runs"),
-                        "--epochs", "1", "--final-model", "false", "--holdout", "family=gan"])
+                        "--epochs", "1", "--final-model", "false", "--holdout", "family=gan", "--ensemble", "2"])
     assert rc == 0
     out = capsys.readouterr().out
     n_gans = int((smoke_collection.fake_gms["family"] == "gan").sum())

@@ -394,7 +394,8 @@ def test_model_input_normalizes_uint8_exactly_as_numpy_and_passes_floats() -> No
 
     u8 = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
     x = model_input(torch.from_numpy(u8))
-    assert x.shape == (5, 3, 8, 8) and x.dtype == torch.float32 and x.is_contiguous()
+    assert x.shape == (5, 3, 8, 8) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last)  # the layout the training loop puts models in
     assert np.array_equal(x.numpy(), normalize(u8))  # the same values as every numpy consumer
     f = torch.randn(2, 3, 8, 8)
     assert model_input(f) is f
@@ -425,3 +426,52 @@ def test_bf16_autocast_step_trains_the_default_model() -> None:
         losses[name] = train_one_epoch(m, opt, [b], ConstraintWeights(), amp_dtype=dtype)["total"]
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
     assert np.isfinite(losses["bf16"]) and abs(losses["bf16"] - losses["fp32"]) < 0.05 * abs(losses["fp32"])
+
+
+def test_ensemble_averages_members_trains_each_and_roundtrips(tmp_path: Path) -> None:
+    """``ensemble=K``: K networks from their own initializations; the prediction is their average
+    (probabilities, not logits), each member gets its own loss (the total is their sum) and
+    gradients, and the whole ensemble saves and loads as one parser."""
+    from dataclasses import replace
+
+    from models.predictions import Predictions
+
+    cfg = replace(SMOKE, ensemble=3, pn_input="branch", image_stats=True)
+    torch.manual_seed(0)
+    model = ParsingModel(cfg).eval()
+    assert len(model.members) == 3 and all(m.config.ensemble == 1 for m in model.members)
+    w = [m.fen.body[0].weight for m in model.members]
+    assert not torch.equal(w[0], w[1])  # their own initializations
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        members = [Predictions.from_outputs(m(x)) for m in model.members]
+    pred = Predictions.from_outputs(out)
+    np.testing.assert_allclose(pred.continuous, np.mean([p.continuous for p in members], axis=0), rtol=1e-5)
+    for j in range(len(NUM_CLASSES)):
+        np.testing.assert_allclose(pred.discrete_probs[j], np.mean([p.discrete_probs[j] for p in members], axis=0),
+                                   rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(pred.loss_prob, np.mean([p.loss_prob for p in members], axis=0), rtol=1e-5)
+    torch.testing.assert_close(out["fingerprint"], model.members[0](x)["fingerprint"])
+    torch.testing.assert_close(model.fingerprint(x), out["fingerprint"])
+
+    model.train()
+    targets = targets_to_tensors(_targets(5))
+    total, log = compute_loss(model(x), targets)
+    total.backward()
+    assert _grads_ok(model.members[0]) and _grads_ok(model.members[2])
+    assert set(log) >= {"total", "parsing", "discrete"}
+    model.eval()  # no dropout: the member losses are exact
+    with torch.no_grad():
+        total_eval, log_eval = compute_loss(model(x), targets)
+        parts = [compute_loss(m(x), targets) for m in model.members]
+    torch.testing.assert_close(total_eval, sum(t for t, _ in parts))
+    assert log_eval["total"] == pytest.approx(np.mean([lg["total"] for _, lg in parts]), rel=1e-5)
+
+    Parser(model, RED116).save(tmp_path)
+    again = Parser.load(tmp_path)
+    assert again.config.ensemble == 3
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(x)["loss_prob"], model(x)["loss_prob"])
+    with pytest.raises(ValueError, match="ensemble"):
+        ParsingModel(replace(SMOKE, ensemble=0))

@@ -101,7 +101,7 @@ def family_fingerprints(col: Collection, gm_ids: list[str], model_cfg: ModelConf
     for family, g in pick.items():
         img = resize(decode_image(first[g]), size)
         with torch.no_grad():
-            fps[family] = model.fen(torch.from_numpy(normalize(img[None])))[0].numpy()
+            fps[family] = model.fingerprint(torch.from_numpy(normalize(img[None])))[0].numpy()
         samples[family] = img
     return fingerprints_by_family(samples, fps, title)
 

@@ -65,7 +65,7 @@ class ParsingTask:
     binary_weights: dict[str, np.ndarray] | None = None  # balanced group / loss-type BCE (--loss-balance)
     centres: np.ndarray | None = None  # k-means centres of the continuous labels (cluster variant)
     eval_sets: tuple[str, ...] = ("val",)  # EVAL_SETS scored every epoch; ``valgm`` picks the epoch when given
-    precision: str = "auto"  # training step: fp32 | bf16 autocast | auto (bf16 on CUDA, fp32 on the CPU)
+    precision: str = "auto"  # training step: fp32 | bf16 autocast | auto (models.engine.autocast_dtype)
     name: str = field(default="parser", init=False)
 
     def build(self) -> dict[str, Any]:
@@ -73,7 +73,7 @@ class ParsingTask:
 
         model = ParsingModel(self.model)
         if self.centres is not None:
-            model.pn.set_centres(np.asarray(self.centres, dtype=np.float32))
+            model.set_centres(np.asarray(self.centres, dtype=np.float32))
         return {self.name: model}
 
     def train_epoch(self, models: Mapping[str, Any], optimizers: Mapping[str, Any], emas: Mapping[str, Any],
