@@ -61,7 +61,7 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     or on a CPU with oneDNN bf16 (:func:`cpu_has_bf16`); None (full precision) otherwise.
 
     On this machine's CPU (AVX-512 with BF16) bf16 autocast ran the default preset's training step
-    1.3-1.4x faster than fp32 (both channels-last), with pooled results within seed noise
+    1.4x faster than fp32 (both channels-last; benchmarks/bench_step.py), with pooled results within seed noise
     (README "What differs from the paper")."""
     kind = torch.device(device).type
     auto_bf16 = precision == "auto" and (kind == "cuda" or (kind == "cpu" and cpu_has_bf16()))

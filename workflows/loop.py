@@ -154,7 +154,7 @@ def run_worker(task: TrainTask, cfg: LoopConfig) -> None:
         for n, m in models.items():
             m.load_state_dict(state["models"][n])
     device = ray.train.torch.get_device()  # Ray
-    # the layout of model_input's batches (cuDNN's and oneDNN's preferred one; README "Speed")
+    # the layout of model_input's batches (cuDNN's and oneDNN's preferred one; benchmarks/bench_step.py)
     models = {n: m.to(memory_format=torch.channels_last) for n, m in models.items()}
     wrapped = {n: ray.train.torch.prepare_model(m) for n, m in models.items()}  # Ray: device, DDP
     raw = {n: getattr(w, "module", w) for n, w in wrapped.items()}
