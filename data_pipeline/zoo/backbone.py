@@ -34,6 +34,7 @@ from .layers import (
     SkipConnection,
     conv_unit,
     make_act,
+    mlp,
 )
 
 UPSAMPLING: tuple[str, ...] = DISCRETE["upsampling"]
@@ -110,7 +111,7 @@ class Backbone(nn.Module):
             style_dim = a.z_dim
             if a.fc_layers > 0:
                 ch = channels_at(w, MIN_RESOLUTION)
-                self.fc = self._mlp(a.z_dim, a.fc_hidden, ch * MIN_RESOLUTION**2, a.fc_layers, a.act)
+                self.fc = mlp(a.z_dim, a.fc_hidden, ch * MIN_RESOLUTION**2, a.fc_layers, a.act)
                 res = MIN_RESOLUTION
             else:
                 res, ch = 1, a.z_dim
@@ -121,7 +122,7 @@ class Backbone(nn.Module):
                 if cond_dim <= 0:
                     raise ValueError("FC embedding layers in image mode need a conditioning vector")
                 self.bottom_ch = channels_at(w, image_size >> n_down)
-                self.emb = self._mlp(cond_dim, a.fc_hidden, self.bottom_ch, a.fc_layers, a.act)
+                self.emb = mlp(cond_dim, a.fc_hidden, self.bottom_ch, a.fc_layers, a.act)
                 style_dim = self.bottom_ch
             else:
                 style_dim = cond_dim
@@ -196,13 +197,6 @@ class Backbone(nn.Module):
         )
         self._set_last_hidden_act(a.block_act)
         self._adains = [m for m in self.modules() if isinstance(m, AdaIN)]
-
-    @staticmethod
-    def _mlp(d_in: int, hidden: int, d_out: int, layers: int, act: str) -> nn.Sequential:
-        mods: list[nn.Module] = []
-        for i in range(layers):
-            mods += [nn.Linear(d_in if i == 0 else hidden, d_out if i == layers - 1 else hidden), make_act(act)]
-        return nn.Sequential(*mods)
 
     def _set_last_hidden_act(self, name: str) -> None:
         """Give the last Block (or, without blocks, the last hidden layer) its non-linearity."""

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import MIN_RESOLUTION, ArchSpec, Backbone, channels_at
-from .layers import OUTPUT_AFFINE, AdaIN, Block, OutputAffine, SkipConnection, make_act, make_norm
+from .layers import OUTPUT_AFFINE, AdaIN, Block, OutputAffine, SkipConnection, make_act, make_norm, mlp
 
 #: implementations each family can be written in (the first is the default)
 IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
@@ -79,11 +79,8 @@ class DCGANGenerator(nn.Sequential):
         ch = channels_at(w, res)
         mods: list[nn.Module] = []
         if arch.fc_layers > 0:  # "project and reshape"
-            for i in range(arch.fc_layers):
-                last = i == arch.fc_layers - 1
-                mods += [nn.Linear(arch.z_dim if i == 0 else arch.fc_hidden, ch * res * res if last else arch.fc_hidden),
-                         make_act(arch.act)]
-            mods.append(nn.Unflatten(1, (ch, res, res)))
+            mods += [*mlp(arch.z_dim, arch.fc_hidden, ch * res * res, arch.fc_layers, arch.act),
+                     nn.Unflatten(1, (ch, res, res))]
         else:
             mods += [nn.Unflatten(1, (arch.z_dim, 1, 1)), nn.ConvTranspose2d(arch.z_dim, ch, 4, 1, 0),
                      *_norm(arch.norm, ch), make_act(arch.act)]
@@ -133,13 +130,6 @@ class ResNetGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(z)))
-
-
-def _mlp(d_in: int, hidden: int, layers: int, act: str) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    for i in range(layers):
-        mods += [nn.Linear(d_in if i == 0 else hidden, hidden), make_act(act)]
-    return nn.Sequential(*mods)
 
 
 class PixelNorm(nn.Module):
@@ -216,7 +206,7 @@ class StyleGenerator(nn.Module):
         super().__init__()
         w_dim, res = arch.fc_hidden, MIN_RESOLUTION
         ch = channels_at(arch.width, res)
-        self.mapping = nn.Sequential(PixelNorm(), *_mlp(arch.z_dim, w_dim, max(1, arch.fc_layers), arch.act))
+        self.mapping = nn.Sequential(PixelNorm(), *mlp(arch.z_dim, w_dim, w_dim, max(1, arch.fc_layers), arch.act))
         self.const = nn.Parameter(torch.randn(1, ch, res, res))
         blocks = []
         while res < image_size:
@@ -284,7 +274,7 @@ class UNet(nn.Module):
         def block(cin: int, cout: int) -> UNetBlock:
             return UNetBlock(cin, cout, lpb, a.norm, a.act, emb_dim, residual)
 
-        self.cond_mlp = _mlp(cond_dim, emb_dim, max(1, a.fc_layers), a.act)
+        self.cond_mlp = mlp(cond_dim, emb_dim, emb_dim, max(1, a.fc_layers), a.act)
         self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
         self.encoder, self.down, skip_ch = nn.ModuleList(), nn.ModuleList(), []
         for _ in range(a.down_stages):
@@ -331,8 +321,8 @@ def latent_generator(arch: ArchSpec, image_size: int) -> nn.Module:
         return ResNetGenerator(arch, image_size)
     if arch.implementation == "stylegan":
         return StyleGenerator(arch, image_size)
-    raise ValueError(f"implementation {arch.implementation!r} does not write a latent generator; "
-                     f"known: backbone, dcgan, resnet, stylegan")
+    latent = sorted(set(IMPLEMENTATIONS["gan"]) | set(IMPLEMENTATIONS["vae"]))
+    raise ValueError(f"implementation {arch.implementation!r} does not write a latent generator; known: {latent}")
 
 
 def image_network(arch: ArchSpec, image_size: int, cond_dim: int, residual: bool) -> nn.Module:
@@ -343,5 +333,6 @@ def image_network(arch: ArchSpec, image_size: int, cond_dim: int, residual: bool
         return Backbone(arch, image_size, mode="image", cond_dim=cond_dim, output_kind="image")
     if arch.implementation == "unet":
         return UNet(arch, image_size, cond_dim, residual)
+    image = sorted(set(IMPLEMENTATIONS["autoencoder"]) | set(IMPLEMENTATIONS["diffusion"]))
     raise ValueError(f"implementation {arch.implementation!r} does not write an image-to-image network; "
-                     f"known: backbone, unet")
+                     f"known: {image}")

@@ -90,6 +90,15 @@ class SkipConnection(nn.Module):
         return self.proj(x)
 
 
+def mlp(d_in: int, hidden: int, d_out: int, layers: int, act: str) -> nn.Sequential:
+    """``layers`` (Linear -> act) pairs, ``d_in`` -> ``hidden`` ... -> ``d_out``: the FC stems,
+    embeddings and mapping networks of the zoo's generators."""
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [nn.Linear(d_in if i == 0 else hidden, d_out if i == layers - 1 else hidden), make_act(act)]
+    return nn.Sequential(*mods)
+
+
 def conv_unit(
     in_ch: int, out_ch: int, norm: str, act: str, style_dim: int, conv_cls: type[nn.Conv2d] = nn.Conv2d
 ) -> nn.Sequential:
