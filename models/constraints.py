@@ -38,11 +38,6 @@ class ConstraintWeights:
         """Weights the paper uses for deepfake detection and attribution."""
         return cls(magnitude=0.01, spectrum=0.05, repetitive=0.001, symmetry=0.1)
 
-    def scaled(self, factor: float) -> ConstraintWeights:
-        """Every weight times ``factor`` (the default job preset trains with the paper's parsing
-        weights x 0.1; see README "What differs from the paper")."""
-        return ConstraintWeights(**{k: float(f"{v * factor:.10g}") for k, v in self.to_dict().items()})
-
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
 

@@ -71,7 +71,7 @@ def test_job_config_nests_the_model_and_the_weights_behind_flat_options():
     add_dataclass_args(p, JobConfig, presets=JOB_PRESETS)
     cfg = resolve(JOB_PRESETS["default"], p.parse_args(["--fen-depth", "8", "--magnitude", "0.2", "--epochs", "3"]))
     assert (cfg.model.fen_depth, cfg.model.fen_width, cfg.model.pn_input) == (8, 24, "branch")
-    assert (cfg.weights.magnitude, cfg.weights.symmetry, cfg.epochs) == (0.2, 0.1, 3)  # the preset's symmetry kept
+    assert (cfg.weights.magnitude, cfg.weights.symmetry, cfg.epochs) == (0.2, 1.0, 3)
     logged = json.loads(json.dumps(dataclasses.asdict(cfg)))  # the config.json a run logs repeats it
     assert resolve(JOB_PRESETS["smoke"], p.parse_args([]), logged) == cfg
     assert resolve(JOB_PRESETS["default"], p.parse_args(["--model-preset", "paper"])).model == ModelConfig.preset("paper")
@@ -83,7 +83,7 @@ def test_job_config_nests_the_model_and_the_weights_behind_flat_options():
     assert e.value.code == 2
     text = " ".join(p.format_help().split())
     assert "--fen-depth FEN_DEPTH (int) presets: smoke 4, default 6, paper 17" in text
-    assert "--magnitude MAGNITUDE (float) presets: smoke 0.1, default 0.01, paper 0.1" in text
+    assert "--magnitude MAGNITUDE (float) presets: smoke 0.1, default 0.1, paper 0.1" in text
 
 
 def test_batch_scale_scales_batch_and_lr_together_and_precision_is_checked() -> None:

@@ -103,14 +103,12 @@ JOB_PRESETS: dict[str, JobConfig] = {
     # default: two FEN+PN networks (an ensemble) with the spectral branch (over the fingerprint and
     # the image's residual) and the image's value statistics, 12 short epochs (a fresh 30% of the
     # training images each, ~64 per GM), the last epoch's weight average (EMA 0.99) kept, every
-    # training GM trained on, the paper's constraint weights x 0.1, 2 torch threads (bf16 where the
-    # CPU has it, --precision auto); measured against the paper's settings in README "What differs
-    # from the paper"
+    # training GM trained on, 2 torch threads (bf16 where the CPU has it, --precision auto);
+    # measured against the paper's settings in README "What differs from the paper"
     "default": JobConfig(
         preset="default", collection_preset="default",
         model=replace(SMOKE_MODEL, fen_depth=6, fen_width=24, pn_input="branch", spectral_residual=True,
                       image_stats=True, ensemble=2),
-        weights=ConstraintWeights.parsing().scaled(0.1),
         epochs=12, epoch_fraction=0.3, batch_size=64, folds=4, checkpoint="last", ema=0.99, threads=2,
     ),
     "paper": JobConfig(

@@ -283,7 +283,7 @@ def make_tuner(args, space: dict[str, tuple[float, float]], setup: SweepSetup, r
         from ray.tune.search.optuna import OptunaSearch
 
         search = OptunaSearch(seed=cfg.seed,
-                              points_to_evaluate=[{k: flat_fields(cfg)[k] for k in space}])  # the preset's weights first
+                              points_to_evaluate=[{k: flat_fields(cfg)[k] for k in space}])  # the paper's weights first
     return tune.Tuner(
         trainable, param_space=params,
         tune_config=tune.TuneConfig(
