@@ -30,7 +30,7 @@ from data_pipeline.collection import (
 )
 from data_pipeline.paths import collections_root
 from data_pipeline.preprocess import encode_png
-from data_pipeline.real_images import PhotoPool, load_bundled_photos, load_photo_dir, random_crops
+from data_pipeline.real_images import REAL_SOURCES, PhotoPool, load_photo_dir, random_crops
 from data_pipeline.realism import RealismReference, calibration, realism_summary
 from data_pipeline.realism import caption as realism_caption
 
@@ -50,7 +50,8 @@ class BuildConfig:
     train_crops: int = 1024
     zoo_preset: str = "smoke"
     seed: int = 0
-    real_dir: str | None = None
+    real_dir: str | None = None  # the user's own photos (replaces real_source)
+    real_source: str = "photos"  # bundled real images: photos (17 photos, multi-scale crops) | faces (LFW, one domain)
     max_rows_per_shard: int = 4096
     implementations: str = "backbone"  # comma-separated: how each family may be written (zoo.generators.IMPLEMENTATIONS)
 
@@ -59,14 +60,16 @@ class BuildConfig:
 
     def key(self) -> str:
         """Hash of these fields and of the zoo preset's settings (not just its name), so a
-        collection built before a preset changed is rebuilt, not reused. ``implementations``
-        enters only when it is not the default, so collections built before it existed match."""
+        collection built before a preset changed is rebuilt, not reused. ``implementations`` and
+        ``real_source`` enter only when not the default, so collections built before they existed match."""
         from data_pipeline.zoo.config import ZOO_PRESETS
 
         zoo = ZOO_PRESETS.get(self.zoo_preset)
         d = {**asdict(self), "zoo": asdict(zoo) if zoo is not None else None}
         if self.implementation_tuple() == ("backbone",):
             d.pop("implementations")
+        if self.real_source == "photos":
+            d.pop("real_source")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def default_path(self) -> Path:
@@ -93,7 +96,11 @@ def build_config(preset: str, **overrides: Any) -> BuildConfig:
 
 
 def _photo_pool(cfg: BuildConfig) -> PhotoPool:
-    return load_photo_dir(cfg.real_dir) if cfg.real_dir else load_bundled_photos()
+    if cfg.real_dir:
+        return load_photo_dir(cfg.real_dir)
+    if cfg.real_source not in REAL_SOURCES:
+        raise ValueError(f"unknown real_source {cfg.real_source!r}; known: {sorted(REAL_SOURCES)}")
+    return REAL_SOURCES[cfg.real_source]()
 
 
 def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train_cfg: zoo.ZooTrainConfig,

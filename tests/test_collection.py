@@ -207,3 +207,20 @@ def test_build_key_keeps_old_collections_and_sees_implementations():
     assert build_config("default", implementations="backbone").key() == base.key()
     assert build_config("default", implementations="backbone,dcgan,resnet").key() != base.key()
     assert build_config("default", implementations="backbone, dcgan").implementation_tuple() == ("backbone", "dcgan")
+
+
+def test_real_source_faces_is_one_domain_and_keeps_old_keys():
+    from data_pipeline.build import _photo_pool, build_config
+    from data_pipeline.real_images import random_crops
+
+    base = build_config("default")
+    assert build_config("default", real_source="photos").key() == base.key()  # collections built before it match
+    faces_cfg = build_config("default", real_source="faces")
+    assert faces_cfg.key() != base.key()
+    pool = _photo_pool(faces_cfg)
+    assert len(pool.photos) == 100 and all(p.shape == (25, 25, 3) and p.dtype == np.uint8 for p in pool.photos)
+    assert all((p[..., 0] == p[..., 2]).all() for p in pool.photos)  # grey faces as RGB
+    crops = random_crops(pool, 64, 32, seed=0)
+    assert crops.shape == (64, 32, 32, 3) and crops.std() > 10  # whole faces, enlarged to the collection's size
+    with pytest.raises(ValueError, match="known: \\['faces', 'photos'\\]"):
+        _photo_pool(build_config("default", real_source="cifar"))
