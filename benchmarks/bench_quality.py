@@ -1,13 +1,14 @@
 """6. Quality: the default preset's pooled GM-level table (FEN+PN, classical baseline, random ground
 truth, p-values), copied from the main job's MLflow parent run, with the per-fold spread below it.
 
-Looks up the newest finished parent run (no parent of its own) tagged ``preset=default`` in the
-experiment ``gmparse-cv`` of the tracking store (``MLFLOW_TRACKING_URI``, default
+Looks up the newest finished parent run (no parent of its own) of the preset's own job (its
+``JobConfig.key()`` in the run name, on the preset's default collection; ``--run-id`` picks
+another) in the experiment ``gmparse-cv`` of the tracking store (``MLFLOW_TRACKING_URI``, default
 ``sqlite:///<repo>/mlflow.db``, see workflows/runtime.py) and copies its ``tables/cv_summary.txt``
 (``tables/cv_summary.json`` formatted when the text is missing), with the run id, wall seconds and
 the driver's peak RSS it logged. A missing local store is not created: the table says "not run yet".
 
-Usage: python benchmarks/bench_quality.py [--preset default] [--experiment gmparse-cv]
+Usage: python benchmarks/bench_quality.py [--preset default] [--experiment gmparse-cv] [--run-id ID]
 """
 
 from __future__ import annotations
@@ -25,18 +26,31 @@ import common  # noqa: E402
 PRODUCE = "make run  (= .venv/bin/python workflows/cv_folds.py --preset {preset})"
 
 
-def find_run(uri: str, experiment: str, preset: str):
+def find_run(uri: str, experiment: str, preset: str, run_id: str | None = None):
+    """The run to report: ``run_id`` (a prefix is enough) or else the newest finished parent run of
+    exactly the preset's job (its config key in the run name) on the preset's own collection, so a
+    variant (``--ensemble 1``, a held-out implementation, another collection) is never taken for it."""
     from mlflow.tracking import MlflowClient
+
+    from data_pipeline.build import build_config
+    from workflows.config import job_config
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return client, None
+    if run_id:
+        found = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_id LIKE '{run_id}%'")
+        return client, (found[0] if len(found) == 1 else None)
+    cfg = job_config(preset)
+    collection = build_config(cfg.collection_preset, seed=cfg.seed).default_path().name
     runs = client.search_runs(
         [exp.experiment_id], filter_string=f"tags.preset = '{preset}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=50,
+        order_by=["attributes.start_time DESC"], max_results=200,
     )
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags
+               and f"-{cfg.key()}-" in (r.info.run_name or "")
+               and Path(r.data.tags.get("collection", "")).name == collection]
     return client, (parents[0] if parents else None)
 
 
@@ -69,6 +83,7 @@ def main() -> None:
     ap = common.base_args(__doc__)
     ap.add_argument("--preset", default="default")
     ap.add_argument("--experiment", default="gmparse-cv")
+    ap.add_argument("--run-id", help="report this run (an id prefix is enough) instead of the newest of the preset's job")
     args = ap.parse_args()
     from workflows.runtime import tracking_uri
 
@@ -81,12 +96,14 @@ def main() -> None:
         error = f"no tracking store at {local_db}"
     else:
         try:
-            client, run = find_run(uri, args.experiment, args.preset)
+            client, run = find_run(uri, args.experiment, args.preset, args.run_id)
         except Exception as e:  # noqa: BLE001 - an unreachable server, a broken store
             error = f"{type(e).__name__}: {e}"[:300]
     notes: list[str] = []
     if run is None:
-        rows = [["not run yet", error or f"no finished '{args.experiment}' parent run tagged preset={args.preset}",
+        rows = [["not run yet", error or (f"no run {args.run_id} in '{args.experiment}'" if args.run_id else
+                                          f"no finished '{args.experiment}' parent run of the {args.preset} preset's "
+                                          "job (its config key) on its default collection"),
                  f"`{produce}`"]]
         columns = ["status", "why", "command to produce it"]
         how = f"Tracking store {uri}, experiment {args.experiment}, tag preset={args.preset}."

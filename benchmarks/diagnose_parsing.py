@@ -110,7 +110,8 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
         sel_pred, _ = predict_batches(kept, data.batches(test_all, 256))
         mlflow.log_metric("best_epoch", best_epoch)
     t0 = time.time()
-    base_idx = per_gm_subset(data, np.flatnonzero(np.isin(data.gm_ids, fold.train_gms) & ~held),
+    # the classical baseline learns from the GMs FEN+PN trains on (with --val-gms > 0, not the held-out ones)
+    base_idx = per_gm_subset(data, np.flatnonzero(fit_rows & ~held),
                              args.baseline_per_gm, rng)
     baseline = SpectralBaseline(seed=cfg.seed).fit(data.images[base_idx], data.take(base_idx).targets)
     base_pred = baseline.predict(data.images[test_all])
