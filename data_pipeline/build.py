@@ -55,6 +55,10 @@ class BuildConfig:
     max_rows_per_shard: int = 4096
     implementations: str = "backbone"  # comma-separated: how each family may be written (zoo.generators.IMPLEMENTATIONS)
 
+    def __post_init__(self) -> None:
+        if self.real_source not in REAL_SOURCES:
+            raise ValueError(f"unknown real_source {self.real_source!r}; known: {sorted(REAL_SOURCES)}")
+
     def implementation_tuple(self) -> tuple[str, ...]:
         return tuple(w.strip() for w in self.implementations.split(",") if w.strip())
 
@@ -96,11 +100,7 @@ def build_config(preset: str, **overrides: Any) -> BuildConfig:
 
 
 def _photo_pool(cfg: BuildConfig) -> PhotoPool:
-    if cfg.real_dir:
-        return load_photo_dir(cfg.real_dir)
-    if cfg.real_source not in REAL_SOURCES:
-        raise ValueError(f"unknown real_source {cfg.real_source!r}; known: {sorted(REAL_SOURCES)}")
-    return REAL_SOURCES[cfg.real_source]()
+    return load_photo_dir(cfg.real_dir) if cfg.real_dir else REAL_SOURCES[cfg.real_source]()
 
 
 def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train_cfg: zoo.ZooTrainConfig,

@@ -107,9 +107,10 @@ def load_lfw_faces() -> PhotoPool:
     """One homogeneous domain: the 100 face images of scikit-image's ``lfw_subset`` (Labeled Faces
     in the Wild, 25x25 grey, shipped in the wheel), as RGB.
 
-    RED116's GMs were mostly trained on one domain each (faces, CIFAR, MNIST); small GMs trained
-    on one converge further than on a mixed pool of photo crops. The faces are smaller than the
-    collection's 32px, so every crop is a whole face, bicubically enlarged, flipped at random.
+    RED116's GMs were mostly trained on one domain each (faces, CIFAR, MNIST), so a zoo can be
+    too. At the default preset's training budget it did not make the GMs more real (README, "The
+    GM collection"). The faces are smaller than the collection's 32px, so every crop is a whole
+    face, bicubically enlarged, flipped at random.
     """
     import skimage.data
 

@@ -223,4 +223,4 @@ def test_real_source_faces_is_one_domain_and_keeps_old_keys():
     crops = random_crops(pool, 64, 32, seed=0)
     assert crops.shape == (64, 32, 32, 3) and crops.std() > 10  # whole faces, enlarged to the collection's size
     with pytest.raises(ValueError, match="known: \\['faces', 'photos'\\]"):
-        _photo_pool(build_config("default", real_source="cifar"))
+        build_config("default", real_source="cifar")  # refused before anything is built
