@@ -37,6 +37,9 @@ class ModelConfig:
     #: with pn_input="branch": the spectral branch also reads the input image's high-pass residual
     #: (image minus its 3x3 box blur), not only the fingerprint (not in the paper, see the README)
     spectral_residual: bool = False
+    #: also give the PN a position-aware linear branch over the fingerprint and the image's
+    #: high-pass residual, pixel by pixel (models.pn.SpatialBranch; not in the paper, see the README)
+    spatial_branch: bool = False
     #: also give the PN the input image's pixel-value statistics (models.pn.ImageStatsBranch;
     #: not in the paper, see the README)
     image_stats: bool = False

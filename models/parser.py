@@ -30,7 +30,7 @@ from data_pipeline.schema import (
 
 from .config import ModelConfig
 from .fen import FEN
-from .pn import ImageStatsBranch, ParsingNetwork, SpectralBranch, fit_clusters
+from .pn import ImageStatsBranch, ParsingNetwork, SpatialBranch, SpectralBranch, fit_clusters
 from .predictions import Predictions
 
 WEIGHTS_FILE = "model.pt"
@@ -64,7 +64,9 @@ class ParsingModel(nn.Module):
     scale is learned), or ``branch``: the fingerprint through the conv encoder plus a
     :class:`~models.pn.SpectralBranch` over its spectrum (with ``spectral_residual``, over the
     image's high-pass residual's spectrum too). ``image_stats`` adds an
-    :class:`~models.pn.ImageStatsBranch` over the input's values. All beyond the paper, see the README.
+    :class:`~models.pn.ImageStatsBranch` over the input's values, ``spatial_branch`` a
+    :class:`~models.pn.SpatialBranch` over the fingerprint and residual pixel by pixel. All beyond
+    the paper, see the README.
     """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
@@ -85,6 +87,7 @@ class ParsingModel(nn.Module):
         self.spectral = (SpectralBranch(c.image_size, c.pn_fc, c.dropout, channels=6 if c.spectral_residual else 3)
                          if c.pn_input == "branch" else None)
         self.image_stats = ImageStatsBranch(c.pn_fc, c.dropout) if c.image_stats else None
+        self.spatial = SpatialBranch(c.image_size, c.pn_fc, c.dropout) if c.spatial_branch else None
         self.pn = ParsingNetwork(c.pn_widths, c.pn_fc, c.pn_branch, c.dropout, c.variant, c.n_clusters, channels)
 
     def pn_input(self, fingerprint: torch.Tensor) -> torch.Tensor:
@@ -125,6 +128,9 @@ class ParsingModel(nn.Module):
         if self.image_stats is not None:
             stats = self.image_stats(images)
             extra = stats if extra is None else extra + stats
+        if self.spatial is not None:
+            pos = self.spatial(torch.cat([fingerprint, high_pass(images)], dim=1))
+            extra = pos if extra is None else extra + pos
         out = self.pn(self.pn_input(fingerprint), extra)
         out["fingerprint"] = fingerprint
         return out

@@ -143,6 +143,29 @@ class SpectralBranch(nn.Module):
         return self.proj(self.norm(spec))
 
 
+class SpatialBranch(nn.Module):
+    """Fingerprint and residual [B, C, H, W] -> every pixel standardized (BatchNorm1d) -> dropout
+    -> linear -> ReLU, a [B, out] feature the PN adds to its encoder's.
+
+    Not in the paper. The conv encoder's global pooling forgets *where* a pattern sits and the
+    spectral branch keeps magnitudes only, so neither sees fixed-position traces: a generator's
+    padding leaves its border, and its up-sampling grid its phase, at the same pixels in every
+    image it makes. This branch reads each pixel by position.
+    """
+
+    def __init__(self, image_size: int, out: int, dropout: float = 0.0, channels: int = 6) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.norm = nn.BatchNorm1d(channels * image_size * image_size)
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels * image_size * image_size, out),
+                                  nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            raise ValueError(f"spatial branch built for {self.image_size}px, got {tuple(x.shape[-2:])}")
+        return self.proj(self.norm(x.float().flatten(1)))
+
+
 class ImageStatsBranch(nn.Module):
     """Normalized input image (``mean``/``std`` undo the normalization) -> per-channel value statistics -> BatchNorm1d -> dropout -> linear -> ReLU.
 

@@ -336,6 +336,33 @@ def test_image_stats_branch_reads_value_distribution_and_roundtrips(tmp_path: Pa
         torch.testing.assert_close(again.model(x)["loss_prob"], model(x)["loss_prob"])
 
 
+def test_spatial_branch_sees_where_a_pattern_sits_and_roundtrips(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from data_pipeline.schema import RED116
+    from models.config import ModelConfig
+    from models.parser import Parser, ParsingModel
+    from models.pn import SpatialBranch
+
+    torch.manual_seed(0)
+    branch = SpatialBranch(8, 16, channels=1).eval()
+    a = torch.zeros(1, 1, 8, 8)
+    a[..., 0, 0] = 1.0  # a corner trace, as a generator's padding leaves
+    b = torch.roll(a, shifts=(4, 4), dims=(-2, -1))  # the same trace elsewhere: same energy, same spectrum magnitude
+    torch.testing.assert_close(torch.fft.fft2(a).abs(), torch.fft.fft2(b).abs())
+    assert not torch.allclose(branch(a), branch(b))  # a global pool or a magnitude spectrum could not tell them apart
+    with pytest.raises(ValueError, match="spatial branch built for 8px"):
+        branch(torch.zeros(1, 1, 16, 16))
+    model = ParsingModel(replace(ModelConfig.preset("smoke"), pn_input="branch", spatial_branch=True)).eval()
+    assert ParsingModel(ModelConfig.preset("smoke")).spatial is None  # off unless asked for
+    x = torch.randn(3, 3, 32, 32)
+    Parser(model, RED116).save(tmp_path)
+    again = Parser.load(tmp_path)
+    assert again.config.spatial_branch and again.model.spatial is not None
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(x)["continuous"], model(x)["continuous"])
+
+
 def test_predict_fitted_averages_native_tiles() -> None:
     from data_pipeline.schema import RED116
     from models.config import ModelConfig

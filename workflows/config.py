@@ -95,6 +95,8 @@ class JobConfig:
         for k in ("concurrent_folds", "register", "kill_after_epoch", "max_failures", "n_shuffles", "use_gpu",
                   "cache_decoded", "pooled_shuffles", "compile", "prefetch_batches"):
             d.pop(k)
+        if not self.model.spatial_branch:  # added later: off keeps the keys (and resumable runs) of before
+            d["model"].pop("spatial_branch")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
