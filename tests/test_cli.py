@@ -103,3 +103,15 @@ def test_batch_scale_scales_batch_and_lr_together_and_precision_is_checked() -> 
         replace(cfg, precision="fp16")
     with pytest.raises(ValueError, match="batch-scale"):
         replace(cfg, batch_scale=0)
+
+
+def test_job_key_sees_the_spatial_branch_only_when_on():
+    import dataclasses
+
+    from workflows.config import job_config
+
+    cfg = job_config("default")
+    on = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, spatial_branch=True))
+    assert on.key() != cfg.key()  # a different network is a different run
+    d = dataclasses.asdict(cfg)
+    assert d["model"]["spatial_branch"] is False  # off: left out of the hash, so runs from before it resume
