@@ -34,6 +34,7 @@ def find_run(uri: str, experiment: str, preset: str, run_id: str | None = None):
 
     from data_pipeline.build import build_config
     from workflows.config import job_config
+    from workflows.job import run_base
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
@@ -43,14 +44,12 @@ def find_run(uri: str, experiment: str, preset: str, run_id: str | None = None):
         found = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_id LIKE '{run_id}%'")
         return client, (found[0] if len(found) == 1 else None)
     cfg = job_config(preset)
-    collection = build_config(cfg.collection_preset, seed=cfg.seed).default_path().name
+    base = run_base("cv", cfg, build_config(cfg.collection_preset, seed=cfg.seed).key()) + "-"  # as cv_folds names it
     runs = client.search_runs(
         [exp.experiment_id], filter_string=f"tags.preset = '{preset}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=200,
     )
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags
-               and f"-{cfg.key()}-" in (r.info.run_name or "")
-               and Path(r.data.tags.get("collection", "")).name == collection]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and (r.info.run_name or "").startswith(base)]
     return client, (parents[0] if parents else None)
 
 

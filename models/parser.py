@@ -121,16 +121,17 @@ class ParsingModel(nn.Module):
         if self.members is not None:
             return average_outputs([m(images) for m in self.members])
         fingerprint = self.fen(images)
-        extra = None
+        with_residual = (torch.cat([fingerprint, high_pass(images)], dim=1)  # computed once for both branches
+                         if self.spatial is not None or (self.spectral is not None and self.config.spectral_residual)
+                         else None)
+        extras = []
         if self.spectral is not None:
-            extra = self.spectral(torch.cat([fingerprint, high_pass(images)], dim=1)
-                                  if self.config.spectral_residual else fingerprint)
+            extras.append(self.spectral(with_residual if self.config.spectral_residual else fingerprint))
         if self.image_stats is not None:
-            stats = self.image_stats(images)
-            extra = stats if extra is None else extra + stats
+            extras.append(self.image_stats(images))
         if self.spatial is not None:
-            pos = self.spatial(torch.cat([fingerprint, high_pass(images)], dim=1))
-            extra = pos if extra is None else extra + pos
+            extras.append(self.spatial(with_residual))
+        extra = sum(extras[1:], extras[0]) if extras else None  # left to right, as before
         out = self.pn(self.pn_input(fingerprint), extra)
         out["fingerprint"] = fingerprint
         return out

@@ -118,7 +118,25 @@ class ParsingNetwork(nn.Module):
         return out
 
 
-class SpectralBranch(nn.Module):
+class _LinearBranch(nn.Module):
+    """The PN's side branches' head: features [B, dim] -> each standardized (BatchNorm1d) ->
+    dropout -> linear -> ReLU, a [B, out] feature the PN adds to its encoder's."""
+
+    def __init__(self, dim: int, out: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim)
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, out), nn.ReLU(inplace=True))
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(features))
+
+    @staticmethod
+    def check_size(x: torch.Tensor, size: int, what: str) -> None:
+        if x.shape[-1] != size or x.shape[-2] != size:
+            raise ValueError(f"{what} branch built for {size}px, got {tuple(x.shape[-2:])}")
+
+
+class SpectralBranch(_LinearBranch):
     """Fingerprint -> per-channel log1p |rFFT2| -> every frequency bin standardized (BatchNorm1d)
     -> dropout -> linear -> ReLU, a [B, out] feature the PN adds to its encoder's.
 
@@ -130,20 +148,15 @@ class SpectralBranch(nn.Module):
     """
 
     def __init__(self, image_size: int, out: int, dropout: float = 0.0, channels: int = 3) -> None:
-        super().__init__()
+        super().__init__(channels * image_size * (image_size // 2 + 1), out, dropout)
         self.image_size = image_size
-        dim = channels * image_size * (image_size // 2 + 1)
-        self.norm = nn.BatchNorm1d(dim)
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, out), nn.ReLU(inplace=True))
 
     def forward(self, fingerprint: torch.Tensor) -> torch.Tensor:
-        if fingerprint.shape[-1] != self.image_size or fingerprint.shape[-2] != self.image_size:
-            raise ValueError(f"spectral branch built for {self.image_size}px, got {tuple(fingerprint.shape[-2:])}")
-        spec = torch.log1p(torch.fft.rfft2(fingerprint.float()).abs()).flatten(1)
-        return self.proj(self.norm(spec))
+        self.check_size(fingerprint, self.image_size, "spectral")
+        return self.project(torch.log1p(torch.fft.rfft2(fingerprint.float()).abs()).flatten(1))
 
 
-class SpatialBranch(nn.Module):
+class SpatialBranch(_LinearBranch):
     """Fingerprint and residual [B, C, H, W] -> every pixel standardized (BatchNorm1d) -> dropout
     -> linear -> ReLU, a [B, out] feature the PN adds to its encoder's.
 
@@ -154,19 +167,15 @@ class SpatialBranch(nn.Module):
     """
 
     def __init__(self, image_size: int, out: int, dropout: float = 0.0, channels: int = 6) -> None:
-        super().__init__()
+        super().__init__(channels * image_size * image_size, out, dropout)
         self.image_size = image_size
-        self.norm = nn.BatchNorm1d(channels * image_size * image_size)
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels * image_size * image_size, out),
-                                  nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            raise ValueError(f"spatial branch built for {self.image_size}px, got {tuple(x.shape[-2:])}")
-        return self.proj(self.norm(x.float().flatten(1)))
+        self.check_size(x, self.image_size, "spatial")
+        return self.project(x.float().flatten(1))
 
 
-class ImageStatsBranch(nn.Module):
+class ImageStatsBranch(_LinearBranch):
     """Normalized input image (``mean``/``std`` undo the normalization) -> per-channel value statistics -> BatchNorm1d -> dropout -> linear -> ReLU.
 
     Not in the paper. The fingerprint is a residual: it keeps an image's high frequencies but
@@ -179,11 +188,8 @@ class ImageStatsBranch(nn.Module):
 
     def __init__(self, out: int, dropout: float = 0.0, bins: int = 16, channels: int = 3,
                  mean: float = IMAGE_MEAN, std: float = IMAGE_STD) -> None:
-        super().__init__()
+        super().__init__(channels * (bins + 4), out, dropout)
         self.bins, self.mean, self.std = bins, mean, std
-        dim = channels * (bins + 4)
-        self.norm = nn.BatchNorm1d(dim)
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, out), nn.ReLU(inplace=True))
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -197,7 +203,7 @@ class ImageStatsBranch(nn.Module):
         return torch.cat([hist, stats], dim=-1).flatten(1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.norm(self.features(images)))
+        return self.project(self.features(images))
 
 
 def class_weights(targets: TargetArrays) -> list[torch.Tensor]:

@@ -43,6 +43,12 @@ class Job:
         return resumable_run_name(self.base, self.storage, resume)
 
 
+def run_base(prefix: str, cfg: Any, build_key: str) -> str:
+    """``<prefix>-<preset>-<collection key>-<config key>``: what is trained, on what. Every run of
+    the same job on the same collection starts with it (``-<timestamp>`` follows)."""
+    return f"{prefix}-{cfg.preset}-{build_key[:8]}-{cfg.key()}"
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM (``ray job stop``, a scheduler) unwinds like Ctrl-C, so MLflow runs end as KILLED/FAILED."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
@@ -79,5 +85,5 @@ def start_job(args: argparse.Namespace, cfg: Any, prefix: str,
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
     storage = storage_path(args.storage_path)
     print(where_results_go(storage), flush=True)
-    key = str(col.manifest.get("build_key", col.manifest.get("gms_sha256", "")))[:8]
-    return Job(col, storage, use_gpu, f"{prefix}-{cfg.preset}-{key}-{cfg.key()}")
+    key = str(col.manifest.get("build_key", col.manifest.get("gms_sha256", "")))
+    return Job(col, storage, use_gpu, run_base(prefix, cfg, key))
