@@ -27,7 +27,7 @@ import common  # noqa: E402
 def build_once(preset: str, n_gms: int, cpus: int) -> dict[str, float]:
     from data_pipeline.build import build_collection, build_config
 
-    cfg = build_config(preset, n_gms=n_gms)
+    cfg = build_config(preset, n_gms=n_gms, gpus_per_gm=0.0)  # CPU cores: what this benchmark scales
     out = common.WORK_DIR / "build" / f"{preset}-{n_gms}-cpu{cpus}"
     if out.exists():
         shutil.rmtree(out)

@@ -10,7 +10,10 @@ channels-last, uint8 batches normalized on the device by ``models.inputs.model_i
 - Ray Data -> Ray Train: ``workflows.loop.fit`` (the loop every job runs) with one GPU worker,
   the fold cache (``image_dataset().materialize()``, ``epoch_plan``) and ``prefetch_batches``;
   its per-epoch evaluation left out (bench_training's timed task);
-- ``--compile``: the plain loop again under ``torch.compile``, its compile time reported.
+- ``--compile``: the plain loop again under ``torch.compile``, its compile time reported;
+- the ``large`` collection preset's GMs on the GPU (what its build runs, ``BuildConfig.gpus_per_gm``):
+  one GM of each family trained, gated and sampled (1,000 images) by ``zoo.make_gm`` on CUDA,
+  one at a time, beside the one-core CPU seconds of benchmarks/RESULTS.md section 4.
 
 Steady state excludes the first epoch. GPU utilisation is ``nvidia-smi``'s, sampled every 0.5 s
 during each run (mean); peak memory is ``torch.cuda.max_memory_allocated``. The projection is
@@ -170,6 +173,27 @@ def collection_64(path: str | None):
     return ensure_collection(cfg, common.REPO_ROOT / cfg.default_path(), progress=False)
 
 
+def zoo_gm_seconds(device, cuda: bool) -> list[str]:
+    """Seconds to train, gate and sample one ``large``-preset GM of each family on ``device``, one at a
+    time (on the CPU check: the smoke zoo settings at 32 px, a few images)."""
+    from data_pipeline.build import _photo_pool, build_config
+    from data_pipeline.real_images import random_crops
+    from data_pipeline.zoo import ZOO_PRESETS, make_gm, sample_specs
+
+    cfg = build_config("large")
+    size, n_images, zoo_cfg = (cfg.image_size, cfg.images_per_gm, ZOO_PRESETS["large"]) if cuda else \
+        (32, 16, ZOO_PRESETS["smoke"])
+    crops = random_crops(_photo_pool(cfg), 4096 if cuda else 256, size, seed=cfg.seed)
+    specs = sample_specs(cfg.n_gms, cfg.seed, size)
+    parts = []
+    for family in sorted({s.family for s in specs}):
+        spec = next(s for s in specs if s.family == family)
+        t0 = time.perf_counter()
+        r = make_gm(spec, crops, n_images, zoo_cfg, device=device)
+        parts.append(f"{family} {time.perf_counter() - t0:.1f} s ({r.steps} steps, gate {'pass' if r.passed else 'FAIL'})")
+    return parts
+
+
 def not_measured(reason: str) -> common.Section:
     return common.Section(
         name="gpu", title="6. GPU (paper-size FEN+PN at 64x64)",
@@ -215,10 +239,15 @@ def main() -> None:
             r = ray_path(col, cfg, task, loop, cuda, out_root, None if cuda else n_images)
         rows.append([where, "Ray Data -> Ray Train (workflows.loop.fit, 1 worker)", r["images_per_s"], gpu.mean(),
                      r.get("gpu_peak_mb", float("nan")), r["startup_s"]])
+    gm_parts = zoo_gm_seconds(device, cuda)
     ray_ips = rows[-1][2]
     total = PAPER_RUN["folds"] * PAPER_RUN["epochs"] * PAPER_RUN["train_images"]
     notes = [f"{common.collection_label(col)}; batch {loop.batch_size} (paper 16 x {scale}), lr {loop.lr:g}, "
              f"{epochs} epochs a run; plain loop epochs of {len(images)} images."]
+    notes.append(("Zoo GMs of the large preset (64 px, 1,000 samples each) on this GPU, one at a time, wall seconds "
+                  "to train + gate + sample: " if cuda else "Zoo GM code path on the CPU (smoke settings, 32 px; no GPU "
+                  "figure): ") + ", ".join(gm_parts) + (". One CPU core's seconds for the same work: RESULTS.md "
+                  "section 4. The build shares each GPU among four GMs (gpus_per_gm 0.25), not timed here." if cuda else "."))
     targets = []
     if cuda:
         minutes = total / ray_ips / 60

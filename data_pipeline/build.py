@@ -54,10 +54,15 @@ class BuildConfig:
     real_source: str = "photos"  # bundled real images: photos (17 photos, multi-scale crops) | faces (LFW, one domain)
     max_rows_per_shard: int = 4096
     implementations: str = "backbone"  # comma-separated: how each family may be written (zoo.generators.IMPLEMENTATIONS)
+    #: share of a GPU each GM's task asks Ray for (0: one CPU core per GM). How a build runs, not
+    #: what it builds: not in key()
+    gpus_per_gm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.real_source not in REAL_SOURCES:
             raise ValueError(f"unknown real_source {self.real_source!r}; known: {sorted(REAL_SOURCES)}")
+        if not 0.0 <= self.gpus_per_gm <= 1.0:
+            raise ValueError(f"gpus_per_gm must be in [0, 1] (a share of one GPU), got {self.gpus_per_gm}")
 
     def implementation_tuple(self) -> tuple[str, ...]:
         return tuple(w.strip() for w in self.implementations.split(",") if w.strip())
@@ -65,11 +70,13 @@ class BuildConfig:
     def key(self) -> str:
         """Hash of these fields and of the zoo preset's settings (not just its name), so a
         collection built before a preset changed is rebuilt, not reused. ``implementations`` and
-        ``real_source`` enter only when not the default, so collections built before they existed match."""
+        ``real_source`` enter only when not the default, so collections built before they existed match;
+        ``gpus_per_gm`` never does (a GPU build of a key is the same GMs, not bitwise the same images)."""
         from data_pipeline.zoo.config import ZOO_PRESETS
 
         zoo = ZOO_PRESETS.get(self.zoo_preset)
         d = {**asdict(self), "zoo": asdict(zoo) if zoo is not None else None}
+        d.pop("gpus_per_gm")
         if self.implementation_tuple() == ("backbone",):
             d.pop("implementations")
         if self.real_source == "photos":
@@ -88,7 +95,7 @@ BUILD_PRESETS: dict[str, BuildConfig] = {
     ),
     "large": BuildConfig(
         preset="large", n_gms=400, images_per_gm=1000, image_size=64, real_images=20000,
-        train_crops=20000, zoo_preset="large",
+        train_crops=20000, zoo_preset="large", gpus_per_gm=0.25,  # four GMs per GPU (cluster/aws.yaml: 4 CPUs, 1 GPU)
     ),
 }
 
@@ -99,19 +106,37 @@ def build_config(preset: str, **overrides: Any) -> BuildConfig:
     return replace(BUILD_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _check_gpus(cfg: BuildConfig) -> None:
+    """A GPU build on a Ray without GPUs: an error on a local Ray (its tasks would wait forever),
+    a warning on a cluster (they wait for the autoscaler's GPU workers)."""
+    import os
+
+    import ray
+
+    if cfg.gpus_per_gm <= 0 or ray.cluster_resources().get("GPU", 0) > 0:
+        return
+    if not os.environ.get("RAY_ADDRESS"):
+        raise CollectionError(f"the {cfg.preset} preset trains each GM on {cfg.gpus_per_gm} of a GPU, and this "
+                              "machine's Ray has no GPU; build it with workflows/build_collection.py "
+                              f"--preset {cfg.preset} --gpus-per-gm 0 to train on CPU cores")
+    print(f"build: no GPU in the cluster yet; the GM tasks ({cfg.gpus_per_gm} GPU each) wait for GPU workers "
+          "(--gpus-per-gm 0 trains on CPU workers)", flush=True)
+
+
 def _photo_pool(cfg: BuildConfig) -> PhotoPool:
     return load_photo_dir(cfg.real_dir) if cfg.real_dir else REAL_SOURCES[cfg.real_source]()
 
 
 def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train_cfg: zoo.ZooTrainConfig,
-                  realism_ref: RealismReference) -> dict[str, Any]:
-    """Runs in a Ray worker: train + gate + sample one GM, measure its realism against the
-    held-out real images (and the same GM untrained), return compact results."""
+                  realism_ref: RealismReference, use_gpu: bool = False) -> dict[str, Any]:
+    """Runs in a Ray worker: train + gate + sample one GM (on the task's GPU with ``use_gpu``),
+    measure its realism against the held-out real images (and the same GM untrained), return
+    compact results."""
     import torch
 
     from data_pipeline import zoo
 
-    res = zoo.make_gm(spec, real_crops, n_images, train_cfg)
+    res = zoo.make_gm(spec, real_crops, n_images, train_cfg, device="cuda" if use_gpu else "cpu")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core per task, as in make_gm
     try:
@@ -149,6 +174,7 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
 
     if not ray.is_initialized():
         ray.init()
+    _check_gpus(cfg)
     t0 = time.time()
     pool = _photo_pool(cfg)
     train_crops = random_crops(pool, cfg.train_crops, cfg.image_size, seed=cfg.seed)
@@ -156,9 +182,10 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
     specs = zoo.sample_specs(cfg.n_gms, cfg.seed, cfg.image_size, cfg.implementation_tuple())
     crops_ref = ray.put(train_crops)
     realism_ref = ray.put(RealismReference(real_crops, seed=cfg.seed))
-    task = ray.remote(num_cpus=1, max_retries=3)(_make_gm_task)
+    task = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_gm, max_retries=3)(_make_gm_task)
     pending = {
-        task.remote(s, crops_ref, cfg.images_per_gm, zoo.ZOO_PRESETS[cfg.zoo_preset], realism_ref): i
+        task.remote(s, crops_ref, cfg.images_per_gm, zoo.ZOO_PRESETS[cfg.zoo_preset], realism_ref,
+                    cfg.gpus_per_gm > 0): i
         for i, s in enumerate(specs)
     }
     results: dict[int, dict[str, Any]] = {}
@@ -244,6 +271,7 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
             },
             "realism": realism_summary(per_gm, calibration(real_crops, cfg.images_per_gm, cfg.seed)),
             "build_seconds": round(time.time() - t0, 1),
+            "device": "cuda" if cfg.gpus_per_gm > 0 else "cpu",  # where the GMs trained
         }
         path = writer.commit(gms, manifest)
     return open_collection(path)

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 def test_smoke_collection_covers_the_schema(smoke_collection):
     col = smoke_collection
     col.verify()
+    assert col.manifest["device"] == "cpu"  # where its GMs trained (BuildConfig.gpus_per_gm 0)
     fake = col.fake_gms
     s = summarize(col)
     assert s["gms"] >= 12, s
@@ -64,6 +65,18 @@ def test_realism_of_a_built_collection_from_the_command_line(smoke_collection, t
     assert set(per_gm.index) == set(fake.index)
     both = per_gm.join(fake[["realism_swd"]])
     assert np.corrcoef(both["swd"], both["realism_swd"])[0, 1] > 0.9
+
+
+def test_a_gpu_build_on_a_local_ray_without_gpus_is_refused_before_it_starts(ray_session, tmp_path, monkeypatch):
+    from data_pipeline.build import build_collection
+    from data_pipeline.collection import CollectionError
+
+    if ray_session.cluster_resources().get("GPU", 0) > 0:
+        pytest.skip("this machine's Ray has a GPU")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(CollectionError, match="--gpus-per-gm 0"):
+        build_collection(build_config("smoke", gpus_per_gm=0.25), tmp_path / "col", progress=False)
+    assert not (tmp_path / "col").exists()  # nothing written
 
 
 def test_collection_is_reused_when_manifest_matches(smoke_collection):

@@ -224,3 +224,14 @@ def test_real_source_faces_is_one_domain_and_keeps_old_keys():
     assert crops.shape == (64, 32, 32, 3) and crops.std() > 10  # whole faces, enlarged to the collection's size
     with pytest.raises(ValueError, match="known: \\['faces', 'photos'\\]"):
         build_config("default", real_source="cifar")  # refused before anything is built
+
+
+def test_gpu_share_is_how_a_build_runs_not_what_it_builds():
+    from data_pipeline.build import build_config
+
+    assert build_config("default").key()[:8] == "6c855534"  # the default collection of the measured runs
+    assert build_config("large").gpus_per_gm == 0.25  # the large preset is meant for GPUs
+    assert build_config("large", gpus_per_gm=0.0).key() == build_config("large").key()
+    assert build_config("default").gpus_per_gm == 0.0  # smoke and default: one CPU core per GM
+    with pytest.raises(ValueError, match="share of one GPU"):
+        build_config("large", gpus_per_gm=2.0)

@@ -397,3 +397,37 @@ def test_make_gm_with_each_implementation(family: str, impl: str, crops: np.ndar
     assert r.labels.discrete_names()["skip_connection"] == ("yes" if impl in ("resnet", "unet") else "no")
     again = make_gm(spec, crops, n_images=5, cfg=TINY)
     assert np.array_equal(r.images, again.images)  # deterministic, noise injection included
+
+
+# --- GPU builds: every tensor follows the GM to its device -------------------------------------------------
+IMPL_CASES = [("gan", "dcgan"), ("gan", "resnet"), ("gan", "stylegan"), ("autoencoder", "unet"), ("diffusion", "unet")]
+
+
+def _device_cases() -> list[GMSpec]:
+    drawn = sample_specs(48, 0, S, ALL_IMPLS)
+    return FAMILY_CASES + [next(s for s in drawn if s.family == f and s.arch.implementation == i) for f, i in IMPL_CASES]
+
+
+@pytest.mark.parametrize("spec", _device_cases(), ids=lambda s: f"{s.family}-{s.arch.implementation}-{min(s.loss_types)}")
+def test_every_family_trains_and_samples_on_another_device(spec: GMSpec) -> None:
+    """On PyTorch's 'meta' device (shapes only), an op that mixes in a tensor left on the CPU
+    raises, as it would on a GPU: what a GPU build (BuildConfig.gpus_per_gm) needs, checked here."""
+    from data_pipeline.zoo.families import build_family
+
+    torch.manual_seed(0)
+    gm = build_family(spec, TINY).to("meta")
+    assert gm.device.type == "meta"
+    real = torch.zeros(8, 3, S, S, device="meta")
+    gm.train_step(real)
+    gm.n_steps += 1
+    gm.train_step(real)
+    out = gm.generate(4, real, torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and tuple(out.shape) == (4, 3, S, S)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("spec", FAMILY_CASES, ids=lambda s: "-".join([s.family, *sorted(s.loss_types)]))
+def test_make_gm_on_cuda_measures_the_same_labels(spec: GMSpec, crops: np.ndarray) -> None:
+    cpu, gpu = make_gm(spec, crops, 8, TINY), make_gm(spec, crops, 8, TINY, device="cuda")
+    assert gpu.images.shape == cpu.images.shape and gpu.images.std() > 0
+    assert gpu.labels == cpu.labels and gpu.steps == cpu.steps

@@ -46,15 +46,21 @@ def _over_budget(t0: float, cfg: ZooTrainConfig, more_seconds: float) -> bool:
     """Whether ``more_seconds`` of work, started now, would end past ``cfg.max_seconds``.
 
     Time is this thread's CPU time (torch runs single-threaded here), so a GM on a busy
-    machine is not cut short for waiting on the scheduler; on an idle core it is wall time."""
+    machine is not cut short for waiting on the scheduler; on an idle core it is wall time. On a
+    GPU it is the launching thread's time, which asynchronous kernels can make less than wall time."""
     return time.thread_time() - t0 + more_seconds > cfg.max_seconds
 
 
-def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainConfig) -> GMResult:
+def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainConfig,
+            device: torch.device | str = "cpu") -> GMResult:
     """Train ``spec``'s GM on ``real_crops`` (uint8 [N, S, S, 3], S = spec.image_size) until
     its samples pass the quality gate (or retries run out); return ``n_images`` samples.
 
-    Single-threaded and deterministic given ``spec.seed``.
+    Single-threaded and deterministic given ``spec.seed``. On a GPU (``device="cuda"``) the
+    network trains and samples there; batches, latents and sampling noise are still drawn on
+    the CPU from the same seeds (training noise inside a step on the GPU), and GPU kernels
+    round differently, so a GPU-built GM is not bitwise the CPU-built one (its architecture,
+    and so its labels, are the same).
     """
     real_crops = np.asarray(real_crops)
     s = spec.image_size
@@ -66,7 +72,7 @@ def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainCo
     torch.set_num_threads(1)
     t0 = time.thread_time()
     try:
-        real = _to_tensor(real_crops)
+        real = _to_tensor(real_crops).to(device)
         n_gate = min(cfg.gate_images, len(real_crops))
         gate_rng = np.random.default_rng(spec.seed)
         reference = QualityReference(real_crops[gate_rng.choice(len(real_crops), n_gate, replace=False)])
@@ -80,7 +86,7 @@ def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainCo
             seed = spec.seed if rebuild == 0 else _derived_seed(spec.seed, rebuild)
             torch.manual_seed(seed)
             batch_gen = torch.Generator().manual_seed(seed + 1)
-            gm = build_family(spec, cfg)
+            gm = build_family(spec, cfg).to(device)
             tg = time.thread_time()
             untrained = gm.sample(n_gate, real, torch.Generator().manual_seed(seed + 2))
             gate_seconds = time.thread_time() - tg
@@ -91,9 +97,9 @@ def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainCo
                     break
                 ts, done = time.thread_time(), 0
                 for _ in range(n_steps):
-                    idx = torch.randint(len(real), (cfg.batch_size,), generator=batch_gen)
+                    idx = torch.randint(len(real), (cfg.batch_size,), generator=batch_gen).to(device)
                     batch = real[idx]
-                    flip = torch.rand(len(idx), generator=batch_gen) < 0.5
+                    flip = (torch.rand(len(idx), generator=batch_gen) < 0.5).to(device)
                     gm.train_step(torch.where(flip[:, None, None, None], batch.flip(3), batch))
                     gm.n_steps += 1
                     steps += 1

@@ -28,12 +28,12 @@ _KERNELS = {
 def manipulate(x: torch.Tensor, options: dict) -> torch.Tensor:
     """The GM's target transform on images in [-1, 1]."""
     y = (x + 1) / 2
-    m = torch.tensor(options["color_matrix"], dtype=y.dtype)
+    m = torch.tensor(options["color_matrix"], dtype=y.dtype, device=y.device)
     y = torch.einsum("ij,bjhw->bihw", m, y).clamp(0, 1)
     y = y.pow(float(options["gamma"]))
     k = _KERNELS.get(options["filter"])
     if k is not None:
-        y = F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), k.to(y.dtype).expand(3, 1, 3, 3), groups=3)
+        y = F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), k.to(y.device, y.dtype).expand(3, 1, 3, 3), groups=3)
     return y.clamp(0, 1) * 2 - 1
 
 

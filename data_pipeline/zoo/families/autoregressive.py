@@ -53,9 +53,9 @@ class AutoregressiveFamily(Family):
 
     def generate(self, n: int, real: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         cond = color_stats(pick_crops(real, n, gen))
-        x = torch.zeros(n, 3, self.size, self.size)
+        x = torch.zeros(n, 3, self.size, self.size, device=self.device)
         for r in range(self.size):
             logits = self._logits(x[:, :, : r + 1], cond)[:, :, :, r]  # [n, K, 3, W]
-            gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=gen).clamp(1e-9, 1 - 1e-9)))
+            gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=gen).to(logits.device).clamp(1e-9, 1 - 1e-9)))
             x[:, :, r] = self._value((logits + gumbel).argmax(dim=1))
         return x

@@ -21,6 +21,21 @@ class Family:
         self.lr = cfg.family_lr(spec.family)
         self.n_steps = 0  # training steps taken (counted by the trainer)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device: torch.device | str) -> Family:
+        """Move every module and tensor of this GM to ``device``. Modules move in place, so the
+        optimizers built in ``__init__`` keep their parameters; random draws that must not
+        depend on the device (``gen``) stay on the CPU and are copied over."""
+        for name, v in vars(self).items():
+            if isinstance(v, nn.Module):
+                v.to(device)
+            elif isinstance(v, torch.Tensor):
+                setattr(self, name, v.to(device))
+        return self
+
     def train_step(self, real: torch.Tensor) -> None:
         """One optimisation step on a batch of real images (float NCHW in [-1, 1])."""
         raise NotImplementedError
@@ -38,14 +53,14 @@ class Family:
         finally:
             self.net.train()
         x = torch.cat(out).nan_to_num(0.0).clamp(-1, 1)
-        return ((x.permute(0, 2, 3, 1).numpy() + 1) * 127.5 + 0.5).astype(np.uint8)
+        return ((x.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5 + 0.5).astype(np.uint8)
 
 
 def pick_crops(real: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     """``n`` real crops drawn with replacement, randomly flipped (deterministic by ``gen``)."""
-    idx = torch.randint(len(real), (n,), generator=gen)
+    idx = torch.randint(len(real), (n,), generator=gen).to(real.device)
     x = real[idx]
-    flip = torch.rand(n, generator=gen) < 0.5
+    flip = (torch.rand(n, generator=gen) < 0.5).to(real.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -126,7 +141,7 @@ def g_loss(kind: str, d_fake: torch.Tensor) -> torch.Tensor:
 
 def gradient_penalty(d: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """WGAN-GP: (||grad D(x_hat)|| - 1)^2 on random interpolates."""
-    eps = torch.rand(len(real), 1, 1, 1)
+    eps = torch.rand(len(real), 1, 1, 1, device=real.device)
     x = (eps * real + (1 - eps) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()

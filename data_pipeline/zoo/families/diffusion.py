@@ -35,7 +35,7 @@ def cosine_alpha_bar(timesteps: int) -> torch.Tensor:
 
 
 def time_embedding(t: torch.Tensor, timesteps: int) -> torch.Tensor:
-    freqs = torch.exp(-math.log(1000.0) * torch.arange(TIME_DIM // 2) / (TIME_DIM // 2))
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(TIME_DIM // 2, device=t.device) / (TIME_DIM // 2))
     a = (t.float() / timesteps)[:, None] * 1000.0 * freqs[None]
     return torch.cat([a.sin(), a.cos()], dim=1)
 
@@ -52,7 +52,7 @@ class DiffusionFamily(Family):
         return self.net(x, time_embedding(t, self.T))
 
     def train_step(self, real: torch.Tensor) -> None:
-        t = torch.randint(self.T, (len(real),))
+        t = torch.randint(self.T, (len(real),), device=real.device)
         noise = torch.randn_like(real)
         ab = self.alpha_bar[t][:, None, None, None]
         x_t = ab.sqrt() * real + (1 - ab).sqrt() * noise
@@ -62,11 +62,11 @@ class DiffusionFamily(Family):
         self.opt.step()
 
     def generate(self, n: int, real: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = torch.randn(n, 3, self.size, self.size, generator=gen)
+        x = torch.randn(n, 3, self.size, self.size, generator=gen).to(self.device)
         ts = torch.linspace(self.T - 1, 0, self.cfg.diffusion_sample_steps).round().long().tolist()
         for i, t in enumerate(ts):
             ab = self.alpha_bar[t]
-            x0 = self._x0(x, torch.full((n,), t)).clamp(-1, 1)
+            x0 = self._x0(x, torch.full((n,), t, device=x.device)).clamp(-1, 1)
             if i + 1 == len(ts):
                 x = x0
             else:

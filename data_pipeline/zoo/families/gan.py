@@ -38,7 +38,7 @@ class GANFamily(Family):
         self.noise_steps = cfg.family_steps(spec.family)
 
     def _z(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(n, self.spec.arch.z_dim, generator=gen)
+        return torch.randn(n, self.spec.arch.z_dim, generator=gen).to(self.device)
 
     def _mmd_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.d(x), F.adaptive_avg_pool2d(x, 4).flatten(1)], dim=1)

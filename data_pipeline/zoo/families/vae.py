@@ -48,4 +48,4 @@ class VAEFamily(Family):
         self.opt.step()
 
     def generate(self, n: int, real: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return self.net(torch.randn(n, self.spec.arch.z_dim, generator=gen))
+        return self.net(torch.randn(n, self.spec.arch.z_dim, generator=gen).to(self.device))
