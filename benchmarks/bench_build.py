@@ -5,8 +5,9 @@ smoke preset and the default and large (64x64) presets with fewer GMs (``n_gms``
 everything else as the preset), each with ``ray.init(num_cpus=1)`` and ``ray.init(num_cpus=2)``
 on the same GMs (same seed). Ray start-up is excluded; the build's own set-up (real photos,
 crops) is included. images/s per core counts the GMs' images (not the real crops) over the
-build's wall time and the Ray CPUs. A full default collection's ``build_seconds`` is read from
-its manifest.json under data/collections/ when one was built.
+build's wall time and the Ray CPUs. The full default collection's ``build_seconds`` is read from
+its manifest.json under data/collections/ when one was built with the preset's current settings
+(its build key; collections of older settings are left out).
 
 Usage: python benchmarks/bench_build.py [--quick] [--smoke-gms 16] [--default-gms 4] [--large-gms 4] [--cpus 1 2]
 """
@@ -71,7 +72,7 @@ def full_default_manifests() -> list[dict]:
         except (OSError, ValueError):
             continue
         b = man.get("build", {})
-        if b.get("preset") == "default" and b.get("n_gms") == full.n_gms and man.get("build_seconds"):
+        if man.get("build_key") == full.key() and man.get("build_seconds"):  # what the preset builds today
             out.append({"path": str(m.parent.relative_to(common.REPO_ROOT)), "seconds": float(man["build_seconds"]),
                         "gms": int(man["counts"]["gms"]), "requested": int(b["n_gms"]),
                         "images": int(man["counts"]["gms"]) * int(b["images_per_gm"])})
