@@ -80,10 +80,16 @@ def _swd(a: torch.Tensor, b: torch.Tensor, gen: torch.Generator) -> float:
     for _ in range(REPEATS):
         dirs = torch.randn(a.shape[1], PROJECTIONS, generator=gen)
         dirs /= dirs.norm(dim=0, keepdim=True)
-        pa, _ = (a @ dirs).sort(dim=0)
-        pb, _ = (b @ dirs).sort(dim=0)
+        pa = _sorted_columns(a @ dirs)
+        pb = _sorted_columns(b @ dirs)
         total += float((pa - pb).abs().mean())
     return total / REPEATS
+
+
+def _sorted_columns(x: torch.Tensor) -> torch.Tensor:
+    """Each column sorted: numpy's SIMD sort, ~2x torch's on CPU for the same values (sorting is
+    exact), and the sorts are most of an SWD's time."""
+    return torch.from_numpy(np.sort(x.numpy(), axis=0))
 
 
 def _subsample(images: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
