@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from data_pipeline.schema import TARGET_FIELDS, TargetArrays
 
 from .constraints import ConstraintWeights
-from .inputs import model_input
+from .inputs import model_input, random_hflip
 from .losses import compute_loss
 from .predictions import Predictions
 
@@ -73,18 +73,21 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
                     device: torch.device | str | None = None, ema: AveragedModel | None = None,
                     binary_weights: Mapping[str, torch.Tensor] | None = None,
                     on_step: Callable[[dict[str, float]], None] | None = None,
-                    amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+                    amp_dtype: torch.dtype | None = None, hflip: bool = False) -> dict[str, float]:
     """Train over ``batches`` once -> image-weighted means of the loss terms, ``images`` and ``images_per_s``.
 
     ``ema`` (:func:`weight_ema`) is updated after every step; ``binary_weights``: see
     ``losses.parsing_terms``; ``on_step`` gets the running ``images``, ``loss`` and ``images_per_s``
     after every step (a progress display). ``amp_dtype`` (e.g. ``torch.bfloat16`` on a GPU): the
     forward pass and the loss run under ``torch.autocast`` (the backward pass outside it, as
-    torch's AMP recipe says; bf16 needs no gradient scaler); None: full precision."""
+    torch's AMP recipe says; bf16 needs no gradient scaler); None: full precision. ``hflip``: each
+    training image mirrored left-right with probability 0.5 (:func:`models.inputs.random_hflip`)."""
     model.train()
     t0, n_img, sums = time.time(), 0, {}
     for batch in batches:
         x = model_input(batch["image"], device)
+        if hflip:
+            x = random_hflip(x)
         targets = {k: batch[k].to(x.device) for k in TARGET_KEYS}
         with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             out = model(x)

@@ -26,3 +26,17 @@ def model_input(images: torch.Tensor, device: torch.device | str | None = None) 
         raise ValueError(f"expected uint8 [N, H, W, 3] images, got {x.dtype} {tuple(x.shape)}")
     x = ((x.float() / 255.0) - IMAGE_MEAN) / IMAGE_STD
     return x.permute(0, 3, 1, 2)  # NCHW shape, channels-last strides
+
+
+def random_hflip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image of a normalized batch [N, C, H, W] left-right with probability ``p`` (a new tensor).
+
+    torchvision's ``RandomHorizontalFlip``, batched on the device. The zoo trains its GMs on
+    mirrored real images too, so a GM's mirrored sample is another plausible sample of that GM.
+    The draw is on the CPU (from ``generator``, else torch's global RNG, which the training loop
+    seeds as it does for dropout), so CPU and GPU runs flip the same images. The copy keeps the
+    batch's memory layout (channels-last)."""
+    idx = torch.nonzero(torch.rand(len(x), generator=generator) < p).squeeze(1).to(x.device)
+    out = x.clone(memory_format=torch.preserve_format)
+    out[idx] = x[idx].flip(3)
+    return out

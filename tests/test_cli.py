@@ -99,6 +99,7 @@ def test_batch_scale_scales_batch_and_lr_together_and_precision_is_checked() -> 
                            np.stack([np.arange(12) % c for c in NUM_CLASSES], axis=1), loss, groups_from_losses(loss))
     task, loop = parsing_task(cfg, targets)
     assert (loop.batch_size, loop.lr) == (256, 4 * train.lr) and task.precision == "auto"
+    assert not task.hflip and parsing_task(replace(cfg, hflip=True), targets)[0].hflip  # --hflip reaches the step
     with pytest.raises(ValueError, match="precision"):
         replace(cfg, precision="fp16")
     with pytest.raises(ValueError, match="batch-scale"):
@@ -116,3 +117,4 @@ def test_job_key_sees_the_spatial_branch_only_when_on():
     # off, it is left out of the hash: the default job's key is still that of the runs before it existed
     # (make run 461c87e3, cv-default-6c855534-81386a3601-...), so they resume and are found
     assert cfg.key() == "81386a3601"
+    assert dataclasses.replace(cfg, hflip=True).key() != cfg.key()  # --hflip likewise, off keeps the key

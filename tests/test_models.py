@@ -430,6 +430,23 @@ def test_model_input_normalizes_uint8_exactly_as_numpy_and_passes_floats() -> No
         model_input(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))  # channels first: not what Ray Data delivers
 
 
+def test_random_hflip_mirrors_a_seeded_half_and_leaves_the_input_alone() -> None:
+    from models.inputs import model_input, random_hflip
+
+    x = model_input(torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)))
+    before = x.clone()
+    y = random_hflip(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x, before)  # a new tensor: a cached batch is never mirrored for good
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    flipped = torch.tensor([torch.equal(y[i], x[i].flip(2)) for i in range(len(x))])
+    kept = torch.tensor([torch.equal(y[i], x[i]) for i in range(len(x))])
+    assert bool((flipped ^ kept).all())  # each image either mirrored left-right or untouched
+    assert 16 < int(flipped.sum()) < 48  # about half
+    again = random_hflip(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again, y)  # the same seed mirrors the same images
+    assert torch.equal(random_hflip(x, p=0.0), x) and torch.equal(random_hflip(x, p=1.0), x.flip(3))
+
+
 def test_bf16_autocast_step_trains_the_default_model() -> None:
     """The GPU step's precision (bf16 autocast around forward + loss), run on the CPU: every part
     of the default model (FFTs of the constraints and the spectral branch included) must accept

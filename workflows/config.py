@@ -42,6 +42,7 @@ class JobConfig:
     prefetch_batches: int = 1  # batches each worker fetches ahead (iter_torch_batches; more for GPUs)
     weight_decay: float = 0.0  # Adam's L2 penalty
     loss_balance: bool = False  # class-balanced group / loss-type BCE, weights from the training GMs (not in the paper)
+    hflip: bool = False  # mirror each training image left-right with probability 0.5 (not in the paper)
     ema: float = 0.0  # decay of an EMA of the weights, evaluated and kept instead of the last step's (0: off, paper)
     folds: int = 2
     holdout: str | None = None  # COLUMN=VALUE (e.g. implementation=resnet): one fold testing on those GMs instead
@@ -97,6 +98,8 @@ class JobConfig:
             d.pop(k)
         if not self.model.spatial_branch:  # added later: off keeps the keys (and resumable runs) of before
             d["model"].pop("spatial_branch")
+        if not self.hflip:  # the same
+            d.pop("hflip")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
