@@ -34,8 +34,9 @@ def random_hflip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | N
     torchvision's ``RandomHorizontalFlip``, batched on the device. The zoo trains its GMs on
     mirrored real images too, so a GM's mirrored sample is another plausible sample of that GM.
     The draw is on the CPU (from ``generator``, else torch's global RNG, which the training loop
-    seeds as it does for dropout), so CPU and GPU runs flip the same images. The copy keeps the
-    batch's memory layout (channels-last)."""
+    seeds once per run, as for dropout), so CPU and GPU runs flip the same images; a run resumed
+    from a checkpoint draws other flips than an uninterrupted one. The copy keeps the batch's
+    memory layout (channels-last)."""
     idx = torch.nonzero(torch.rand(len(x), generator=generator) < p).squeeze(1).to(x.device)
     out = x.clone(memory_format=torch.preserve_format)
     out[idx] = x[idx].flip(3)
