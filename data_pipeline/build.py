@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from data_pipeline import zoo
 
 
+HIDDEN_ACT_MODES = ("independent", "tied")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """What a collection is built from; its hash decides whether a built one is reused."""
@@ -54,6 +57,9 @@ class BuildConfig:
     real_source: str = "photos"  # bundled real images: photos (17 photos, multi-scale crops) | faces (LFW, one domain)
     max_rows_per_shard: int = 4096
     implementations: str = "backbone"  # comma-separated: how each family may be written (zoo.generators.IMPLEMENTATIONS)
+    #: the hidden layers' activation: "independent" of the last-block label (drawn on its own), or
+    #: "tied" to it where it can be (a ReLU or LeakyReLU last block makes the network's), as real GM code does
+    hidden_act: str = "independent"
     #: share of a GPU each GM's task asks Ray for (0: one CPU core per GM). How a build runs, not
     #: what it builds: not in key()
     gpus_per_gm: float = 0.0
@@ -61,6 +67,8 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.real_source not in REAL_SOURCES:
             raise ValueError(f"unknown real_source {self.real_source!r}; known: {sorted(REAL_SOURCES)}")
+        if self.hidden_act not in HIDDEN_ACT_MODES:
+            raise ValueError(f"hidden_act must be one of {HIDDEN_ACT_MODES}, got {self.hidden_act!r}")
         if not 0.0 <= self.gpus_per_gm <= 1.0:
             raise ValueError(f"gpus_per_gm must be in [0, 1] (a share of one GPU), got {self.gpus_per_gm}")
 
@@ -69,8 +77,8 @@ class BuildConfig:
 
     def key(self) -> str:
         """Hash of these fields and of the zoo preset's settings (not just its name), so a
-        collection built before a preset changed is rebuilt, not reused. ``implementations`` and
-        ``real_source`` enter only when not the default, so collections built before they existed match;
+        collection built before a preset changed is rebuilt, not reused. ``implementations``,
+        ``real_source`` and ``hidden_act`` enter only when not the default, so collections built before they existed match;
         ``gpus_per_gm`` never does (a GPU build of a key is the same GMs, not bitwise the same images)."""
         from data_pipeline.zoo.config import ZOO_PRESETS
 
@@ -81,6 +89,8 @@ class BuildConfig:
             d.pop("implementations")
         if self.real_source == "photos":
             d.pop("real_source")
+        if self.hidden_act == "independent":
+            d.pop("hidden_act")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def default_path(self) -> Path:
@@ -179,7 +189,7 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
     pool = _photo_pool(cfg)
     train_crops = random_crops(pool, cfg.train_crops, cfg.image_size, seed=cfg.seed)
     real_crops = random_crops(pool, cfg.real_images, cfg.image_size, seed=cfg.seed + 1_000_003)
-    specs = zoo.sample_specs(cfg.n_gms, cfg.seed, cfg.image_size, cfg.implementation_tuple())
+    specs = zoo.sample_specs(cfg.n_gms, cfg.seed, cfg.image_size, cfg.implementation_tuple(), cfg.hidden_act)
     crops_ref = ray.put(train_crops)
     realism_ref = ray.put(RealismReference(real_crops, seed=cfg.seed))
     task = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_gm, max_retries=3)(_make_gm_task)

@@ -230,6 +230,9 @@ def test_gpu_share_is_how_a_build_runs_not_what_it_builds():
     from data_pipeline.build import build_config
 
     assert build_config("default").key()[:8] == "6c855534"  # the default collection of the measured runs
+    assert build_config("default", hidden_act="tied").key() != build_config("default").key()  # other GMs
+    with pytest.raises(ValueError, match="hidden_act"):
+        build_config("default", hidden_act="shared")
     assert build_config("large").gpus_per_gm == 0.25  # the large preset is meant for GPUs
     assert build_config("large", gpus_per_gm=0.0).key() == build_config("large").key()
     assert build_config("default").gpus_per_gm == 0.0  # smoke and default: one CPU core per GM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -179,6 +180,28 @@ def test_measured_labels_of_built_specs_match_the_spec() -> None:
             "upsampling": a.upsampling, "skip_connection": "yes" if a.skip else "no",
             "downsampling": "yes" if a.downsampling else "no",
         }, spec.gm_id  # fmt: skip
+
+
+def test_tied_hidden_activation_changes_only_the_hidden_act_and_keeps_the_labels() -> None:
+    """--hidden-act tied: a ReLU / LeakyReLU last block makes every hidden layer's activation; the
+    same draws otherwise, so the same GMs but for that activation; the measured labels stay the spec's."""
+    from data_pipeline.zoo.families import build_family
+    from data_pipeline.zoo.layers import HIDDEN_ACTS
+
+    free, tied = sample_specs(MIN_COVERING_N, 3, S), sample_specs(MIN_COVERING_N, 3, S, hidden_act="tied")
+    changed = 0
+    for a, b in zip(free, tied, strict=True):
+        assert replace(a.arch, act=b.arch.act) == b.arch and (a.gm_id, a.seed) == (b.gm_id, b.seed)
+        if a.arch.block_act in HIDDEN_ACTS:
+            assert b.arch.act == a.arch.block_act  # one activation throughout, as real GM code
+        else:
+            assert b.arch.act == a.arch.act  # Tanh / Sigmoid last blocks keep the drawn hidden activation
+        changed += b.arch.act != a.arch.act
+        net = build_family(b, ZOO_PRESETS["smoke"]).net
+        assert measure_architecture(net, b.loss_types).discrete_names()["last_block_nonlinearity"] == b.arch.block_act
+    assert changed > 0  # the independent draw did differ somewhere
+    with pytest.raises(ValueError, match="hidden_act"):
+        sample_specs(16, 0, S, hidden_act="shared")
 
 
 # --- one GM per family -------------------------------------------------------------------------------

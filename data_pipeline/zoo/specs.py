@@ -10,7 +10,7 @@ discrete class occurs once ``n >= MIN_COVERING_N``; after that choices are rando
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -140,17 +140,26 @@ def _sample_arch(family: str, disc: dict[str, str], image_size: int, rng: np.ran
     )
 
 
-def sample_specs(n: int, seed: int, image_size: int, implementations: tuple[str, ...] = ("backbone",)
-                 ) -> list[GMSpec]:
+def sample_specs(n: int, seed: int, image_size: int, implementations: tuple[str, ...] = ("backbone",),
+                 hidden_act: str = "independent") -> list[GMSpec]:
     """``n`` GM specs, deterministic by ``seed``; covering every loss type and discrete
     class once ``n >= MIN_COVERING_N`` (asserted by the tests).
 
     With more than the backbone in ``implementations``, each GM of a family that can be written
     otherwise (``generators.IMPLEMENTATIONS``) is written in the implementation least used so far
     in its family (ties broken at random), which then restricts its discrete classes. The RNG draws for
-    the backbone-only default are unchanged, so existing collections keep their specs."""
+    the backbone-only default are unchanged, so existing collections keep their specs.
+
+    ``hidden_act="tied"``: a GM whose last block ends in ReLU or LeakyReLU uses it in every hidden
+    layer, as real GM code does (one activation per network); a Tanh or Sigmoid last block keeps the
+    hidden activation drawn on its own. Drawn independently (the default), the last-block label is one
+    layer among many of another activation, and a collection can tie the two by chance (README,
+    "Why last-block non-linearity stays at chance"). The RNG draws are the same either way, so only
+    the hidden activation of the GMs it ties changes."""
     if image_size not in (16, 32, 64, 128):
         raise ValueError(f"image_size must be 16, 32, 64 or 128, got {image_size}")
+    if hidden_act not in ("independent", "tied"):
+        raise ValueError(f"hidden_act must be 'independent' or 'tied', got {hidden_act!r}")
     unknown = set(implementations) - set(ALL_IMPLEMENTATIONS)
     if unknown or "backbone" not in implementations:
         raise ValueError(f"implementations must include 'backbone' and be among {ALL_IMPLEMENTATIONS}, "
@@ -184,6 +193,8 @@ def sample_specs(n: int, seed: int, image_size: int, implementations: tuple[str,
             used[name][disc[name]] += 1
         assert disc["last_layer_nonlinearity"] in NONLINEARITIES
         arch = _sample_arch(family, disc, image_size, rng, implementation)
+        if hidden_act == "tied" and arch.block_act in HIDDEN_ACTS:
+            arch = replace(arch, act=arch.block_act)
         gm_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         specs.append(
             GMSpec(
