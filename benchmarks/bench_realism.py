@@ -112,8 +112,10 @@ def main() -> None:
         notes.append(f"Paired over the {len(both)} GMs in both builds: SWD change mean {diff.mean():+.0f}, median "
                      f"{diff.median():+.0f}, sign-flip permutation p = {paired_p(diff):.2g}.")
         notes.append(f"before: {common.collection_label(before)}; after: {common.collection_label(after)}.")
-    figure(before, after, per_gm, Path(args.figure))
-    notes.append(f"Grids, one GM per family (its median GM after): {Path(args.figure).relative_to(common.REPO_ROOT)}.")
+    fig = Path(args.figure).resolve()
+    figure(before, after, per_gm, fig)
+    shown = fig.relative_to(common.REPO_ROOT) if fig.is_relative_to(common.REPO_ROOT) else fig  # --figure may be anywhere
+    notes.append(f"Grids, one GM per family (its median GM after): {shown}.")
     section = common.Section(
         name="realism",
         title="8. Realism of the zoo's GMs (SWD x1e3, lower = more real; C2ST, 0.5 = indistinguishable)",

@@ -62,6 +62,7 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
     assert {r.info.status for r in runs} == {"FINISHED"}
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
+    assert "resumed" not in parents[0].data.tags  # only --resume tags its wall time as partial
     children = {r.data.tags["fold"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert set(children) == {"fold-0", "fold-1", "final"}
     for name, run in children.items():

@@ -281,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(folds)} folds, {cfg.epochs} epochs, {cfg.num_workers} worker(s), {'GPU' if job.use_gpu else 'CPU'}; "
           f"run {run_name}", flush=True)
     t0 = time.time()
-    with mlflow.start_run(run_name=run_name, tags={"preset": cfg.preset, "collection": col.path}) as parent:
+    # a resumed run's wall_seconds counts this invocation only (the folds done before are reused)
+    tags = {"preset": cfg.preset, "collection": col.path, **({"resumed": "true"} if args.resume else {})}
+    with mlflow.start_run(run_name=run_name, tags=tags) as parent:
         mlflow.log_params(flat_params(cfg))
         mlflow.log_params({"collection": col.path, "gms": len(col.fake_gms), "storage_path": job.storage,
                            "gpu_used": job.use_gpu})
