@@ -57,9 +57,10 @@ class BuildConfig:
     real_source: str = "photos"  # bundled real images: photos (17 photos, multi-scale crops) | faces (LFW, one domain)
     max_rows_per_shard: int = 4096
     implementations: str = "backbone"  # comma-separated: how each family may be written (zoo.generators.IMPLEMENTATIONS)
-    #: the hidden layers' activation: "independent" of the last-block label (drawn on its own), or
-    #: "tied" to it where it can be (a ReLU or LeakyReLU last block makes the network's), as real GM code does
-    hidden_act: str = "independent"
+    #: the hidden layers' activation: "tied" to the last-block label where it can be (a ReLU or
+    #: LeakyReLU last block makes the network's), as real GM code does, or "independent" of it
+    #: (drawn on its own; the builds before 2026-11-24, e.g. default-s0-6c855534)
+    hidden_act: str = "tied"
     #: share of a GPU each GM's task asks Ray for (0: one CPU core per GM). How a build runs, not
     #: what it builds: not in key()
     gpus_per_gm: float = 0.0
@@ -77,8 +78,9 @@ class BuildConfig:
 
     def key(self) -> str:
         """Hash of these fields and of the zoo preset's settings (not just its name), so a
-        collection built before a preset changed is rebuilt, not reused. ``implementations``,
-        ``real_source`` and ``hidden_act`` enter only when not the default, so collections built before they existed match;
+        collection built before a preset changed is rebuilt, not reused. ``implementations``
+        and ``real_source`` enter only when not the default, and ``hidden_act`` only when not
+        "independent" (its first default), so collections built before they existed keep their keys;
         ``gpus_per_gm`` never does (a GPU build of a key is the same GMs, not bitwise the same images)."""
         from data_pipeline.zoo.config import ZOO_PRESETS
 

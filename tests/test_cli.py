@@ -115,6 +115,6 @@ def test_job_key_sees_the_spatial_branch_only_when_on():
     on = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, spatial_branch=True))
     assert on.key() != cfg.key()  # a different network is a different run
     # off, it is left out of the hash: the default job's key is still that of the runs before it existed
-    # (make run 461c87e3, cv-default-6c855534-81386a3601-...), so they resume and are found
+    # (make run 461c87e3, cv-default-6c855534-81386a3601-...; 55ba3f7d on be0c3761), so they resume and are found
     assert cfg.key() == "81386a3601"
     assert dataclasses.replace(cfg, hflip=True).key() != cfg.key()  # --hflip likewise, off keeps the key

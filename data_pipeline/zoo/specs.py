@@ -152,7 +152,8 @@ def sample_specs(n: int, seed: int, image_size: int, implementations: tuple[str,
 
     ``hidden_act="tied"``: a GM whose last block ends in ReLU or LeakyReLU uses it in every hidden
     layer, as real GM code does (one activation per network); a Tanh or Sigmoid last block keeps the
-    hidden activation drawn on its own. Drawn independently (the default), the last-block label is one
+    hidden activation drawn on its own (builds default to it: ``BuildConfig.hidden_act``). Drawn
+    independently (this function's default, the builds before 2026-11-24), the last-block label is one
     layer among many of another activation, and a collection can tie the two by chance (README,
     "Why last-block non-linearity stays at chance"). The RNG draws are the same either way, so only
     the hidden activation of the GMs it ties changes."""
