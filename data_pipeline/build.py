@@ -38,9 +38,6 @@ if TYPE_CHECKING:
     from data_pipeline import zoo
 
 
-HIDDEN_ACT_MODES = ("independent", "tied")
-
-
 @dataclass(frozen=True)
 class BuildConfig:
     """What a collection is built from; its hash decides whether a built one is reused."""
@@ -66,6 +63,9 @@ class BuildConfig:
     gpus_per_gm: float = 0.0
 
     def __post_init__(self) -> None:
+        # the zoo owns the modes; imported late, as elsewhere in this module
+        from data_pipeline.zoo.specs import HIDDEN_ACT_MODES
+
         if self.real_source not in REAL_SOURCES:
             raise ValueError(f"unknown real_source {self.real_source!r}; known: {sorted(REAL_SOURCES)}")
         if self.hidden_act not in HIDDEN_ACT_MODES:

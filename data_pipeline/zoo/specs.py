@@ -140,6 +140,10 @@ def _sample_arch(family: str, disc: dict[str, str], image_size: int, rng: np.ran
     )
 
 
+#: how a GM's hidden layers get their activation (``sample_specs``'s ``hidden_act``)
+HIDDEN_ACT_MODES: tuple[str, ...] = ("independent", "tied")
+
+
 def sample_specs(n: int, seed: int, image_size: int, implementations: tuple[str, ...] = ("backbone",),
                  hidden_act: str = "independent") -> list[GMSpec]:
     """``n`` GM specs, deterministic by ``seed``; covering every loss type and discrete
@@ -159,8 +163,8 @@ def sample_specs(n: int, seed: int, image_size: int, implementations: tuple[str,
     the hidden activation of the GMs it ties changes."""
     if image_size not in (16, 32, 64, 128):
         raise ValueError(f"image_size must be 16, 32, 64 or 128, got {image_size}")
-    if hidden_act not in ("independent", "tied"):
-        raise ValueError(f"hidden_act must be 'independent' or 'tied', got {hidden_act!r}")
+    if hidden_act not in HIDDEN_ACT_MODES:
+        raise ValueError(f"hidden_act must be one of {HIDDEN_ACT_MODES}, got {hidden_act!r}")
     unknown = set(implementations) - set(ALL_IMPLEMENTATIONS)
     if unknown or "backbone" not in implementations:
         raise ValueError(f"implementations must include 'backbone' and be among {ALL_IMPLEMENTATIONS}, "
