@@ -108,15 +108,17 @@ def main() -> None:
         how = f"Tracking store {uri}, experiment {args.experiment}, tag preset={args.preset}."
     else:
         m = run.data.metrics
-        columns = ["metric (GM level, pooled)", "FEN+PN", "classical", "random (± std)", "p FEN+PN > random",
-                   "p classical > random", "FEN+PN - classical [95% CI]", "p paired"]
+        columns = ["metric (GM level, pooled)", "FEN+PN", "classical", "image-blind prior", "random (± std)",
+                   "p FEN+PN > random", "p classical > random", "FEN+PN - classical [95% CI]", "p paired"]
         rows = [[r["metric"] + (" (lower is better)" if str(r["metric"]).endswith("l1") else ""),
-                 f"{r['fen_pn']:.3f}", f"{r['classical']:.3f}", f"{r['random']:.3f} ± {r['random_std']:.3f}",
+                 f"{r['fen_pn']:.3f}", f"{r['classical']:.3f}",
+                 f"{r['prior']:.3f}" if "prior" in r else "— (run predates it)",
+                 f"{r['random']:.3f} ± {r['random_std']:.3f}",
                  f"{r['p_fen_pn_vs_random']:.4f}", f"{r['p_classical_vs_random']:.4f}",
                  f"{r['fen_pn_minus_classical']:+.3f} [{r['diff_ci_low']:+.3f}, {r['diff_ci_high']:+.3f}]",
                  f"{r['p_fen_pn_vs_classical']:.4f}"] for r in pooled_rows(client, run)]
         if not rows:
-            rows = [["the run has no tables/pooled.json (made before the pooled table)", "", "", "", "", "", "", ""]]
+            rows = [["the run has no tables/pooled.json (made before the pooled table)"] + [""] * (len(columns) - 1)]
         notes.append("per fold (mean ± std over folds):\n```\n" + "\n".join(summary_table(client, run)) + "\n```")
         params = run.data.params
         how = (f"MLflow run `{run.info.run_id}` ({run.info.run_name}, experiment {args.experiment}, "

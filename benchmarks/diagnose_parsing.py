@@ -118,6 +118,7 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
     print(f"  fold {fold.index}: best epoch {best_epoch}; classical baseline {time.time() - t0:.1f} s", flush=True)
     gm = {k: gm_level(data, p, test_all) for k, p in (("selected", sel_pred), ("last", last_pred),
                                                         ("classical", base_pred))}
+    gm["prior"] = (Predictions.prior(col.targets(list(fit_gms)), len(gm["last"][1].continuous)), gm["last"][1])
     return {"gm": gm, "history": history, "best_epoch": best_epoch}
 
 
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         for which in ("selected", "last"):
             pred, t = concat_gm([r["gm"][which] for r in results])
             cpred, _ = concat_gm([r["gm"]["classical"] for r in results])
-            rows = pooled_table(pred, cpred, t, n_shuffles=args.shuffles, seed=cfg.seed)
+            prior, _ = concat_gm([r["gm"]["prior"] for r in results])
+            rows = pooled_table(pred, cpred, t, n_shuffles=args.shuffles, seed=cfg.seed, prior=prior)
             tables[which] = rows
             mlflow.log_dict(rows, f"tables/pooled_{which}.json")
             mlflow.log_text(format_pooled(rows), f"tables/pooled_{which}.txt")

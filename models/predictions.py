@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_pipeline.schema import CONTINUOUS, GROUP_NAMES, LOSS_TYPES, NUM_CLASSES
+from data_pipeline.schema import CONTINUOUS, GROUP_NAMES, LOSS_TYPES, NUM_CLASSES, TargetArrays
 
 
 @dataclass
@@ -52,6 +52,19 @@ class Predictions:
             group_prob=np_(outputs["group_prob"]),
             loss_prob=np_(outputs["loss_prob"]),
         )
+
+    @classmethod
+    def prior(cls, targets: TargetArrays, n: int) -> Predictions:
+        """``n`` copies of the answer that ignores the image: the training GMs' median continuous
+        values (the constant with the least L1), their most common class of each discrete value
+        and their share of each loss type and group. What a parser scores without reading any
+        image, the sanity floor beside random ground truth (which keeps the parser's answers)."""
+        cont = np.median(np.asarray(targets.continuous, np.float64), axis=0)
+        disc = np.asarray(targets.discrete, np.int64)
+        probs = tuple(np.eye(c)[np.bincount(disc[:, j], minlength=c).argmax()] for j, c in enumerate(NUM_CLASSES))
+        loss, group = (np.asarray(a, np.float64).mean(axis=0) for a in (targets.loss, targets.group))
+        return cls(np.tile(cont, (n, 1)), tuple(np.tile(p, (n, 1)) for p in probs), np.tile(group, (n, 1)),
+                   np.tile(loss, (n, 1)))
 
     def take(self, idx: np.ndarray | Sequence[int]) -> Predictions:
         idx = np.asarray(idx)

@@ -185,15 +185,19 @@ DETAIL: tuple[str, ...] = tuple(f"discrete/acc/{k}" for k in DISCRETE_NAMES)
 
 
 def pooled_table(parser: Predictions, classical: Predictions, targets: TargetArrays, n_shuffles: int = 2000,
-                 seed: int = 0, names: tuple[str, ...] = HEADLINE + DETAIL) -> list[dict[str, float | str]]:
+                 seed: int = 0, names: tuple[str, ...] = HEADLINE + DETAIL,
+                 prior: Predictions | None = None) -> list[dict[str, float | str]]:
     """The headline table over all GMs: FEN+PN, the classical baseline and random ground truth,
     with p(FEN+PN beats random), p(classical beats random) and the paired FEN+PN - classical
-    difference (positive = FEN+PN better) with its 95% bootstrap interval and p-value."""
+    difference (positive = FEN+PN better) with its 95% bootstrap interval and p-value; with
+    ``prior`` (:meth:`Predictions.prior`, per fold) also what the image-blind answer scores."""
     rp = random_ground_truth_test(parser, targets, n_shuffles, seed)
     rc = random_ground_truth_test(classical, targets, n_shuffles, seed)
     pt = paired_test(parser, classical, targets, n_shuffles, seed)
+    mp = metrics_of(prior, targets) if prior is not None else {}
     return [
-        {"metric": k, "fen_pn": rp.model[k], "classical": rc.model[k], "random": rp.random_mean[k],
+        {"metric": k, "fen_pn": rp.model[k], "classical": rc.model[k], "prior": mp.get(k, float("nan")),
+         "random": rp.random_mean[k],
          "random_std": rp.random_std[k], "p_fen_pn_vs_random": rp.p_value[k], "p_classical_vs_random": rc.p_value[k],
          "fen_pn_minus_classical": pt.diff[k], "diff_ci_low": pt.ci_low[k], "diff_ci_high": pt.ci_high[k],
          "p_fen_pn_vs_classical": pt.p_value[k], "gms": len(targets.continuous), "shuffles": n_shuffles}
@@ -202,14 +206,17 @@ def pooled_table(parser: Predictions, classical: Predictions, targets: TargetArr
 
 
 def format_pooled(rows: list[dict[str, float | str]]) -> str:
-    """Fixed-width text of :func:`pooled_table` (lower is better only for continuous L1)."""
-    head = (f"{'metric (GM level)':36} {'FEN+PN':>7} {'classic':>7} {'random':>15} {'p FEN>rnd':>9} "
+    """Fixed-width text of :func:`pooled_table` (lower is better only for continuous L1; "prior"
+    is the image-blind answer, nan where the table has none)."""
+    head = (f"{'metric (GM level)':36} {'FEN+PN':>7} {'classic':>7} {'prior':>7} {'random':>15} {'p FEN>rnd':>9} "
             f"{'p cls>rnd':>9} {'FEN-classic [95% CI]':>24} {'p paired':>8}")
     lines = [head]
     for r in rows:
         name = str(r["metric"]) + (" (lower=better)" if lower_is_better(str(r["metric"])) else "")
         ci = f"{r['fen_pn_minus_classical']:+.3f} [{r['diff_ci_low']:+.3f},{r['diff_ci_high']:+.3f}]"
-        lines.append(f"{name:36} {r['fen_pn']:7.3f} {r['classical']:7.3f} {r['random']:7.3f} ± {r['random_std']:.3f} "
+        prior = float(r.get("prior", float("nan")))  # type: ignore[arg-type]
+        lines.append(f"{name:36} {r['fen_pn']:7.3f} {r['classical']:7.3f} {prior:7.3f} "
+                     f"{r['random']:7.3f} ± {r['random_std']:.3f} "
                      f"{r['p_fen_pn_vs_random']:9.4f} {r['p_classical_vs_random']:9.4f} {ci:>24} "
                      f"{r['p_fen_pn_vs_classical']:8.4f}")
     return "\n".join(lines)

@@ -78,7 +78,7 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
     assert "test.gm.loss.auc" in fold0.data.metrics
     assert "cv.gm.continuous.l1" in parents[0].data.metrics and "cv_baseline.gm.loss.f1" in parents[0].data.metrics
     pm = parents[0].data.metrics
-    for col in ("fen_pn", "classical", "random", "p_fen_pn_vs_random", "p_fen_pn_vs_classical"):
+    for col in ("fen_pn", "classical", "prior", "random", "p_fen_pn_vs_random", "p_fen_pn_vs_classical"):
         assert f"pooled.{col}.discrete.acc" in pm, col
     assert 0 < pm["pooled.p_fen_pn_vs_random.discrete.acc"] <= 1
     rows = json.loads(open(client.download_artifacts(

@@ -15,7 +15,14 @@ from data_pipeline.schema import (
 )
 from models.metrics import parsing_metrics
 from models.predictions import Predictions
-from models.significance import HEADLINE, metrics_of, paired_test, random_ground_truth_test
+from models.significance import (
+    HEADLINE,
+    format_pooled,
+    metrics_of,
+    paired_test,
+    pooled_table,
+    random_ground_truth_test,
+)
 
 
 def _targets(n: int, seed: int) -> TargetArrays:
@@ -71,3 +78,23 @@ def test_paired_test_finds_the_better_parser_and_not_a_copy() -> None:
     assert res.p_value["discrete/acc"] < 0.01 and res.ci_low["discrete/acc"] > 0
     same = paired_test(a, a, t, n_permutations=200, seed=0)
     assert same.diff["discrete/acc"] == 0 and same.p_value["discrete/acc"] == 1.0
+
+
+def test_prior_is_the_image_blind_answer_and_joins_the_pooled_table() -> None:
+    train = TargetArrays(np.array([[0.1] * 9, [0.3] * 9, [0.9] * 9]), np.array([[0, 1, 1, 0, 1, 1]] * 2 + [[2, 0, 3, 1, 0, 0]]),
+                         np.array([[1] + [0] * 9] * 2 + [[0] * 9 + [1]]), np.array([[1, 0, 0]] * 2 + [[0, 0, 1]]))
+    prior = Predictions.prior(train, 5)
+    assert len(prior) == 5
+    np.testing.assert_allclose(prior.continuous, 0.3)  # the median: the constant with the least L1
+    assert (prior.discrete == [0, 1, 1, 0, 1, 1]).all()  # each value's most common training class
+    np.testing.assert_allclose(prior.loss_prob[0, [0, 9]], [2 / 3, 1 / 3])
+    np.testing.assert_allclose(prior.group_prob[0], [2 / 3, 0, 1 / 3])
+    t = _targets(60, 8)
+    rows = pooled_table(_noisy(t, 0.3, 9), _noisy(t, 0.6, 10), t, n_shuffles=200, seed=0,
+                        prior=Predictions.prior(t, 60))
+    by = {r["metric"]: r for r in rows}
+    # informative predictions beat the image-blind answer, which knows no GM apart from another
+    assert by["discrete/acc"]["fen_pn"] > by["discrete/acc"]["prior"] >= 0.4
+    assert by["continuous/l1"]["fen_pn"] < by["continuous/l1"]["prior"]
+    assert "prior" in format_pooled(rows).splitlines()[0]
+    assert np.isnan(pooled_table(_noisy(t, 0.3, 9), _noisy(t, 0.6, 10), t, n_shuffles=50)[0]["prior"])

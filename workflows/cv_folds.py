@@ -179,6 +179,7 @@ def evaluate_fold(col: Collection, fold: Fold, cfg: JobConfig, state: dict[str, 
 
     from data_pipeline.ray_data import image_dataset
     from models.metrics import evaluate_parsing, gm_level, metric_table
+    from models.predictions import Predictions
     from models.significance import metrics_of
     from workflows.evaluation import classical_baseline
     from workflows.figures import discrete_confusion, log_figure
@@ -205,6 +206,7 @@ def evaluate_fold(col: Collection, fold: Fold, cfg: JobConfig, state: dict[str, 
                                           cfg.baseline_images_per_gm, cfg.val_fraction, cfg.seed)
     out["classical_gm_ids"], out["classical_pred"] = ids, cpred
     out["classical"] = metrics_of(cpred, out["gm_targets"])
+    out["prior_pred"] = Predictions.prior(col.targets(fold.train_gms), len(ids))
     mlflow.log_metrics({"classical_seconds": secs, **{
         metric_key("gm", k, "classical"): v for k, v in out["classical"].items() if np.isfinite(v)}})
     return out
@@ -370,14 +372,15 @@ def report_cv(results: list[dict[str, Any]], cfg: JobConfig) -> None:
     mlflow.log_dict(summary, "tables/cv_summary.json")
     spread = format_summary(summary)
     mlflow.log_text(spread, "tables/cv_summary.txt")
-    parser, classical, targets, _ = pool(results)
-    rows = pooled_table(parser, classical, targets, n_shuffles=cfg.pooled_shuffles, seed=cfg.seed)
+    parser, classical, prior, targets, _ = pool(results)
+    rows = pooled_table(parser, classical, targets, n_shuffles=cfg.pooled_shuffles, seed=cfg.seed, prior=prior)
     pooled = format_pooled(rows)
     log_pooled(rows, pooled)
     print(f"\nPer fold (mean ± std over {len(results)} folds; random = labels shuffled across a fold's GMs):")
     print(spread)
     print(f"\nPooled over all {len(targets.continuous)} GMs, each scored by the fold that never saw it "
-          f"({cfg.pooled_shuffles} shuffles; p paired = FEN+PN vs classical, GMs swapped at random):")
+          f"({cfg.pooled_shuffles} shuffles; prior = the training GMs' median / most common class / base rates, "
+          f"image-blind; p paired = FEN+PN vs classical, GMs swapped at random):")
     print(pooled, flush=True)
 
 

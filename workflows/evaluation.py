@@ -34,12 +34,14 @@ def classical_baseline(col, train_gms: Sequence[str], test_gms: Sequence[str], s
     return ids, gp, time.time() - t0
 
 
-def pool(folds: list[dict[str, Any]]) -> tuple[Predictions, Predictions, TargetArrays, np.ndarray]:
-    """Concatenate the folds' GM-level predictions (FEN+PN, classical) and targets."""
+def pool(folds: list[dict[str, Any]]) -> tuple[Predictions, Predictions, Predictions, TargetArrays, np.ndarray]:
+    """Concatenate the folds' GM-level predictions (FEN+PN, classical, each fold's image-blind
+    prior), targets and GM ids."""
     for f in folds:
         if list(f["gm_ids"]) != list(f["classical_gm_ids"]):
             raise RuntimeError(f"{f['label']}: FEN+PN and the classical baseline saw different GMs")
     return (Predictions.concat([f["gm_pred"] for f in folds]), Predictions.concat([f["classical_pred"] for f in folds]),
+            Predictions.concat([f["prior_pred"] for f in folds]),
             TargetArrays.concat([f["gm_targets"] for f in folds]), np.concatenate([f["gm_ids"] for f in folds]))
 
 
@@ -51,7 +53,8 @@ def log_pooled(rows: list[dict[str, Any]], text: str) -> None:
         m = str(r["metric"]).replace("/", ".")
         mlflow.log_metrics({f"pooled.fen_pn.{m}": r["fen_pn"], f"pooled.classical.{m}": r["classical"],
                             f"pooled.random.{m}": r["random"], f"pooled.p_fen_pn_vs_random.{m}": r["p_fen_pn_vs_random"],
-                            f"pooled.p_fen_pn_vs_classical.{m}": r["p_fen_pn_vs_classical"]})
+                            f"pooled.p_fen_pn_vs_classical.{m}": r["p_fen_pn_vs_classical"],
+                            **({f"pooled.prior.{m}": r["prior"]} if np.isfinite(r.get("prior", np.nan)) else {})})
     mlflow.log_dict(rows, "tables/pooled.json")
     mlflow.log_text(text, "tables/pooled.txt")
 
@@ -59,7 +62,8 @@ def log_pooled(rows: list[dict[str, Any]], text: str) -> None:
 def external_table(parser, train_col, test_col, *, fit_mode: str, baseline_images_per_gm: int, seed: int,
                    n_shuffles: int) -> tuple[list[dict[str, Any]], str]:
     """Train once, test anywhere: the trained parser and a classical baseline trained on every GM
-    of ``train_col`` score every GM of ``test_col``, pooled, beside random ground truth.
+    of ``train_col`` score every GM of ``test_col``, pooled, beside random ground truth and the
+    training collection's image-blind prior.
 
     Images of another resolution reach the model through ``preprocess.fit_to_size(fit_mode)``
     (views of one GM are averaged); continuous labels are put on the training collection's
@@ -80,5 +84,6 @@ def external_table(parser, train_col, test_col, *, fit_mode: str, baseline_image
     t = test_col.targets(ids)
     cont = train_col.ranges.normalize(test_col.ranges.denormalize(np.asarray(t.continuous)))
     targets = TargetArrays(cont, np.asarray(t.discrete), np.asarray(t.loss), np.asarray(t.group))
-    rows = pooled_table(fen, classical, targets, n_shuffles=n_shuffles, seed=seed)
+    prior = Predictions.prior(train_col.targets(list(train_col.fake_gms["gm_id"])), len(ids))
+    rows = pooled_table(fen, classical, targets, n_shuffles=n_shuffles, seed=seed, prior=prior)
     return rows, format_pooled(rows)
