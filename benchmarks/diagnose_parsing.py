@@ -88,7 +88,8 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
             batches = data.batches(per_gm_subset(data, train_idx, args.images_per_gm, rng), cfg.batch_size,
                                    drop_last=True)
             tr = train_one_epoch(model, opt, channels_last(batches), cfg.weights, cw,
-                                 ema=ema, amp_dtype=autocast_dtype(cfg.precision, "cpu"), hflip=cfg.hflip)
+                                 ema=ema, amp_dtype=autocast_dtype(cfg.precision, "cpu"), hflip=cfg.hflip,
+                                 label_smoothing=cfg.label_smoothing)
             row = {"epoch": epoch, "train/parsing": tr["parsing"], "train/images_per_s": tr["images_per_s"]}
             for name, idx in (("seen", seen_idx), ("valgm", valgm_idx), ("unseen", test_idx)):
                 if idx is None:

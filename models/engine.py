@@ -73,7 +73,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
                     device: torch.device | str | None = None, ema: AveragedModel | None = None,
                     binary_weights: Mapping[str, torch.Tensor] | None = None,
                     on_step: Callable[[dict[str, float]], None] | None = None,
-                    amp_dtype: torch.dtype | None = None, hflip: bool = False) -> dict[str, float]:
+                    amp_dtype: torch.dtype | None = None, hflip: bool = False,
+                    label_smoothing: float = 0.0) -> dict[str, float]:
     """Train over ``batches`` once -> image-weighted means of the loss terms, ``images`` and ``images_per_s``.
 
     ``ema`` (:func:`weight_ema`) is updated after every step; ``binary_weights``: see
@@ -81,7 +82,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
     after every step (a progress display). ``amp_dtype`` (e.g. ``torch.bfloat16`` on a GPU): the
     forward pass and the loss run under ``torch.autocast`` (the backward pass outside it, as
     torch's AMP recipe says; bf16 needs no gradient scaler); None: full precision. ``hflip``: each
-    training image mirrored left-right with probability 0.5 (:func:`models.inputs.random_hflip`)."""
+    training image mirrored left-right with probability 0.5 (:func:`models.inputs.random_hflip`).
+    ``label_smoothing``: of the discrete values' CE (``losses.parsing_terms``)."""
     model.train()
     t0, n_img, sums = time.time(), 0, {}
     for batch in batches:
@@ -91,7 +93,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
         targets = {k: batch[k].to(x.device) for k in TARGET_KEYS}
         with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             out = model(x)
-            loss, log = compute_loss(out, targets, weights, class_weights, binary_weights=binary_weights)
+            loss, log = compute_loss(out, targets, weights, class_weights, binary_weights=binary_weights,
+                                     label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -52,10 +52,12 @@ def parsing_terms(
     class_weights: Sequence[torch.Tensor] | None = None,
     continuous_loss: str = "l1",
     binary_weights: Mapping[str, torch.Tensor] | None = None,
+    label_smoothing: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Unscaled parsing losses: continuous (or cluster CE + deviation), discrete CE, group and loss BCE.
 
     ``binary_weights`` (``pn.binary_weights``) weighs each group / loss-type label by its class.
+    ``label_smoothing`` softens the discrete values' CE targets (``F.cross_entropy``'s; 0: the paper).
     """
     terms: dict[str, torch.Tensor] = {}
     cont_t = targets["continuous"].float()
@@ -72,7 +74,7 @@ def parsing_terms(
     ce = []
     for j, lg in enumerate(logits):
         w = None if class_weights is None else class_weights[j].to(lg.device)
-        ce.append(F.cross_entropy(lg.float(), disc_t[:, j], weight=w))
+        ce.append(F.cross_entropy(lg.float(), disc_t[:, j], weight=w, label_smoothing=label_smoothing))
     terms["discrete"] = torch.stack(ce).mean()
     group_t, loss_t = targets["group"].float(), targets["loss"].float()
     terms["group"] = F.binary_cross_entropy_with_logits(
@@ -98,6 +100,7 @@ def compute_loss(
     continuous_loss: str = "l1",
     parsing_scale: float = PARSING_SCALE,
     binary_weights: Mapping[str, torch.Tensor] | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total = parsing_scale * sum(parsing terms) + weighted constraints (if a fingerprint is given).
 
@@ -110,11 +113,11 @@ def compute_loss(
         raise ValueError(f"need {len(NUM_CLASSES)} class-weight tensors, got {len(class_weights)}")
     members = model_outputs.get("members")
     if members is not None:  # an ensemble: every member trains on its own loss, as it would alone
-        parts = [compute_loss(m, targets, weights, class_weights, continuous_loss, parsing_scale, binary_weights)
-                 for m in members]  # type: ignore[union-attr]
+        parts = [compute_loss(m, targets, weights, class_weights, continuous_loss, parsing_scale, binary_weights,
+                              label_smoothing) for m in members]  # type: ignore[union-attr]
         total = torch.stack([t for t, _ in parts]).sum()
         return total, {k: float(np.mean([log[k] for _, log in parts])) for k in parts[0][1]}  # member mean
-    terms = parsing_terms(model_outputs, targets, class_weights, continuous_loss, binary_weights)
+    terms = parsing_terms(model_outputs, targets, class_weights, continuous_loss, binary_weights, label_smoothing)
     parsing = torch.stack(list(terms.values())).sum()
     total = parsing_scale * parsing
     log = {k: float(v.detach()) for k, v in terms.items()}

@@ -100,6 +100,7 @@ def test_batch_scale_scales_batch_and_lr_together_and_precision_is_checked() -> 
     task, loop = parsing_task(cfg, targets)
     assert (loop.batch_size, loop.lr) == (256, 4 * train.lr) and task.precision == "auto"
     assert not task.hflip and parsing_task(replace(cfg, hflip=True), targets)[0].hflip  # --hflip reaches the step
+    assert parsing_task(replace(cfg, label_smoothing=0.1), targets)[0].label_smoothing == 0.1  # and --label-smoothing
     with pytest.raises(ValueError, match="precision"):
         replace(cfg, precision="fp16")
     with pytest.raises(ValueError, match="batch-scale"):
@@ -114,7 +115,10 @@ def test_job_key_sees_the_spatial_branch_only_when_on():
     cfg = job_config("default")
     on = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, spatial_branch=True))
     assert on.key() != cfg.key()  # a different network is a different run
-    # off, it is left out of the hash: the default job's key is still that of the runs before it existed
-    # (make run 461c87e3, cv-default-6c855534-81386a3601-...; 55ba3f7d on be0c3761), so they resume and are found
-    assert cfg.key() == "81386a3601"
-    assert dataclasses.replace(cfg, hflip=True).key() != cfg.key()  # --hflip likewise, off keeps the key
+    # off, it is left out of the hash: the default job's key without label smoothing is still that
+    # of the runs before it existed (make run 461c87e3, cv-default-6c855534-81386a3601-...; 55ba3f7d
+    # and 74ddb9f0 on be0c3761), so they resume and are found; with it (the default since make run
+    # ce7312f5) the key is that run's
+    unsmoothed = dataclasses.replace(cfg, label_smoothing=0.0)
+    assert unsmoothed.key() == "81386a3601" and cfg.key() == "43e0b9c32e"
+    assert dataclasses.replace(unsmoothed, hflip=True).key() != unsmoothed.key()  # --hflip likewise

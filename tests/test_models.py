@@ -179,6 +179,11 @@ def test_compute_loss_terms_and_scale() -> None:
     assert _grads_ok(model)
     with pytest.raises(ValueError):
         compute_loss(out, tgt, continuous_loss="huber")
+    # label smoothing moves the discrete CE only (a confident, right answer costs more)
+    _, log_ls = compute_loss(out, tgt, ConstraintWeights(), cw, label_smoothing=0.2)
+    assert log_ls["discrete"] != pytest.approx(log["discrete"])
+    assert {k: log_ls[k] for k in ("continuous", "group", "loss_type")} == pytest.approx(
+        {k: log[k] for k in ("continuous", "group", "loss_type")})
 
 
 def test_targets_to_tensors_indexes_gm_rows() -> None:

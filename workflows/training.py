@@ -67,6 +67,7 @@ class ParsingTask:
     eval_sets: tuple[str, ...] = ("val",)  # EVAL_SETS scored every epoch; ``valgm`` picks the epoch when given
     precision: str = "auto"  # training step: fp32 | bf16 autocast | auto (models.engine.autocast_dtype)
     hflip: bool = False  # random left-right mirroring of the training images (--hflip)
+    label_smoothing: float = 0.0  # of the discrete values' CE (--label-smoothing)
     name: str = field(default="parser", init=False)
 
     def build(self) -> dict[str, Any]:
@@ -89,7 +90,8 @@ class ParsingTask:
               if self.binary_weights else None)
         tr = train_one_epoch(models[self.name], optimizers[self.name], batches, self.weights, cw,
                              ema=emas.get(self.name), binary_weights=bw, on_step=on_step,
-                             amp_dtype=autocast_dtype(self.precision, device), hflip=self.hflip)
+                             amp_dtype=autocast_dtype(self.precision, device), hflip=self.hflip,
+                             label_smoothing=self.label_smoothing)
         out = {f"train/{k}": v for k, v in tr.items() if k not in ("images", "images_per_s")}
         return {**out, "loss": tr.get("total", float("nan")), "images_per_s": tr["images_per_s"]}
 
@@ -121,7 +123,7 @@ def parsing_task(cfg: JobConfig, train_targets, fault_marker: str | None = None,
         cfg.model, cfg.weights, tuple(w.numpy() for w in class_weights(train_targets)),
         {k: w.numpy() for k, w in binary_weights(train_targets).items()} if cfg.loss_balance else None,
         fit_clusters(train_targets, cfg.model.n_clusters, cfg.seed) if cfg.model.variant == "cluster" else None,
-        precision=cfg.precision, hflip=cfg.hflip,
+        precision=cfg.precision, hflip=cfg.hflip, label_smoothing=cfg.label_smoothing,
     )
     loop = LoopConfig(epochs=cfg.epochs, batch_size=cfg.step_batch_size, lr=cfg.step_lr, seed=cfg.seed,
                       weight_decay=cfg.weight_decay, ema=cfg.ema, keep=cfg.checkpoint, threads=cfg.threads,
