@@ -1,9 +1,12 @@
-"""Build a GM collection from the zoo: one Ray task per GM, written atomically.
+"""Build a GM collection from the zoo: one Ray task per GM, each GM persisted as it finishes.
 
-Each task trains one GM briefly on real crops, passes it through the quality gate and
-returns its PNG-encoded samples, measured labels and gate figures; the driver writes one
-shard per GM as results arrive (content depends only on the seed, not on finish order),
-then the real-image shards, gms.parquet and the manifest, and renames the folder into place.
+Each task trains one GM briefly on real crops (a budget of steps, never of seconds), passes it
+through the quality gate and returns its PNG-encoded samples, measured labels and gate figures;
+the driver persists each GM at once in the build's staging folder (``data_pipeline.partial``:
+a killed build resumes, a larger one reuses a smaller one's GMs), and when every GM is there
+writes the real-image shards, gms.parquet and, last, the manifest, and renames the folder into
+place. The content depends only on the settings and the seed: not on the finish order, the
+number of runs or workers, or the machine's speed.
 """
 
 from __future__ import annotations
@@ -20,13 +23,24 @@ import pandas as pd
 
 from data_pipeline import schema
 from data_pipeline.collection import (
+    GMS_FILE,
+    MANIFEST,
     REAL_GM_ID,
     Collection,
     CollectionError,
-    CollectionWriter,
     gms_row,
     image_rows,
+    is_local,
     open_collection,
+    validate_gms_table,
+)
+from data_pipeline.partial import (
+    GMRecord,
+    PartialBuild,
+    atomic_write_bytes,
+    lineage_donors,
+    sha256_file,
+    write_shard,
 )
 from data_pipeline.paths import collections_root
 from data_pipeline.preprocess import encode_png
@@ -58,18 +72,26 @@ class BuildConfig:
     #: LeakyReLU last block makes the network's), as real GM code does, or "independent" of it
     #: (drawn on its own; the builds before 2026-11-24, e.g. default-s0-6c855534)
     hidden_act: str = "tied"
+    #: how each GM's family is chosen: "random" (the builds before 2026-12) or "balanced" (a fixed
+    #: share per family at every prefix: data_pipeline.zoo.specs.FAMILY_SHARES)
+    family_mix: str = "random"
     #: share of a GPU each GM's task asks Ray for (0: one CPU core per GM). How a build runs, not
     #: what it builds: not in key()
     gpus_per_gm: float = 0.0
+    #: override of the zoo preset's per-GM CPU-seconds guard (ZooTrainConfig.max_seconds), which
+    #: fails a runaway GM loudly and never decides what is built: not in key()
+    max_gm_seconds: float | None = None
 
     def __post_init__(self) -> None:
         # the zoo owns the modes; imported late, as elsewhere in this module
-        from data_pipeline.zoo.specs import HIDDEN_ACT_MODES
+        from data_pipeline.zoo.specs import FAMILY_MIXES, HIDDEN_ACT_MODES
 
         if self.real_source not in REAL_SOURCES:
             raise ValueError(f"unknown real_source {self.real_source!r}; known: {sorted(REAL_SOURCES)}")
         if self.hidden_act not in HIDDEN_ACT_MODES:
             raise ValueError(f"hidden_act must be one of {HIDDEN_ACT_MODES}, got {self.hidden_act!r}")
+        if self.family_mix not in FAMILY_MIXES:
+            raise ValueError(f"family_mix must be one of {FAMILY_MIXES}, got {self.family_mix!r}")
         if not 0.0 <= self.gpus_per_gm <= 1.0:
             raise ValueError(f"gpus_per_gm must be in [0, 1] (a share of one GPU), got {self.gpus_per_gm}")
 
@@ -79,20 +101,47 @@ class BuildConfig:
     def key(self) -> str:
         """Hash of these fields and of the zoo preset's settings (not just its name), so a
         collection built before a preset changed is rebuilt, not reused. ``implementations``
-        and ``real_source`` enter only when not the default, and ``hidden_act`` only when not
-        "independent" (its first default), so collections built before they existed keep their keys;
-        ``gpus_per_gm`` never does (a GPU build of a key is the same GMs, not bitwise the same images)."""
+        and ``real_source`` enter only when not the default, ``hidden_act`` only when not
+        "independent" (its first default) and ``family_mix`` only when not "random"; ``gpus_per_gm``
+        (a GPU build of a key is the same GMs, not bitwise the same images) and the CPU-seconds
+        guard (``max_gm_seconds``, the zoo's ``max_seconds``) never do. ``budget: steps`` marks the
+        builds whose GMs no wall-time cap cut short (from 2026-12), so none of the earlier is reused."""
+        return self._hash(self._key_fields())
+
+    def lineage_key(self) -> str:
+        """The key without ``n_gms``: builds of one lineage share their first GMs (a prefix of
+        ``sample_specs`` is the smaller sequence), so a larger build reuses a smaller one's GMs."""
+        d = self._key_fields()
+        d.pop("n_gms")
+        return self._hash(d)
+
+    def lineage_fields(self) -> dict[str, Any]:
+        d = self._key_fields()
+        d.pop("n_gms")
+        return d
+
+    def _key_fields(self) -> dict[str, Any]:
         from data_pipeline.zoo.config import ZOO_PRESETS
 
         zoo = ZOO_PRESETS.get(self.zoo_preset)
-        d = {**asdict(self), "zoo": asdict(zoo) if zoo is not None else None}
-        d.pop("gpus_per_gm")
+        zoo_d = asdict(zoo) if zoo is not None else None
+        if zoo_d is not None:
+            zoo_d.pop("max_seconds")
+        d = {**asdict(self), "zoo": zoo_d, "budget": "steps"}
+        for k in ("gpus_per_gm", "max_gm_seconds"):
+            d.pop(k)
         if self.implementation_tuple() == ("backbone",):
             d.pop("implementations")
         if self.real_source == "photos":
             d.pop("real_source")
         if self.hidden_act == "independent":
             d.pop("hidden_act")
+        if self.family_mix == "random":
+            d.pop("family_mix")
+        return d
+
+    @staticmethod
+    def _hash(d: dict[str, Any]) -> str:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def default_path(self) -> Path:
@@ -104,6 +153,14 @@ BUILD_PRESETS: dict[str, BuildConfig] = {
     "default": BuildConfig(
         preset="default", n_gms=64, images_per_gm=256, image_size=32, real_images=4096,
         train_crops=4096, zoo_preset="default",
+    ),
+    # wide: hundreds of GMs at the default's size and gate, every family at a fixed share
+    # (zoo.specs.FAMILY_SHARES) and every implementation; its zoo preset trains at batch 16 (1.6x
+    # cheaper a GM than the default's 32; benchmarks/RESULTS.md section 4). Grows by its tail:
+    # --n-gms 640 reuses these 320.
+    "wide": BuildConfig(
+        preset="wide", n_gms=320, images_per_gm=256, image_size=32, real_images=4096, train_crops=4096,
+        zoo_preset="wide", implementations="backbone,dcgan,resnet,stylegan,unet", family_mix="balanced",
     ),
     "large": BuildConfig(
         preset="large", n_gms=400, images_per_gm=1000, image_size=64, real_images=20000,
@@ -149,13 +206,22 @@ def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train
     from data_pipeline import zoo
 
     res = zoo.make_gm(spec, real_crops, n_images, train_cfg, device="cuda" if use_gpu else "cpu")
+    phases = dict(res.phase_seconds)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core per task, as in make_gm
     try:
+        t = time.thread_time()
         realism = realism_ref.measure(res.images)
         realism["swd_untrained"] = realism_ref.swd(res.untrained)
+        phases["realism"] = time.thread_time() - t
     finally:
         torch.set_num_threads(threads)
+    t = time.thread_time()
+    pngs = [encode_png(im) for im in res.images]
+    phases["encode"] = time.thread_time() - t
+    t = time.thread_time()
+    grid = zoo.sample_grid_png(res.images[:32], real_crops[:32], caption=realism_caption(realism))
+    phases["grid"] = time.thread_time() - t
     return {
         "gm_id": spec.gm_id,
         "family": spec.family,
@@ -165,7 +231,7 @@ def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train
             "discrete": res.labels.discrete,
             "loss_types": sorted(res.labels.loss_types),
         },
-        "pngs": [encode_png(im) for im in res.images],
+        "pngs": pngs,
         "quality": {k: float(v) for k, v in res.quality.items()},
         "passed": bool(res.passed),
         "attempts": int(res.attempts),
@@ -173,132 +239,238 @@ def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train
         "train_seconds": float(res.train_seconds),
         "implementation": spec.arch.implementation,
         "realism": realism,
-        "grid": zoo.sample_grid_png(res.images[:32], real_crops[:32], caption=realism_caption(realism)),
+        "grid": grid,
+        "phase_seconds": {k: round(float(v), 4) for k, v in phases.items()},
     }
 
 
+def _shard_rows(cfg: BuildConfig, idx: int, gm_id: str, pngs: list[bytes]) -> list[tuple[int, dict[str, list[Any]]]]:
+    """A GM's images as (shard index, rows): shard indices depend only on the GM's index."""
+    stride = _shard_stride(cfg)
+    out = []
+    for c in range(stride):
+        chunk = pngs[c * cfg.max_rows_per_shard : (c + 1) * cfg.max_rows_per_shard]
+        if chunk:
+            out.append((idx * stride + c, image_rows(gm_id, chunk, [(cfg.image_size,) * 2] * len(chunk), True,
+                                                     start=c * cfg.max_rows_per_shard)))
+    return out
+
+
+def _shard_stride(cfg: BuildConfig) -> int:
+    return max(1, -(-cfg.images_per_gm // cfg.max_rows_per_shard))
+
+
+def _record(idx: int, r: dict[str, Any], node: str, worker: int) -> GMRecord:
+    """A finished task's result as the record a build persists (images and grid go in files)."""
+    status = "kept" if r["passed"] else "rejected"
+    timing = {"train_seconds": r.pop("train_seconds"), "phase_seconds": r.pop("phase_seconds"),
+              "node": node, "pid": worker}
+    r.pop("pngs", None)
+    r.pop("grid", None)
+    return GMRecord(index=idx, gm_id=r["gm_id"], status=status, result=r, shards=[], grid=False, timing=timing)
+
+
+def _is_system_failure(e: BaseException) -> bool:
+    """A task lost to its worker, node or object store (retry later), not to its own code."""
+    import ray.exceptions as rex
+
+    return isinstance(e, rex.WorkerCrashedError | rex.NodeDiedError | rex.ObjectLostError | rex.TaskCancelledError
+                      | rex.RaySystemError | rex.OutOfMemoryError)
+
+
+def _gm_task_with_node(*args: Any) -> tuple[dict[str, Any], str, int]:
+    import os
+
+    import ray
+
+    return _make_gm_task(*args), ray.get_runtime_context().get_node_id(), os.getpid()
+
+
 def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Collection:
-    """Build ``cfg``'s collection at ``out`` with one Ray task per GM (starts Ray if needed)."""
+    """Build ``cfg``'s collection at ``out`` with one Ray task per GM (starts Ray if needed).
+
+    Resumable and growable (``data_pipeline.partial``): each GM is persisted as soon as its task
+    returns; a rerun builds only the GMs that are missing, and GMs of the same lineage already
+    built beside ``out`` (a smaller or larger collection, or a partial build) are reused. ``out``
+    may hold a collection of the same lineage (it grows or shrinks to ``cfg.n_gms``); another one
+    is replaced only with ``overwrite``. The finished collection depends on the GMs alone, not on
+    how many runs, machines or workers built it."""
     import ray
     from tqdm.auto import tqdm
 
     from data_pipeline import zoo
 
+    out = Path(out).resolve()
+    if not is_local(str(out)):
+        raise CollectionError(f"collections are built on a local or mounted path, then copied; got {out}")
+    lineage = cfg.lineage_key()
+    if (out / MANIFEST).exists():
+        try:
+            existing = json.loads((out / MANIFEST).read_text())
+        except ValueError:
+            existing = {}
+        if existing.get("build_key") == cfg.key():
+            return open_collection(out)
+        if existing.get("lineage_key") != lineage and not overwrite:
+            raise CollectionError(f"{out} already holds a collection of other settings (pass overwrite)")
     if not ray.is_initialized():
         ray.init()
     _check_gpus(cfg)
     t0 = time.time()
+    specs = zoo.sample_specs(cfg.n_gms, cfg.seed, cfg.image_size, cfg.implementation_tuple(), cfg.hidden_act,
+                             cfg.family_mix)
+    wanted = {i: s.gm_id for i, s in enumerate(specs)}
+    partial = PartialBuild(out, lineage, cfg.lineage_fields())
+    adopted = sum(partial.adopt(d, wanted) for d in lineage_donors(out, lineage))
+    partial.prune(cfg.n_gms)
+    done = partial.done()
+    todo = [i for i in range(len(specs)) if i not in done]
+    if progress and (done or adopted):
+        print(f"build: {len(done)} of {len(specs)} GMs already built ({adopted} taken from collections of the "
+              f"same settings); building {len(todo)}", flush=True)
     pool = _photo_pool(cfg)
     train_crops = random_crops(pool, cfg.train_crops, cfg.image_size, seed=cfg.seed)
     real_crops = random_crops(pool, cfg.real_images, cfg.image_size, seed=cfg.seed + 1_000_003)
-    specs = zoo.sample_specs(cfg.n_gms, cfg.seed, cfg.image_size, cfg.implementation_tuple(), cfg.hidden_act)
-    crops_ref = ray.put(train_crops)
-    realism_ref = ray.put(RealismReference(real_crops, seed=cfg.seed))
-    task = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_gm, max_retries=3)(_make_gm_task)
-    pending = {
-        task.remote(s, crops_ref, cfg.images_per_gm, zoo.ZOO_PRESETS[cfg.zoo_preset], realism_ref,
-                    cfg.gpus_per_gm > 0): i
-        for i, s in enumerate(specs)
-    }
-    results: dict[int, dict[str, Any]] = {}
-    failed: list[dict[str, str]] = []
-    shard_stride = max(1, -(-cfg.images_per_gm // cfg.max_rows_per_shard))
-    with CollectionWriter(out, overwrite=overwrite) as writer, tqdm(
-        total=len(specs), desc="building GMs", unit="GM", disable=not progress
-    ) as bar:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            idx = pending.pop(done[0])
-            try:
-                r = ray.get(done[0])
-            except Exception as e:  # a GM whose code raised (after Ray's retries for crashes)
-                failed.append({"gm_id": specs[idx].gm_id, "error": f"{type(e).__name__}: {e}"[:500]})
+    train_cfg = zoo.ZOO_PRESETS[cfg.zoo_preset]
+    if cfg.max_gm_seconds is not None:
+        train_cfg = train_cfg.with_(max_seconds=cfg.max_gm_seconds)
+    lost: list[str] = []
+    over_guard: list[str] = []
+    busy = 0.0  # the GM tasks' CPU seconds, for the idle share
+    t_tasks = time.time()
+    if todo:
+        crops_ref = ray.put(train_crops)
+        realism_ref = ray.put(RealismReference(real_crops, seed=cfg.seed))
+        task = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_gm, max_retries=3)(_gm_task_with_node)
+        pending = {task.remote(specs[i], crops_ref, cfg.images_per_gm, train_cfg, realism_ref, cfg.gpus_per_gm > 0): i
+                   for i in todo}
+        with tqdm(total=len(specs), initial=len(done), desc="building GMs", unit="GM", disable=not progress) as bar:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                idx = pending.pop(ready[0])
+                try:
+                    r, node, pid = ray.get(ready[0])
+                except Exception as e:  # sorted below: the GM's own error, the guard, or the system
+                    cause = getattr(e, "cause", None) or e
+                    if isinstance(cause, zoo.GMBudgetExceeded):
+                        over_guard.append(str(cause))
+                    elif _is_system_failure(e):
+                        lost.append(f"{specs[idx].gm_id}: {type(e).__name__}")
+                    else:  # the GM's code raised: deterministic, so recorded like a rejection
+                        rec = GMRecord(idx, specs[idx].gm_id, "failed",
+                                       {"gm_id": specs[idx].gm_id, "error": f"{type(cause).__name__}: {cause}"[:500]},
+                                       [], False, {})
+                        partial.write_gm(rec, [], None)
+                    bar.update(1)
+                    continue
+                pngs, grid = r["pngs"], r["grid"]
+                rec = _record(idx, r, node, pid)
+                busy += float(rec.timing["train_seconds"]) + sum(
+                    v for k, v in rec.timing["phase_seconds"].items() if k in ("realism", "encode", "grid"))
+                if rec.status == "kept":
+                    partial.write_gm(rec, _shard_rows(cfg, idx, rec.gm_id, pngs), grid)
+                else:
+                    partial.write_gm(rec, [], None)
                 bar.update(1)
-                continue
-            bar.update(1)
-            bar.set_postfix(gm=r["gm_id"], gate="pass" if r["passed"] else "FAIL")
-            if not r["passed"]:
-                failed.append({"gm_id": r["gm_id"], "error": f"quality gate failed after {r['attempts']} attempts",
-                               "quality": r["quality"]})
-                results[idx] = r
-                continue
-            pngs = r.pop("pngs")
-            for c in range(shard_stride):
-                chunk = pngs[c * cfg.max_rows_per_shard : (c + 1) * cfg.max_rows_per_shard]
-                if chunk:
-                    writer.write_shard(
-                        idx * shard_stride + c,
-                        image_rows(r["gm_id"], chunk, [(cfg.image_size,) * 2] * len(chunk), True,
-                                   start=c * cfg.max_rows_per_shard),
-                    )
-            writer.write_grid(r["gm_id"], r.pop("grid"))
-            results[idx] = r
+                bar.set_postfix(gm=rec.gm_id, gate="pass" if rec.status == "kept" else "FAIL")
+    task_wall = time.time() - t_tasks
+    if over_guard or lost:
+        kept = len(partial.done())
+        why = "; ".join(over_guard + [f"lost to a worker or node: {g}" for g in lost])
+        raise CollectionError(f"build of {out} stopped with {len(specs) - kept} of {len(specs)} GMs missing "
+                              f"({why}). The {kept} finished GMs are kept in {partial.dir}; run the same build "
+                              "again to resume it")
+    return _finalize(cfg, partial, specs, pool, real_crops, t0,
+                     {"task_wall_seconds": round(task_wall, 1), "task_cpu_seconds": round(busy, 1),
+                      "gms_built_here": len(todo), "gms_reused": len(specs) - len(todo)})
 
-        kept = [results[i] for i in sorted(results) if results[i]["passed"]]
-        if not kept:
-            raise CollectionError(f"no GM passed the quality gate: {failed}")
-        labels = [
-            schema.GMLabels(r["labels"]["continuous"], r["labels"]["discrete"], frozenset(r["labels"]["loss_types"]))
-            for r in kept
-        ]
-        ranges = schema.Ranges.fit(np.stack([lab.continuous_vector() for lab in labels]))
-        rows = []
-        for r, lab in zip(kept, labels):
-            extra = {f"gate_{k}": v for k, v in r["quality"].items()}
-            extra.update({f"realism_{k}": v for k, v in r["realism"].items()})
-            extra.update({"gate_attempts": r["attempts"], "train_steps": r["steps"], "train_seconds": r["train_seconds"],
-                          "implementation": r["implementation"]})
-            rows.append(gms_row(r["gm_id"], r["family"], "zoo", lab, ranges, r["spec"], extra))
-        rows.append(gms_row(REAL_GM_ID, "real", "bundled" if not cfg.real_dir else "folder", None, ranges))
-        gms = pd.DataFrame(rows)
 
-        base = len(specs) * shard_stride
-        for c in range(-(-len(real_crops) // cfg.max_rows_per_shard)):
-            chunk = real_crops[c * cfg.max_rows_per_shard : (c + 1) * cfg.max_rows_per_shard]
-            writer.write_shard(
-                base + c,
-                image_rows(REAL_GM_ID, [encode_png(im) for im in chunk], [(cfg.image_size,) * 2] * len(chunk),
-                           False, start=c * cfg.max_rows_per_shard),
-            )
+def _finalize(cfg: BuildConfig, partial: PartialBuild, specs: list, pool: PhotoPool, real_crops: np.ndarray,
+              t0: float, run: dict[str, Any]) -> Collection:
+    """gms.parquet, the real-image shards and the manifest from the records, then into place."""
+    import ray
 
-        improvements = np.array([r["quality"].get("improvement", np.nan) for r in kept])
-        per_gm = pd.DataFrame([{"gm_id": r["gm_id"], "family": r["family"], **r["realism"]} for r in kept])
-        manifest = {
-            "kind": "zoo",
-            "build_key": cfg.key(),
-            "build": asdict(cfg),
-            "image_size": cfg.image_size,
-            "ranges": ranges.to_dict(),
-            "real_sources": pool.sources,
-            "counts": {
-                "real_images": int(len(real_crops)),
-                "gms_requested": len(specs),
-                "gms_rejected": len(failed),
-                "gate_retries": int(sum(r["attempts"] - 1 for r in results.values())),
-            },
-            "rejected": failed,
-            "quality": {
-                "improvement_median": float(np.nanmedian(improvements)) if len(improvements) else None,
-                "improvement_worst": float(np.nanmin(improvements)) if len(improvements) else None,
-            },
-            "realism": realism_summary(per_gm, calibration(real_crops, cfg.images_per_gm, cfg.seed)),
-            "build_seconds": round(time.time() - t0, 1),
-            "device": "cuda" if cfg.gpus_per_gm > 0 else "cpu",  # where the GMs trained
-        }
-        path = writer.commit(gms, manifest)
-    return open_collection(path)
+    done = partial.done()
+    records = [done[i] for i in range(len(specs))]
+    kept = [rec for rec in records if rec.status == "kept"]
+    failed = [{"gm_id": rec.gm_id, **({"error": rec.result["error"]} if rec.status == "failed" else
+                                      {"error": f"quality gate failed after {rec.result['attempts']} attempts",
+                                       "quality": rec.result["quality"]})}
+              for rec in records if rec.status != "kept"]
+    if not kept:
+        raise CollectionError(f"no GM passed the quality gate: {failed}")
+    labels = [schema.GMLabels(r.result["labels"]["continuous"], r.result["labels"]["discrete"],
+                              frozenset(r.result["labels"]["loss_types"])) for r in kept]
+    ranges = schema.Ranges.fit(np.stack([lab.continuous_vector() for lab in labels]))
+    rows = []
+    for rec, lab in zip(kept, labels):
+        r = rec.result
+        extra = {f"gate_{k}": v for k, v in r["quality"].items()}
+        extra.update({f"realism_{k}": v for k, v in r["realism"].items()})
+        extra.update({"gate_attempts": r["attempts"], "train_steps": r["steps"], "implementation": r["implementation"]})
+        rows.append(gms_row(r["gm_id"], r["family"], "zoo", lab, ranges, r["spec"], extra))
+    rows.append(gms_row(REAL_GM_ID, "real", "bundled" if not cfg.real_dir else "folder", None, ranges))
+    gms = pd.DataFrame(rows)
+    validate_gms_table(gms)
+    folder = partial.dir
+    base = len(specs) * _shard_stride(cfg)
+    real_shards = []
+    for c in range(-(-len(real_crops) // cfg.max_rows_per_shard)):
+        chunk = real_crops[c * cfg.max_rows_per_shard : (c + 1) * cfg.max_rows_per_shard]
+        real_shards.append(write_shard(folder, base + c, image_rows(
+            REAL_GM_ID, [encode_png(im) for im in chunk], [(cfg.image_size,) * 2] * len(chunk), False,
+            start=c * cfg.max_rows_per_shard)))
+    gms.to_parquet(folder / GMS_FILE, index=False)
+    shards = sorted([s for rec in kept for s in rec.shards] + real_shards, key=lambda s: s["file"])
+    improvements = np.array([rec.result["quality"].get("improvement", np.nan) for rec in kept])
+    per_gm = pd.DataFrame([{"gm_id": rec.gm_id, "family": rec.result["family"], **rec.result["realism"]}
+                           for rec in kept])
+    timings = {rec.gm_id: rec.timing for rec in records if rec.timing}
+    cores = float(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1.0
+    if run["task_wall_seconds"] > 0 and run["gms_built_here"]:
+        run["cores"] = cores
+        run["idle_share"] = round(max(0.0, 1 - run["task_cpu_seconds"] / (run["task_wall_seconds"] * min(
+            cores, run["gms_built_here"]))), 3)
+    manifest = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "kind": "zoo",
+        "build_key": cfg.key(),
+        "lineage_key": cfg.lineage_key(),
+        "build": asdict(cfg),
+        "image_size": cfg.image_size,
+        "ranges": ranges.to_dict(),
+        "real_sources": pool.sources,
+        "counts": {
+            "gms": len(kept),
+            "images": int(sum(s["rows"] for s in shards)),
+            "shards": len(shards),
+            "real_images": int(len(real_crops)),
+            "gms_requested": len(specs),
+            "gms_rejected": len(failed),
+            "gate_retries": int(sum(rec.result.get("attempts", 1) - 1 for rec in records if rec.status != "failed")),
+        },
+        "rejected": failed,
+        "quality": {
+            "improvement_median": float(np.nanmedian(improvements)) if len(improvements) else None,
+            "improvement_worst": float(np.nanmin(improvements)) if len(improvements) else None,
+        },
+        "realism": realism_summary(per_gm, calibration(real_crops, cfg.images_per_gm, cfg.seed)),
+        "build_seconds": round(time.time() - t0, 1),  # this run's (a resumed build: the last run's)
+        "last_run": run,
+        "gm_timings": timings,  # machine-dependent: CPU seconds by phase, node; never in gms.parquet
+        "device": "cuda" if cfg.gpus_per_gm > 0 else "cpu",  # where the GMs trained
+        "shards": shards,
+        "gms_sha256": sha256_file(folder / GMS_FILE),
+    }
+    atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    return open_collection(partial.commit())
 
 
 def ensure_collection(cfg: BuildConfig, path: str | Path | None = None, progress: bool = True) -> Collection:
-    """Reuse the collection at ``path`` when its manifest matches ``cfg``; build it otherwise."""
+    """Reuse the collection at ``path`` when its manifest matches ``cfg``; otherwise build it
+    (resuming a partial build there, and reusing the GMs of a collection of the same lineage)."""
     path = Path(path) if path else cfg.default_path()
-    try:
-        col = open_collection(path)
-        if col.manifest.get("build_key") == cfg.key():
-            return col
-        return build_collection(cfg, path, overwrite=True, progress=progress)
-    except CollectionError:
-        return build_collection(cfg, path, overwrite=True, progress=progress)
+    return build_collection(cfg, path, overwrite=True, progress=progress)
 
 
 def summarize(col: Collection) -> dict[str, Any]:

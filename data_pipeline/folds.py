@@ -30,7 +30,9 @@ class Fold:
 
 
 def gm_folds(gms: pd.DataFrame, k: int, seed: int = 0) -> list[Fold]:
-    """K GM-disjoint folds over the fake GMs of ``gms`` (real excluded), family-stratified."""
+    """K GM-disjoint folds over the fake GMs of ``gms`` (real excluded), stratified by family and,
+    where the table has one, implementation (a backbone-only collection: by family alone, the
+    same folds as before the implementation entered)."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     fake = gms[gms["gm_id"] != REAL_GM_ID].sort_values("gm_id").reset_index(drop=True)
@@ -40,6 +42,8 @@ def gm_folds(gms: pd.DataFrame, k: int, seed: int = 0) -> list[Fold]:
         raise FoldError(f"{len(fake)} GMs cannot make {k} GM-disjoint folds; use --folds <= {len(fake)}")
     ids = fake["gm_id"].to_numpy()
     families = fake["family"].to_numpy()
+    if "implementation" in fake.columns:
+        families = (fake["family"] + "/" + fake["implementation"].fillna("backbone").astype(str)).to_numpy()
     _, counts = np.unique(families, return_counts=True)
     if counts.max() >= k:
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)

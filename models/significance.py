@@ -214,8 +214,7 @@ def format_pooled(rows: list[dict[str, float | str]]) -> str:
     for r in rows:
         name = str(r["metric"]) + (" (lower=better)" if lower_is_better(str(r["metric"])) else "")
         ci = f"{r['fen_pn_minus_classical']:+.3f} [{r['diff_ci_low']:+.3f},{r['diff_ci_high']:+.3f}]"
-        prior = float(r.get("prior", float("nan")))  # type: ignore[arg-type]
-        lines.append(f"{name:36} {r['fen_pn']:7.3f} {r['classical']:7.3f} {prior:7.3f} "
+        lines.append(f"{name:36} {r['fen_pn']:7.3f} {r['classical']:7.3f} {r['prior']:7.3f} "
                      f"{r['random']:7.3f} ± {r['random_std']:.3f} "
                      f"{r['p_fen_pn_vs_random']:9.4f} {r['p_classical_vs_random']:9.4f} {ci:>24} "
                      f"{r['p_fen_pn_vs_classical']:8.4f}")

@@ -229,9 +229,10 @@ def test_real_source_faces_is_one_domain_and_keeps_old_keys():
 def test_gpu_share_is_how_a_build_runs_not_what_it_builds():
     from data_pipeline.build import build_config
 
-    assert build_config("default").key()[:8] == "be0c3761"  # the default collection of the headline run
-    # the previous default (independent hidden activations) keeps its key, so its runs are still found
-    assert build_config("default", hidden_act="independent").key()[:8] == "6c855534"
+    # the default collection since budgets are steps (2026-12: no wall-time cap decides a GM); the
+    # builds before it (be0c3761, 6c855534 with independent hidden activations) are not reused
+    assert build_config("default").key()[:8] == "ead2b6b5"
+    assert build_config("default", hidden_act="independent").key()[:8] == "51461c26"
     with pytest.raises(ValueError, match="hidden_act"):
         build_config("default", hidden_act="shared")
     assert build_config("large").gpus_per_gm == 0.25  # the large preset is meant for GPUs
@@ -239,3 +240,19 @@ def test_gpu_share_is_how_a_build_runs_not_what_it_builds():
     assert build_config("default").gpus_per_gm == 0.0  # smoke and default: one CPU core per GM
     with pytest.raises(ValueError, match="share of one GPU"):
         build_config("large", gpus_per_gm=2.0)
+
+
+def test_the_cpu_guard_and_the_size_are_not_what_a_build_is():
+    """The guard (``max_gm_seconds``) never enters the key; the number of GMs enters the key but
+    not the lineage, so builds of one lineage share their GMs; any other setting changes both."""
+    from data_pipeline.build import build_config
+
+    base = build_config("wide")
+    assert build_config("wide", max_gm_seconds=5.0).key() == base.key()
+    assert build_config("wide", n_gms=640).key() != base.key()
+    assert build_config("wide", n_gms=640).lineage_key() == base.lineage_key()
+    for change in ({"seed": 1}, {"images_per_gm": 128}, {"family_mix": "random"}, {"implementations": "backbone"}):
+        assert build_config("wide", **change).lineage_key() != base.lineage_key(), change
+    assert build_config("default", family_mix="random").key() == build_config("default").key()
+    with pytest.raises(ValueError, match="family_mix"):
+        build_config("wide", family_mix="even")

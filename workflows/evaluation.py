@@ -54,7 +54,7 @@ def log_pooled(rows: list[dict[str, Any]], text: str) -> None:
         mlflow.log_metrics({f"pooled.fen_pn.{m}": r["fen_pn"], f"pooled.classical.{m}": r["classical"],
                             f"pooled.random.{m}": r["random"], f"pooled.p_fen_pn_vs_random.{m}": r["p_fen_pn_vs_random"],
                             f"pooled.p_fen_pn_vs_classical.{m}": r["p_fen_pn_vs_classical"],
-                            **({f"pooled.prior.{m}": r["prior"]} if np.isfinite(r.get("prior", np.nan)) else {})})
+                            **({f"pooled.prior.{m}": r["prior"]} if np.isfinite(r["prior"]) else {})})
     mlflow.log_dict(rows, "tables/pooled.json")
     mlflow.log_text(text, "tables/pooled.txt")
 

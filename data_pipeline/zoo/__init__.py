@@ -12,7 +12,7 @@ from .grid import sample_grid_png
 from .introspect import measure_architecture
 from .quality import QualityReference, gate_figures, gate_passes, image_features
 from .specs import MIN_COVERING_N, ZOO_FAMILIES, GMSpec, sample_specs
-from .train import GMResult, make_gm
+from .train import GMBudgetExceeded, GMResult, make_gm
 
 __all__ = [
     "MIN_COVERING_N",
@@ -20,6 +20,7 @@ __all__ = [
     "ZOO_PRESETS",
     "ArchSpec",
     "Backbone",
+    "GMBudgetExceeded",
     "GMResult",
     "GMSpec",
     "QualityReference",

@@ -142,10 +142,35 @@ def _sample_arch(family: str, disc: dict[str, str], image_size: int, rng: np.ran
 
 #: how a GM's hidden layers get their activation (``sample_specs``'s ``hidden_act``)
 HIDDEN_ACT_MODES: tuple[str, ...] = ("independent", "tied")
+#: how ``sample_specs`` picks each GM's family: "random" (after the first cycle of LOSS_CONFIGS, a
+#: random one: the builds before 2026-12, ~5/14 GANs and 1/14 diffusion) or "balanced" (FAMILY_SHARES)
+FAMILY_MIXES: tuple[str, ...] = ("random", "balanced")
+#: the "balanced" mix's share of each family, fixed by design: GANs a little more, as they carry five
+#: of the ten loss types; every prefix of the sequence is within one GM of these shares
+FAMILY_SHARES: tuple[tuple[str, float], ...] = (
+    ("gan", 0.3), ("vae", 0.2), ("autoencoder", 0.2), ("diffusion", 0.15), ("autoregressive", 0.15),
+)  # fmt: skip
+assert abs(sum(v for _, v in FAMILY_SHARES) - 1) < 1e-9 and {f for f, _ in FAMILY_SHARES} == set(ZOO_FAMILIES)
+
+
+def _balanced_configs(n: int) -> list[tuple[str, frozenset[str]]]:
+    """The first ``n`` (family, loss set) of the balanced mix: each GM goes to the family furthest
+    below its share so far (smooth weighted round-robin, ties in FAMILY_SHARES order), and each
+    family cycles through its loss sets in LOSS_CONFIGS order. A prefix is the smaller sequence."""
+    shares = dict(FAMILY_SHARES)
+    losses = {f: [ls for g, ls in LOSS_CONFIGS if g == f] for f in shares}
+    losses = {f: list(dict.fromkeys(v)) for f, v in losses.items()}  # a loss set listed twice counts once
+    counts = dict.fromkeys(shares, 0)
+    out = []
+    for i in range(n):
+        family = max(shares, key=lambda f: shares[f] * (i + 1) - counts[f])
+        out.append((family, losses[family][counts[family] % len(losses[family])]))
+        counts[family] += 1
+    return out
 
 
 def sample_specs(n: int, seed: int, image_size: int, implementations: tuple[str, ...] = ("backbone",),
-                 hidden_act: str = "independent") -> list[GMSpec]:
+                 hidden_act: str = "independent", family_mix: str = "random") -> list[GMSpec]:
     """``n`` GM specs, deterministic by ``seed``; covering every loss type and discrete
     class once ``n >= MIN_COVERING_N`` (asserted by the tests).
 
@@ -160,11 +185,18 @@ def sample_specs(n: int, seed: int, image_size: int, implementations: tuple[str,
     independently (this function's default, the builds before 2026-11-24), the last-block label is one
     layer among many of another activation, and a collection can tie the two by chance (README,
     "Why last-block non-linearity stays at chance"). The RNG draws are the same either way, so only
-    the hidden activation of the GMs it ties changes."""
+    the hidden activation of the GMs it ties changes.
+
+    ``family_mix="balanced"`` gives each family its share of FAMILY_SHARES at every prefix
+    (``_balanced_configs``) instead of drawing it. Either way spec ``i`` does not depend on ``n``:
+    the first N specs of an M-spec sequence are the N-spec sequence (a collection grows by its tail)."""
     if image_size not in (16, 32, 64, 128):
         raise ValueError(f"image_size must be 16, 32, 64 or 128, got {image_size}")
     if hidden_act not in HIDDEN_ACT_MODES:
         raise ValueError(f"hidden_act must be one of {HIDDEN_ACT_MODES}, got {hidden_act!r}")
+    if family_mix not in FAMILY_MIXES:
+        raise ValueError(f"family_mix must be one of {FAMILY_MIXES}, got {family_mix!r}")
+    balanced = _balanced_configs(n) if family_mix == "balanced" else None
     unknown = set(implementations) - set(ALL_IMPLEMENTATIONS)
     if unknown or "backbone" not in implementations:
         raise ValueError(f"implementations must include 'backbone' and be among {ALL_IMPLEMENTATIONS}, "
@@ -175,7 +207,9 @@ def sample_specs(n: int, seed: int, image_size: int, implementations: tuple[str,
     order = ("downsampling",) + tuple(k for k in DISCRETE_NAMES if k != "downsampling")
     specs = []
     for i in range(n):
-        if i < len(LOSS_CONFIGS):
+        if balanced is not None:
+            family, losses = balanced[i]
+        elif i < len(LOSS_CONFIGS):
             family, losses = LOSS_CONFIGS[i]
         else:
             family, losses = LOSS_CONFIGS[int(rng.integers(len(LOSS_CONFIGS)))]

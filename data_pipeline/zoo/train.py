@@ -32,6 +32,8 @@ class GMResult:
     train_seconds: float = 0.0  # CPU time of the whole call (this thread; ~ wall on an idle core)
     build_seed: int = 0  # the seed of the kept build (spec.seed unless rebuilt)
     untrained: np.ndarray | None = None  # the kept build's samples before training (the realism ceiling)
+    #: this thread's CPU seconds by phase (train, gate_sample, gate, sample, introspect, setup), over all builds
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _to_tensor(crops: np.ndarray) -> torch.Tensor:
@@ -42,13 +44,21 @@ def _derived_seed(seed: int, k: int) -> int:
     return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
 
 
-def _over_budget(t0: float, cfg: ZooTrainConfig, more_seconds: float) -> bool:
-    """Whether ``more_seconds`` of work, started now, would end past ``cfg.max_seconds``.
+class GMBudgetExceeded(RuntimeError):
+    """A GM ran past ``ZooTrainConfig.max_seconds``: a guard against a runaway GM, never a budget.
 
-    Time is this thread's CPU time (torch runs single-threaded here), so a GM on a busy
-    machine is not cut short for waiting on the scheduler; on an idle core it is wall time. On a
-    GPU it is the launching thread's time, which asynchronous kernels can make less than wall time."""
-    return time.thread_time() - t0 + more_seconds > cfg.max_seconds
+    Budgets are steps, so what a GM is does not depend on the machine; a GM that hits the guard
+    is not kept or rejected but fails, and its build stops with this message (see ``make_gm``)."""
+
+
+def _check_guard(t0: float, cfg: ZooTrainConfig, spec: GMSpec, phase: str) -> None:
+    """Raise :class:`GMBudgetExceeded` when this thread's CPU time since ``t0`` is past the guard
+    (CPU time, so a GM waiting on a busy machine's scheduler is not counted)."""
+    if cfg.max_seconds is not None and time.thread_time() - t0 > cfg.max_seconds:
+        raise GMBudgetExceeded(
+            f"{spec.gm_id} used more than {cfg.max_seconds:g} CPU-seconds ({phase}); its budget is "
+            "counted in steps, so this is a guard against a runaway GM: raise it (--max-gm-seconds) "
+            "and run the build again (it resumes, and the GM is the same on any machine)")
 
 
 def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainConfig,
@@ -71,6 +81,13 @@ def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainCo
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     t0 = time.thread_time()
+    phases: dict[str, float] = dict.fromkeys(("setup", "train", "gate_sample", "gate", "sample", "introspect"), 0.0)
+
+    def lap(phase: str, since: float) -> float:
+        now = time.thread_time()
+        phases[phase] += now - since
+        return now
+
     try:
         real = _to_tensor(real_crops).to(device)
         n_gate = min(cfg.gate_images, len(real_crops))
@@ -78,24 +95,19 @@ def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainCo
         reference = QualityReference(real_crops[gate_rng.choice(len(real_crops), n_gate, replace=False)])
         realism = RealismReference(real_crops, seed=spec.seed) if cfg.max_swd is not None else None
         attempts = 0
-        sec_per_step = 0.0  # measured, for the wall-time cap
-        gate_seconds = 0.0
         for rebuild in range(cfg.max_rebuilds + 1):
-            if rebuild and _over_budget(t0, cfg, cfg.family_steps(spec.family) * sec_per_step + 2 * gate_seconds):
-                break
+            tb = t0 if rebuild == 0 else time.thread_time()
             seed = spec.seed if rebuild == 0 else _derived_seed(spec.seed, rebuild)
             torch.manual_seed(seed)
             batch_gen = torch.Generator().manual_seed(seed + 1)
             gm = build_family(spec, cfg).to(device)
-            tg = time.thread_time()
+            tg = lap("setup", tb)
             untrained = gm.sample(n_gate, real, torch.Generator().manual_seed(seed + 2))
-            gate_seconds = time.thread_time() - tg
+            lap("gate_sample", tg)
             steps = 0
             for retry in range(cfg.max_retries + 1):
                 n_steps = cfg.family_steps(spec.family, retry=retry > 0)
-                if retry and _over_budget(t0, cfg, n_steps * sec_per_step + gate_seconds):
-                    break
-                ts, done = time.thread_time(), 0
+                ts = time.thread_time()
                 for _ in range(n_steps):
                     idx = torch.randint(len(real), (cfg.batch_size,), generator=batch_gen).to(device)
                     batch = real[idx]
@@ -103,25 +115,28 @@ def make_gm(spec: GMSpec, real_crops: np.ndarray, n_images: int, cfg: ZooTrainCo
                     gm.train_step(torch.where(flip[:, None, None, None], batch.flip(3), batch))
                     gm.n_steps += 1
                     steps += 1
-                    done += 1
-                    if _over_budget(t0, cfg, gate_seconds):
-                        break
-                sec_per_step = (time.thread_time() - ts) / max(1, done)
+                    _check_guard(t0, cfg, spec, f"training step {steps}")
                 attempts += 1
-                tg = time.thread_time()
+                tg = lap("train", ts)
                 samples = gm.sample(n_gate, real, torch.Generator().manual_seed(seed + 2))
+                tq = lap("gate_sample", tg)
                 quality = gate_figures(samples, reference, untrained, realism)
-                gate_seconds = time.thread_time() - tg
+                lap("gate", tq)
                 passed = gate_passes(quality, cfg)
                 if passed:
                     break
             if passed:
                 break
+        ti = time.thread_time()
         images = gm.sample(n_images, real, torch.Generator().manual_seed(seed + 3))
+        ti = lap("sample", ti)
+        _check_guard(t0, cfg, spec, "sampling")
         labels = measure_architecture(gm.net, spec.loss_types)
+        lap("introspect", ti)
     finally:
         torch.set_num_threads(threads)
     return GMResult(
         spec=spec, images=images, labels=labels, quality=quality, passed=passed, attempts=attempts,
         steps=steps, train_seconds=time.thread_time() - t0, build_seed=seed, untrained=untrained,
+        phase_seconds={k: round(v, 4) for k, v in phases.items()},
     )  # fmt: skip
