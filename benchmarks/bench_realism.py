@@ -9,7 +9,10 @@ are compared one by one, and a paired sign-flip permutation test says whether th
 change is more than chance. A figure puts one GM per family before beside after
 (``benchmarks/figures/realism_grids.png``).
 
-Usage: python benchmarks/bench_realism.py [--collection AFTER] [--before PATH] [--figure PATH]
+With ``--beside``, another collection of other GMs (e.g. the default beside the wide one) is
+measured the same way and shown family by family beside it: medians, not pairs.
+
+Usage: python benchmarks/bench_realism.py [--collection AFTER] [--before PATH | --beside PATH] [--figure PATH]
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def main() -> None:
     t_start = time.time()
     ap = common.base_args(__doc__)
     ap.add_argument("--before", help="a collection built before the change (same build seed)")
+    ap.add_argument("--beside", help="a collection of other GMs to show beside it (unpaired, per family)")
     ap.add_argument("--figure", default=str(FIGURE), help="where the before/after grids go")
     args = ap.parse_args()
     common.one_torch_thread()
@@ -72,7 +76,10 @@ def main() -> None:
     from data_pipeline.realism import collection_realism
 
     after = common.get_collection(args.collection)
+    if args.before and args.beside:
+        ap.error("--before (the same GMs, paired) or --beside (other GMs), not both")
     before = open_collection(args.before) if args.before else None
+    beside = open_collection(args.beside) if args.beside else None
     n = int(after.manifest.get("build", {}).get("images_per_gm", 256))
     t_after, cal = collection_realism(after, per_gm=n)
     per_gm = t_after.rename(columns={"swd": "swd_after", "c2st": "c2st_after"})
@@ -96,8 +103,19 @@ def main() -> None:
             r.append(float(untrained.reindex(g["gm_id"]).median()))
         return r
 
+    if beside is not None:
+        t_side, _ = collection_realism(beside, per_gm=n)
+        side = dict(list(t_side.groupby("family")) + [("all GMs", t_side)])
+
+        def row(name, g, _row=row):  # noqa: F811 - the beside columns first
+            s_ = side.get(name)
+            lead = [len(s_), s_["swd"].median(), s_["c2st"].median()] if s_ is not None else [0, None, None]
+            return [name, *lead, *_row(name, g)[1:]]
     rows = [row(fam, g) for fam, g in per_gm.groupby("family")] + [row("all GMs", per_gm)]
-    if before is not None:
+    if beside is not None:
+        columns = ["family", f"GMs ({common.collection_label(beside).split(':')[0]})", "SWD", "C2ST",
+                   f"GMs ({common.collection_label(after).split(':')[0]})", "SWD", "C2ST"]
+    elif before is not None:
         columns = ["family", "GMs after", "GMs before", "SWD before", "SWD after", "GMs closer to real",
                    "C2ST before", "C2ST after"]
     else:
@@ -112,6 +130,9 @@ def main() -> None:
         notes.append(f"Paired over the {len(both)} GMs in both builds: SWD change mean {diff.mean():+.0f}, median "
                      f"{diff.median():+.0f}, sign-flip permutation p = {paired_p(diff):.2g}.")
         notes.append(f"before: {common.collection_label(before)}; after: {common.collection_label(after)}.")
+    if beside is not None:
+        notes.append(f"beside (other GMs, unpaired): {common.collection_label(beside)}; then "
+                     f"{common.collection_label(after)}.")
     fig = Path(args.figure).resolve()
     figure(before, after, per_gm, fig)
     shown = fig.relative_to(common.REPO_ROOT) if fig.is_relative_to(common.REPO_ROOT) else fig  # --figure may be anywhere

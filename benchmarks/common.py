@@ -37,7 +37,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
 
 #: order of the sections in RESULTS.md
-SECTION_ORDER = ["pipeline", "training", "step", "memory", "inference", "parse", "build", "gpu", "realism", "quality"]
+SECTION_ORDER = ["pipeline", "training", "step", "memory", "inference", "parse", "build", "build_cost", "gpu", "realism", "quality"]
 
 
 # --- machine facts ---------------------------------------------------------------------------

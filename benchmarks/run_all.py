@@ -29,6 +29,7 @@ SCRIPTS = {  # name -> script; order = order of the runs
     "inference": "bench_inference.py",
     "parse": "bench_parse.py",
     "build": "bench_build.py",
+    "build_cost": "bench_gm_cost.py",
     "gpu": "bench_gpu.py",  # without CUDA: "GPU: not measured", in a second
     "realism": "bench_realism.py",
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from data_pipeline.collection import (
     image_rows,
     is_local,
     open_collection,
+    sha256_file,
     validate_gms_table,
 )
 from data_pipeline.partial import (
@@ -39,7 +41,6 @@ from data_pipeline.partial import (
     PartialBuild,
     atomic_write_bytes,
     lineage_donors,
-    sha256_file,
     write_shard,
 )
 from data_pipeline.paths import collections_root
@@ -155,11 +156,11 @@ BUILD_PRESETS: dict[str, BuildConfig] = {
         train_crops=4096, zoo_preset="default",
     ),
     # wide: hundreds of GMs at the default's size and gate, every family at a fixed share
-    # (zoo.specs.FAMILY_SHARES) and every implementation; its zoo preset trains at batch 16 (1.6x
-    # cheaper a GM than the default's 32; benchmarks/RESULTS.md section 4). Grows by its tail:
-    # --n-gms 640 reuses these 320.
+    # (zoo.specs.FAMILY_SHARES) and every implementation; its zoo preset trains at batch 16 (1.77x
+    # cheaper a GM than the default's 32; benchmarks/RESULTS.md section 4b). Grows by its tail:
+    # --n-gms 704 reuses these. 352 GMs, as ~7% of them fail the gate: 320 or more are kept.
     "wide": BuildConfig(
-        preset="wide", n_gms=320, images_per_gm=256, image_size=32, real_images=4096, train_crops=4096,
+        preset="wide", n_gms=352, images_per_gm=256, image_size=32, real_images=4096, train_crops=4096,
         zoo_preset="wide", implementations="backbone,dcgan,resnet,stylegan,unet", family_mix="balanced",
     ),
     "large": BuildConfig(
@@ -178,8 +179,6 @@ def build_config(preset: str, **overrides: Any) -> BuildConfig:
 def _check_gpus(cfg: BuildConfig) -> None:
     """A GPU build on a Ray without GPUs: an error on a local Ray (its tasks would wait forever),
     a warning on a cluster (they wait for the autoscaler's GPU workers)."""
-    import os
-
     import ray
 
     if cfg.gpus_per_gm <= 0 or ray.cluster_resources().get("GPU", 0) > 0:
@@ -244,6 +243,11 @@ def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train
     }
 
 
+#: families by their measured cost per GM, costliest first (benchmarks/RESULTS.md section 4b): the
+#: order a build submits its GM tasks in
+SUBMIT_ORDER = {"autoregressive": 0, "gan": 1, "vae": 2, "diffusion": 3, "autoencoder": 4}
+
+
 def _shard_rows(cfg: BuildConfig, idx: int, gm_id: str, pngs: list[bytes]) -> list[tuple[int, dict[str, list[Any]]]]:
     """A GM's images as (shard index, rows): shard indices depend only on the GM's index."""
     stride = _shard_stride(cfg)
@@ -270,6 +274,17 @@ def _record(idx: int, r: dict[str, Any], node: str, worker: int) -> GMRecord:
     return GMRecord(index=idx, gm_id=r["gm_id"], status=status, result=r, shards=[], grid=False, timing=timing)
 
 
+def _cores() -> float:
+    """The cores GM tasks can use: the cluster's CPUs, or on a local Ray (which over-declares its
+    logical CPUs) the machine's."""
+    import ray
+
+    cores = float(ray.cluster_resources().get("CPU", 1))
+    if not os.environ.get("RAY_ADDRESS"):
+        cores = min(cores, float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
+    return cores
+
+
 def _is_system_failure(e: BaseException) -> bool:
     """A task lost to its worker, node or object store (retry later), not to its own code."""
     import ray.exceptions as rex
@@ -279,8 +294,7 @@ def _is_system_failure(e: BaseException) -> bool:
 
 
 def _gm_task_with_node(*args: Any) -> tuple[dict[str, Any], str, int]:
-    import os
-
+    """The GM task, returning also where it ran (the node id and the worker's pid)."""
     import ray
 
     return _make_gm_task(*args), ray.get_runtime_context().get_node_id(), os.getpid()
@@ -337,13 +351,17 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
     lost: list[str] = []
     over_guard: list[str] = []
     busy = 0.0  # the GM tasks' CPU seconds, for the idle share
+    cores = _cores()  # before the tasks: a node lost mid-build must not shrink the denominator
     t_tasks = time.time()
     if todo:
         crops_ref = ray.put(train_crops)
         realism_ref = ray.put(RealismReference(real_crops, seed=cfg.seed))
         task = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_gm, max_retries=3)(_gm_task_with_node)
+        # the costliest families first (longest-processing-time order), so the build does not end on a
+        # few long GMs with the other cores idle; what is built does not depend on the order
+        order = sorted(todo, key=lambda i: (SUBMIT_ORDER.get(specs[i].family, len(SUBMIT_ORDER)), i))
         pending = {task.remote(specs[i], crops_ref, cfg.images_per_gm, train_cfg, realism_ref, cfg.gpus_per_gm > 0): i
-                   for i in todo}
+                   for i in order}
         with tqdm(total=len(specs), initial=len(done), desc="building GMs", unit="GM", disable=not progress) as bar:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -381,14 +399,13 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
                               f"({why}). The {kept} finished GMs are kept in {partial.dir}; run the same build "
                               "again to resume it")
     return _finalize(cfg, partial, specs, pool, real_crops, t0,
-                     {"task_wall_seconds": round(task_wall, 1), "task_cpu_seconds": round(busy, 1),
+                     {"task_wall_seconds": round(task_wall, 1), "task_cpu_seconds": round(busy, 1), "cores": cores,
                       "gms_built_here": len(todo), "gms_reused": len(specs) - len(todo)})
 
 
 def _finalize(cfg: BuildConfig, partial: PartialBuild, specs: list, pool: PhotoPool, real_crops: np.ndarray,
               t0: float, run: dict[str, Any]) -> Collection:
     """gms.parquet, the real-image shards and the manifest from the records, then into place."""
-    import ray
 
     done = partial.done()
     records = [done[i] for i in range(len(specs))]
@@ -426,11 +443,9 @@ def _finalize(cfg: BuildConfig, partial: PartialBuild, specs: list, pool: PhotoP
     per_gm = pd.DataFrame([{"gm_id": rec.gm_id, "family": rec.result["family"], **rec.result["realism"]}
                            for rec in kept])
     timings = {rec.gm_id: rec.timing for rec in records if rec.timing}
-    cores = float(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1.0
     if run["task_wall_seconds"] > 0 and run["gms_built_here"]:
-        run["cores"] = cores
         run["idle_share"] = round(max(0.0, 1 - run["task_cpu_seconds"] / (run["task_wall_seconds"] * min(
-            cores, run["gms_built_here"]))), 3)
+            run["cores"], run["gms_built_here"]))), 3)
     manifest = {
         "schema_version": schema.SCHEMA_VERSION,
         "kind": "zoo",

@@ -99,7 +99,7 @@ class CollectionWriter:
         table = pa.Table.from_pydict(dict(rows), schema=IMAGE_SCHEMA)
         name = f"{IMAGES_DIR}/part-{index:05d}.parquet"
         pq.write_table(table, self.tmp / name, compression="zstd")
-        info = ShardInfo(name, table.num_rows, _sha256(self.tmp / name))
+        info = ShardInfo(name, table.num_rows, sha256_file(self.tmp / name))
         self.shards.append(info)
         return info
 
@@ -120,7 +120,7 @@ class CollectionWriter:
             **manifest.get("counts", {}),
         }
         manifest["shards"] = [s.__dict__ for s in shards]
-        manifest["gms_sha256"] = _sha256(self.tmp / GMS_FILE)
+        manifest["gms_sha256"] = sha256_file(self.tmp / GMS_FILE)
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if self.out.exists():
             if not self.overwrite:
@@ -135,7 +135,7 @@ class CollectionWriter:
         return self.out
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

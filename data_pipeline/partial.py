@@ -29,18 +29,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_pipeline.collection import GRIDS_DIR, IMAGE_SCHEMA, IMAGES_DIR, MANIFEST, CollectionError
+from data_pipeline.collection import (
+    GRIDS_DIR,
+    IMAGE_SCHEMA,
+    IMAGES_DIR,
+    MANIFEST,
+    CollectionError,
+    sha256_file,
+)
 
 RECORDS_DIR = "records"
 LINEAGE_FILE = "lineage.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -217,4 +216,4 @@ def lineage_donors(out: Path, lineage: str) -> list[Path]:
     return found
 
 
-__all__ = ["GMRecord", "PartialBuild", "atomic_write_bytes", "lineage_donors", "sha256_file", "write_shard"]
+__all__ = ["GMRecord", "PartialBuild", "atomic_write_bytes", "lineage_donors", "write_shard"]

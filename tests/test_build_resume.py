@@ -47,7 +47,7 @@ def _records(out: Path) -> int:
     return len(list(d.glob("[0-9]*.json"))) if d.is_dir() else 0
 
 
-def _wait(cond, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+def _wait(cond, proc: subprocess.Popen, timeout: float = 900.0) -> None:  # generous: CI machines are shared
     t0 = time.time()
     while not cond():
         if proc.poll() is not None:
@@ -84,13 +84,13 @@ def test_a_build_whose_driver_is_killed_resumes_to_the_same_collection(smoke_col
     out = tmp_path / "col"
     proc = _start_build(out)
     try:
-        _wait(lambda: _records(out) >= 5, proc)
+        _wait(lambda: _records(out) >= 3, proc)
         os.kill(proc.pid, signal.SIGKILL)  # the driver alone; its local Ray goes down with it
         proc.wait(timeout=60)
     finally:
         _kill_group(proc)
     done = _records(out)
-    assert 5 <= done < 16, done
+    assert 3 <= done < 16, done
     assert not out.exists()  # no manifest anywhere: never taken for a finished collection
     with pytest.raises(CollectionError, match="does not exist"):
         open_collection(out)

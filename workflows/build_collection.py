@@ -1,6 +1,7 @@
 """Build a GM collection from the zoo, or ingest an existing one (image folders + labels).
 
-    python workflows/build_collection.py --preset smoke [--out PATH] [--seed 1] [--real-dir DIR]
+    python workflows/build_collection.py --preset smoke|default|wide|large [--out PATH] [--seed 1] [--real-dir DIR]
+    python workflows/build_collection.py --preset wide --n-gms 640   # grows: reuses the 320-GM build's GMs
     python workflows/build_collection.py --from-folder DIR --labels labels.csv --out PATH
     python workflows/build_collection.py --from-folder DIR --labels ground_truth_net_116_15dim.npy \
         --gm-names names.txt --out PATH
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             die(str(e))
         init_ray()
-        if args.out and not is_local(args.out):  # object storage: build locally, then upload
-            with tempfile.TemporaryDirectory() as tmp:
-                built = build_collection(cfg, Path(tmp) / "collection", overwrite=True)
-                publish(built.path, args.out)
+        if args.out and not is_local(args.out):  # object storage: build in the local default folder
+            # (stable, so a killed build resumes there), then upload, manifest last
+            built = build_collection(cfg, cfg.default_path(), overwrite=True)
+            publish(built.path, args.out)
             col = open_collection(args.out)
         else:
             col = build_collection(cfg, Path(args.out) if args.out else cfg.default_path(), overwrite=args.overwrite)
@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     m = col.manifest
     print(json.dumps(summarize(col), indent=1))
     print(f"collection: {col.path}")
+    run = m.get("last_run", {})
+    if run:
+        idle = f", {run['idle_share']:.0%} of {run['cores']:g} cores idle" if "idle_share" in run else ""
+        print(f"this run built {run['gms_built_here']} GMs and reused {run['gms_reused']}{idle}")
     print(f"built {m['counts']['gms']} GMs ({m['counts']['gms_rejected']} rejected by the quality gate, "
           f"{m['counts']['gate_retries']} retries), {m['counts']['images']} images in {m['build_seconds']} s; "
           f"gate improvement median {m['quality']['improvement_median']:.3g}, worst {m['quality']['improvement_worst']:.3g}")

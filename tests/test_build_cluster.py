@@ -1,0 +1,414 @@
+"""End-to-end: the smoke collection built on a Ray cluster of three nodes simulated on this machine.
+
+A module-scoped fixture starts, with real ``ray start`` commands, a head node with no CPUs (no GM
+task can land on it) and two worker nodes of 2 CPUs each, every node with a resource tag of its
+own and its own temp dir and ports (one free block per node, on loopback). Then:
+
+* a build through ``RAY_ADDRESS`` spreads its GM tasks over both workers, never the head, and ends
+  with the very files of the uninterrupted in-process build (``smoke_collection``);
+* a build that loses a whole worker node part-way (its raylet and every process it started,
+  SIGKILLed at once) keeps every GM written before, byte for byte, and still ends with the same
+  files: Ray retries the lost tasks on the surviving node, or the build stops with its "run the
+  same build again" error and a rerun finishes it.
+
+How a node is told apart from the others on one machine: each ``ray start`` runs in a new session
+(``start_new_session``), and every process of that node (raylet, agents, log monitor, the workers
+the raylet forks: those only change their process group) stays in that session, so a node's
+processes are those of its session id, plus, to be safe, the raylet's descendants and whatever
+names the node's temp dir on its command line. Not ``ray stop``: it would stop every Ray on the
+machine (the test session's own and other jobs').
+
+Ray limitations met here (Ray 2.60), worked around:
+
+* ``--node-ip-address 127.0.0.1`` is rewritten by Ray to the machine's address (every process
+  shows ``--node_ip_address=<host ip>``): the nodes listen on the host address, not loopback only.
+  Acceptable for a test; the ports are random, and token auth stays on.
+* a raylet ignores SIGTERM for a long time (over 30 s seen): teardown sends SIGKILL.
+* every node of one machine shares Ray's default worker-port range unless told: each node gets
+  ``--min/--max-worker-port`` of its own block, below the ephemeral range.
+
+Auth: left on (``RAY_AUTH_MODE=token``), with a token of this cluster's own passed only through
+``RAY_AUTH_TOKEN`` to the nodes, the checks and the builds (as tests/ray_head.py does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.collection import open_collection
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).with_name("ray")
+TASK_TITLE = "ray::_gm_task_with_node"
+N_GMS = 16  # the smoke preset
+WORKER_CPUS = 2
+START_TIMEOUT_S = 240  # one `ray start` on this loaded 2-core machine: ~20 s for a head, ~8 s for a worker
+BUILD_TIMEOUT_S = 1500
+RESUME_HINT = "run the same build again to resume it"  # the CollectionError of a build that lost GMs
+# Ports: one block per node, above Ray's default worker ports (10002-19999, where the other Rays on
+# this machine put their workers) and below the kernel's ephemeral range (32768+, where every
+# OS-assigned port lands), so no other process is handed one of ours while the cluster is up.
+PORT_LO, PORT_HI = 20000, 32700
+HEAD_PORTS = ("port", "ray-client-server-port", "dashboard-port", "dashboard-agent-listen-port",
+              "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+              "node-manager-port", "object-manager-port")
+WORKER_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                "runtime-env-agent-port", "node-manager-port", "object-manager-port")
+WORKER_PORT_RANGE = 40  # ports for a node's Ray workers (and, on the head, the drivers)
+OBJECT_STORE_BYTES = 256 * 1024**2  # the smoke build moves a few MB; Ray's default is 30% of RAM a node
+
+
+# --- /proc ---------------------------------------------------------------------------------------
+def _procs() -> dict[int, tuple[int, int, str]]:
+    """pid -> (ppid, session id, command line) of every process (psutil is not installed)."""
+    out = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text()
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp session ...
+        out[int(p.name)] = (int(fields[1]), int(fields[3]), cmd)
+    return out
+
+
+def _free_block(n: int, taken: set[int]) -> list[int]:
+    """``n`` consecutive ports nothing listens on (nor binds), none of them in ``taken``."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(PORT_LO, PORT_HI - n)
+        block = list(range(base, base + n))
+        if taken.intersection(block):
+            continue
+        socks = []
+        try:
+            for port in block:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("0.0.0.0", port))  # fails if any address of this machine holds the port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return block
+    raise RuntimeError(f"no block of {n} free ports in [{PORT_LO}, {PORT_HI})")
+
+
+# --- the cluster ---------------------------------------------------------------------------------
+@dataclass
+class Node:
+    name: str
+    temp_dir: Path
+    sid: int  # the session of its `ray start`: every process of the node is in it
+    raylet_pid: int
+    node_manager_port: int
+    resource: str | None  # the custom resource tag of a worker node
+    node_id: str = ""
+
+    def pids(self, procs: dict[int, tuple[int, int, str]] | None = None) -> set[int]:
+        """Every live process of this node: its session, the raylet's descendants, its temp dir."""
+        procs = _procs() if procs is None else procs
+        mine = {pid for pid, (_, sid, cmd) in procs.items() if sid == self.sid or str(self.temp_dir) in cmd}
+        mine.add(self.raylet_pid)
+        grew = True
+        while grew:  # descendants of any of them (a worker that left the session would still be found)
+            new = {pid for pid, (ppid, _, _) in procs.items() if ppid in mine and pid not in mine}
+            mine |= new
+            grew = bool(new)
+        mine.discard(os.getpid())
+        return {p for p in mine if p in procs}
+
+    def task_pids(self) -> list[int]:
+        """This node's Ray workers now running a GM task (the process title says so)."""
+        procs = _procs()
+        return sorted(p for p in self.pids(procs) if procs[p][2].startswith(TASK_TITLE))
+
+    def kill(self, timeout_s: float = 60.0) -> None:
+        """The whole node at once: the raylet is stopped first (it forks no worker while the rest
+        is collected), then it and every process of the node get SIGKILL."""
+        try:
+            os.kill(self.raylet_pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {self.name}: processes {sorted(pids)} survive SIGKILL")
+            time.sleep(0.2)
+
+
+class Cluster:
+    """A head with no CPUs and worker nodes of their own temp dirs and ports, on one machine."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.taken: set[int] = set()
+        bin_dir = str(Path(sys.executable).parent)
+        # no RAY_* of the test session (its in-process Ray, a RAY_ADDRESS); a token of this cluster's own
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        self.env.update(
+            PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=secrets.token_hex(16),
+            RAY_USAGE_STATS_ENABLED="0",
+            RAY_DISABLE_IMPORT_WARNING="1",
+            PYTHONUNBUFFERED="1",
+        )
+        self.head: Node | None = None
+        self.workers: dict[str, Node] = {}
+        self.address = ""
+        self._n = 0
+
+    # starting
+    def _ray_start(self, name: str, names: tuple[str, ...], args: list[str], resource: str | None) -> Node:
+        block = _free_block(len(names) + WORKER_PORT_RANGE, self.taken)
+        self.taken.update(block)
+        ports = dict(zip(names, block))
+        self._n += 1
+        temp_dir = self.root / f"{name}{self._n:02d}"  # short: Ray's unix socket paths must stay under ~107 bytes
+        cmd = [str(RAY), "start", "--node-ip-address", "127.0.0.1", *args, "--num-gpus", "0",
+               "--object-store-memory", str(OBJECT_STORE_BYTES), "--temp-dir", str(temp_dir), "--disable-usage-stats",
+               *[a for k, v in ports.items() for a in (f"--{k}", str(v))],
+               "--min-worker-port", str(block[len(names)]), "--max-worker-port", str(block[-1])]
+        if resource:
+            cmd += ["--resources", json.dumps({resource: 1})]
+        log = open(self.root / f"{name}{self._n:02d}.start.log", "w")  # closed below
+        try:
+            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                rc = None
+        finally:
+            log.close()
+        raylets = [pid for pid, (_, sid, cmd) in _procs().items()
+                   if sid == proc.pid and "raylet/raylet" in cmd and f"--node_manager_port={ports['node-manager-port']}" in cmd]
+        node = Node(name, temp_dir, proc.pid, raylets[0] if raylets else -1, ports["node-manager-port"], resource)
+        if name == "head":
+            self.head, self.address = node, f"127.0.0.1:{ports['port']}"
+        else:
+            self.workers[name] = node
+        if rc != 0 or not raylets:
+            text = (self.root / f"{name}{self._n:02d}.start.log").read_text()[-4000:]
+            raise RuntimeError(f"`ray start` of {name} failed (rc {rc}, raylets {raylets}):\n{text}")
+        return node
+
+    def start_head(self) -> None:
+        self._ray_start("head", HEAD_PORTS, ["--head", "--num-cpus", "0", "--include-dashboard", "false",
+                                             "--dashboard-host", "127.0.0.1"], None)
+
+    def add_worker(self, name: str) -> Node:
+        return self._ray_start(name, WORKER_PORTS, ["--address", self.address, "--num-cpus", str(WORKER_CPUS)],
+                               f"gmparse_test_{name}")
+
+    def ensure_workers(self, names: tuple[str, ...] = ("a", "b")) -> None:
+        """Both worker nodes alive (one killed by an earlier test is replaced by a new node)."""
+        for name in names:
+            node = self.workers.get(name)
+            if node is None or not node.pids():
+                self.add_worker(name)
+        self._read_node_ids()
+
+    def _read_node_ids(self) -> None:
+        """Each node's Ray node id, from ``ray.nodes()`` in a short driver of its own (the pytest
+        process holds the session's local Ray: no ``ray.init(address=...)`` here); waits until
+        every node is registered alive with the resources it was started with."""
+        script = ("import json, os, ray; ray.init(address=os.environ['RAY_ADDRESS'], log_to_driver=False, "
+                  "logging_level='ERROR'); print('NODES=' + json.dumps([{k: n[k] for k in "
+                  "('NodeID', 'Alive', 'NodeManagerPort', 'Resources')} for n in ray.nodes()]))")
+        nodes = [self.head, *self.workers.values()]
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            proc = subprocess.run([sys.executable, "-c", script], env=dict(self.env, RAY_ADDRESS=self.address),
+                                  capture_output=True, text=True, timeout=START_TIMEOUT_S)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("NODES=")]
+            alive = {n["NodeManagerPort"]: n for n in json.loads(line[-1][6:]) if n["Alive"]} if line else {}
+            if all(n.node_manager_port in alive for n in nodes if n.pids()):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nodes did not register: {alive}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+            time.sleep(2)
+        for n in nodes:
+            if n.node_manager_port in alive:
+                info = alive[n.node_manager_port]
+                n.node_id = info["NodeID"]
+                assert info["Resources"].get("CPU", 0) == (0 if n is self.head else WORKER_CPUS), info
+                if n.resource:
+                    assert info["Resources"].get(n.resource) == 1, info
+
+    # stopping
+    def stop(self) -> None:
+        """SIGKILL every process of every node this cluster started, workers first."""
+        for node in [*self.workers.values(), self.head]:
+            if node is not None:
+                node.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if not RAY.exists():
+        pytest.skip(f"ray CLI not found next to {sys.executable}")
+    c = Cluster(Path(tempfile.mkdtemp(prefix="gmc", dir="/tmp")))
+    try:
+        c.start_head()
+        c.ensure_workers()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def two_workers(cluster):
+    """The cluster with its two worker nodes up (an earlier test may have killed one)."""
+    cluster.ensure_workers()
+    return cluster
+
+
+# --- builds --------------------------------------------------------------------------------------
+def _same_files(a, b) -> None:
+    """Two collections with the same gms.parquet, image shards and grids (byte for byte)."""
+    assert a.manifest["gms_sha256"] == b.manifest["gms_sha256"]
+    assert [(s["file"], s["sha256"]) for s in a.manifest["shards"]] == [(s["file"], s["sha256"]) for s in b.manifest["shards"]]
+    grids = sorted(p.name for p in (Path(a.path) / "grids").iterdir())
+    assert grids == sorted(p.name for p in (Path(b.path) / "grids").iterdir())
+    for g in grids:
+        assert (Path(a.path) / "grids" / g).read_bytes() == (Path(b.path) / "grids" / g).read_bytes()
+    assert a.manifest["rejected"] == b.manifest["rejected"]
+
+
+def _start_build(cluster: Cluster, out: Path, log: Path) -> subprocess.Popen:
+    """``workflows/build_collection.py --preset smoke`` as a driver of ``cluster`` (on its head node:
+    Ray connects a driver to the head when several nodes share the machine)."""
+    env = dict(cluster.env, RAY_ADDRESS=cluster.address, TQDM_DISABLE="1")
+    with open(log, "a") as f:
+        return subprocess.Popen([sys.executable, str(REPO_ROOT / "workflows" / "build_collection.py"), "--preset",
+                                 "smoke", "--out", str(out)], env=env, cwd=REPO_ROOT, start_new_session=True,
+                                stdout=f, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = BUILD_TIMEOUT_S) -> tuple[int, str]:
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        rc = None
+    finally:
+        _kill_group(proc)
+    text = log.read_text()
+    assert rc is not None, f"the build did not finish in {timeout} s:\n{text[-4000:]}"
+    return rc, text
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+def _records_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial" / "records"
+
+
+def _record_files(d: Path) -> list[Path]:
+    return sorted(d.glob("[0-9]*.json")) if d.is_dir() else []
+
+
+def _nodes_used(col) -> dict[str, int]:
+    nodes: dict[str, int] = {}
+    for t in col.manifest["gm_timings"].values():
+        nodes[t["node"]] = nodes.get(t["node"], 0) + 1
+    return nodes
+
+
+def test_gm_tasks_spread_over_the_worker_nodes_and_build_the_same_collection(smoke_collection, two_workers,
+                                                                             tmp_path):
+    cluster = two_workers
+    a, b, head = cluster.workers["a"], cluster.workers["b"], cluster.head
+    out = tmp_path / "col"  # alone in its folder: no collection of the smoke lineage beside it to reuse
+    log = tmp_path / "build.log"
+    rc, text = _finish(_start_build(cluster, out, log), log)
+    assert rc == 0, text[-4000:]
+
+    col = open_collection(out)
+    assert col.manifest["last_run"]["gms_built_here"] == N_GMS, col.manifest["last_run"]  # none reused
+    timings = col.manifest["gm_timings"]
+    assert len(timings) == N_GMS, sorted(timings)
+    nodes = _nodes_used(col)
+    assert head.node_id not in nodes, nodes  # the head has no CPU: no GM ran there
+    assert set(nodes) == {a.node_id, b.node_id}, (nodes, a.node_id, b.node_id)  # both workers built GMs
+    _same_files(col, smoke_collection)
+    col.verify()
+
+
+def test_a_worker_node_lost_mid_build_keeps_the_written_gms_and_ends_the_same(smoke_collection, two_workers,
+                                                                              tmp_path):
+    cluster = two_workers
+    a, b, head = cluster.workers["a"], cluster.workers["b"], cluster.head
+    out = tmp_path / "col"
+    records = _records_dir(out)
+    log = tmp_path / "build.log"
+    proc = _start_build(cluster, out, log)
+    try:
+        deadline = time.monotonic() + BUILD_TIMEOUT_S
+        while not (len(_record_files(records)) >= 3 and a.task_pids()):
+            assert proc.poll() is None, f"the build ended before node a was killed:\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"no GM running on node a with 3 GMs written:\n{log.read_text()[-4000:]}"
+            time.sleep(0.2)
+        before = {p.name: p.read_bytes() for p in _record_files(records)}
+        a.kill()  # raylet, agents, log monitor and its Ray workers (the GM tasks on it included)
+        assert proc.poll() is None, "the build was over when the node went"  # really mid-build
+        assert 3 <= len(before) < N_GMS, sorted(before)
+        assert not a.pids()
+        rc, text = _finish(proc, log)
+    finally:
+        _kill_group(proc)
+    if rc != 0:  # the lost tasks ran out of Ray's retries: the build says so and keeps what it had
+        assert RESUME_HINT in text, text[-4000:]
+        assert not (out / "manifest.json").exists()
+        kept = {p.name for p in _record_files(records)}
+        assert set(before) <= kept, (sorted(before), sorted(kept))
+        rc, text = _finish(_start_build(cluster, out, log), log)  # the same command, node b still up
+        assert rc == 0, text[-4000:]
+
+    col = open_collection(out)
+    after = {p.name: p.read_bytes() for p in _record_files(out / "records")}
+    assert len(after) == N_GMS, sorted(after)
+    for name, data in before.items():  # no GM written before the loss was lost, nor rewritten
+        assert after.get(name) == data, name
+    assert len(col.manifest["gm_timings"]) == N_GMS
+    nodes = _nodes_used(col)
+    assert head.node_id not in nodes, nodes
+    assert set(nodes) <= {a.node_id, b.node_id}, nodes
+    assert nodes.get(b.node_id, 0) >= 1, nodes  # the surviving node built the rest
+    _same_files(col, smoke_collection)
+    col.verify()
