@@ -29,20 +29,16 @@ from data_pipeline.collection import (
     REAL_GM_ID,
     Collection,
     CollectionError,
+    atomic_write_bytes,
     gms_row,
     image_rows,
     is_local,
     open_collection,
     sha256_file,
     validate_gms_table,
-)
-from data_pipeline.partial import (
-    GMRecord,
-    PartialBuild,
-    atomic_write_bytes,
-    lineage_donors,
     write_shard,
 )
+from data_pipeline.partial import GMRecord, PartialBuild, lineage_donors
 from data_pipeline.paths import collections_root
 from data_pipeline.preprocess import encode_png
 from data_pipeline.real_images import REAL_SOURCES, PhotoPool, load_photo_dir, random_crops
@@ -112,9 +108,7 @@ class BuildConfig:
     def lineage_key(self) -> str:
         """The key without ``n_gms``: builds of one lineage share their first GMs (a prefix of
         ``sample_specs`` is the smaller sequence), so a larger build reuses a smaller one's GMs."""
-        d = self._key_fields()
-        d.pop("n_gms")
-        return self._hash(d)
+        return self._hash(self.lineage_fields())
 
     def lineage_fields(self) -> dict[str, Any]:
         d = self._key_fields()
@@ -338,6 +332,7 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
     adopted = sum(partial.adopt(d, wanted) for d in lineage_donors(out, lineage))
     partial.prune(cfg.n_gms)
     done = partial.done()
+    records = dict(done)  # every finished GM's record, the ones this run writes added as they come
     todo = [i for i in range(len(specs)) if i not in done]
     if progress and (done or adopted):
         print(f"build: {len(done)} of {len(specs)} GMs already built ({adopted} taken from collections of the "
@@ -378,7 +373,7 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
                         rec = GMRecord(idx, specs[idx].gm_id, "failed",
                                        {"gm_id": specs[idx].gm_id, "error": f"{type(cause).__name__}: {cause}"[:500]},
                                        [], False, {})
-                        partial.write_gm(rec, [], None)
+                        records[idx] = partial.write_gm(rec, [], None)
                     bar.update(1)
                     continue
                 pngs, grid = r["pngs"], r["grid"]
@@ -386,29 +381,27 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
                 busy += float(rec.timing["train_seconds"]) + sum(
                     v for k, v in rec.timing["phase_seconds"].items() if k in ("realism", "encode", "grid"))
                 if rec.status == "kept":
-                    partial.write_gm(rec, _shard_rows(cfg, idx, rec.gm_id, pngs), grid)
+                    records[idx] = partial.write_gm(rec, _shard_rows(cfg, idx, rec.gm_id, pngs), grid)
                 else:
-                    partial.write_gm(rec, [], None)
+                    records[idx] = partial.write_gm(rec, [], None)
                 bar.update(1)
                 bar.set_postfix(gm=rec.gm_id, gate="pass" if rec.status == "kept" else "FAIL")
     task_wall = time.time() - t_tasks
     if over_guard or lost:
-        kept = len(partial.done())
+        kept = len(records)
         why = "; ".join(over_guard + [f"lost to a worker or node: {g}" for g in lost])
         raise CollectionError(f"build of {out} stopped with {len(specs) - kept} of {len(specs)} GMs missing "
                               f"({why}). The {kept} finished GMs are kept in {partial.dir}; run the same build "
                               "again to resume it")
-    return _finalize(cfg, partial, specs, pool, real_crops, t0,
+    return _finalize(cfg, partial, [records[i] for i in range(len(specs))], pool, real_crops, t0,
                      {"task_wall_seconds": round(task_wall, 1), "task_cpu_seconds": round(busy, 1), "cores": cores,
                       "gms_built_here": len(todo), "gms_reused": len(specs) - len(todo)})
 
 
-def _finalize(cfg: BuildConfig, partial: PartialBuild, specs: list, pool: PhotoPool, real_crops: np.ndarray,
-              t0: float, run: dict[str, Any]) -> Collection:
-    """gms.parquet, the real-image shards and the manifest from the records, then into place."""
-
-    done = partial.done()
-    records = [done[i] for i in range(len(specs))]
+def _finalize(cfg: BuildConfig, partial: PartialBuild, records: list[GMRecord], pool: PhotoPool,
+              real_crops: np.ndarray, t0: float, run: dict[str, Any]) -> Collection:
+    """gms.parquet, the real-image shards and the manifest from the records (one per GM, in
+    order), then into place."""
     kept = [rec for rec in records if rec.status == "kept"]
     failed = [{"gm_id": rec.gm_id, **({"error": rec.result["error"]} if rec.status == "failed" else
                                       {"error": f"quality gate failed after {rec.result['attempts']} attempts",
@@ -430,7 +423,7 @@ def _finalize(cfg: BuildConfig, partial: PartialBuild, specs: list, pool: PhotoP
     gms = pd.DataFrame(rows)
     validate_gms_table(gms)
     folder = partial.dir
-    base = len(specs) * _shard_stride(cfg)
+    base = len(records) * _shard_stride(cfg)
     real_shards = []
     for c in range(-(-len(real_crops) // cfg.max_rows_per_shard)):
         chunk = real_crops[c * cfg.max_rows_per_shard : (c + 1) * cfg.max_rows_per_shard]
@@ -460,7 +453,7 @@ def _finalize(cfg: BuildConfig, partial: PartialBuild, specs: list, pool: PhotoP
             "images": int(sum(s["rows"] for s in shards)),
             "shards": len(shards),
             "real_images": int(len(real_crops)),
-            "gms_requested": len(specs),
+            "gms_requested": len(records),
             "gms_rejected": len(failed),
             "gate_retries": int(sum(rec.result.get("attempts", 1) - 1 for rec in records if rec.status != "failed")),
         },

@@ -60,6 +60,27 @@ def is_local(uri: str | os.PathLike[str]) -> bool:
 
 
 # --- writing ----------------------------------------------------------------------------------
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(folder: Path, index: int, rows: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """One image shard ``images/part-<index>.parquet`` under ``folder``, written atomically."""
+    table = pa.Table.from_pydict(dict(rows), schema=IMAGE_SCHEMA)
+    name = f"{IMAGES_DIR}/part-{index:05d}.parquet"
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    atomic_write_bytes(folder / name, data)
+    return {"file": name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()}
+
+
 @dataclass
 class ShardInfo:
     file: str
@@ -96,10 +117,7 @@ class CollectionWriter:
 
     def write_shard(self, index: int, rows: Mapping[str, list[Any]]) -> ShardInfo:
         """One Parquet shard of image rows (columns of IMAGE_SCHEMA), hashed."""
-        table = pa.Table.from_pydict(dict(rows), schema=IMAGE_SCHEMA)
-        name = f"{IMAGES_DIR}/part-{index:05d}.parquet"
-        pq.write_table(table, self.tmp / name, compression="zstd")
-        info = ShardInfo(name, table.num_rows, sha256_file(self.tmp / name))
+        info = ShardInfo(**write_shard(self.tmp, index, rows))
         self.shards.append(info)
         return info
 

@@ -16,7 +16,6 @@ Machine-dependent figures (CPU seconds by phase, the node a GM ran on) are kept 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,41 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from data_pipeline.collection import (
     GRIDS_DIR,
-    IMAGE_SCHEMA,
     IMAGES_DIR,
     MANIFEST,
     CollectionError,
+    atomic_write_bytes,
     sha256_file,
+    write_shard,
 )
 
 RECORDS_DIR = "records"
 LINEAGE_FILE = "lineage.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_shard(folder: Path, index: int, rows: Mapping[str, list[Any]]) -> dict[str, Any]:
-    """One image shard ``images/part-<index>.parquet`` under ``folder``, written atomically."""
-    table = pa.Table.from_pydict(dict(rows), schema=IMAGE_SCHEMA)
-    name = f"{IMAGES_DIR}/part-{index:05d}.parquet"
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    data = sink.getvalue().to_pybytes()
-    atomic_write_bytes(folder / name, data)
-    return {"file": name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 @dataclass
@@ -216,4 +192,4 @@ def lineage_donors(out: Path, lineage: str) -> list[Path]:
     return found
 
 
-__all__ = ["GMRecord", "PartialBuild", "atomic_write_bytes", "lineage_donors", "write_shard"]
+__all__ = ["GMRecord", "PartialBuild", "lineage_donors"]

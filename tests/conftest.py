@@ -19,6 +19,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def assert_same_collection_files(a, b) -> None:
+    """Two collections with the same gms.parquet, image shards and grids (byte for byte), and the
+    same rejected GMs: what an interrupted, grown or multi-node build must end with."""
+    assert a.manifest["gms_sha256"] == b.manifest["gms_sha256"]
+    assert [(s["file"], s["sha256"]) for s in a.manifest["shards"]] == [(s["file"], s["sha256"]) for s in b.manifest["shards"]]
+    grids = sorted(p.name for p in (Path(a.path) / "grids").iterdir())
+    assert grids == sorted(p.name for p in (Path(b.path) / "grids").iterdir())
+    for g in grids:
+        assert (Path(a.path) / "grids" / g).read_bytes() == (Path(b.path) / "grids" / g).read_bytes()
+    assert a.manifest["rejected"] == b.manifest["rejected"]
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray with over-declared logical CPUs (trainer + data tasks fit on 2 cores)."""

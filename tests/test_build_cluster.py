@@ -48,12 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, assert_same_collection_files
 
 from data_pipeline.collection import open_collection
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 TASK_TITLE = "ray::_gm_task_with_node"
 N_GMS = 16  # the smoke preset
@@ -294,17 +294,6 @@ def two_workers(cluster):
 
 
 # --- builds --------------------------------------------------------------------------------------
-def _same_files(a, b) -> None:
-    """Two collections with the same gms.parquet, image shards and grids (byte for byte)."""
-    assert a.manifest["gms_sha256"] == b.manifest["gms_sha256"]
-    assert [(s["file"], s["sha256"]) for s in a.manifest["shards"]] == [(s["file"], s["sha256"]) for s in b.manifest["shards"]]
-    grids = sorted(p.name for p in (Path(a.path) / "grids").iterdir())
-    assert grids == sorted(p.name for p in (Path(b.path) / "grids").iterdir())
-    for g in grids:
-        assert (Path(a.path) / "grids" / g).read_bytes() == (Path(b.path) / "grids" / g).read_bytes()
-    assert a.manifest["rejected"] == b.manifest["rejected"]
-
-
 def _start_build(cluster: Cluster, out: Path, log: Path) -> subprocess.Popen:
     """``workflows/build_collection.py --preset smoke`` as a driver of ``cluster`` (on its head node:
     Ray connects a driver to the head when several nodes share the machine)."""
@@ -366,7 +355,7 @@ def test_gm_tasks_spread_over_the_worker_nodes_and_build_the_same_collection(smo
     nodes = _nodes_used(col)
     assert head.node_id not in nodes, nodes  # the head has no CPU: no GM ran there
     assert set(nodes) == {a.node_id, b.node_id}, (nodes, a.node_id, b.node_id)  # both workers built GMs
-    _same_files(col, smoke_collection)
+    assert_same_collection_files(col, smoke_collection)
     col.verify()
 
 
@@ -410,5 +399,5 @@ def test_a_worker_node_lost_mid_build_keeps_the_written_gms_and_ends_the_same(sm
     assert head.node_id not in nodes, nodes
     assert set(nodes) <= {a.node_id, b.node_id}, nodes
     assert nodes.get(b.node_id, 0) >= 1, nodes  # the surviving node built the rest
-    _same_files(col, smoke_collection)
+    assert_same_collection_files(col, smoke_collection)
     col.verify()

@@ -14,24 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, assert_same_collection_files
 
 from data_pipeline.build import build_collection, build_config
 from data_pipeline.collection import CollectionError, open_collection
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 TASK_TITLE = "ray::_gm_task_with_node"
-
-
-def _same_files(a, b) -> None:
-    """Two collections with the same gms.parquet, image shards and grids (byte for byte)."""
-    assert a.manifest["gms_sha256"] == b.manifest["gms_sha256"]
-    assert [(s["file"], s["sha256"]) for s in a.manifest["shards"]] == [(s["file"], s["sha256"]) for s in b.manifest["shards"]]
-    grids = sorted(p.name for p in (Path(a.path) / "grids").iterdir())
-    assert grids == sorted(p.name for p in (Path(b.path) / "grids").iterdir())
-    for g in grids:
-        assert (Path(a.path) / "grids" / g).read_bytes() == (Path(b.path) / "grids" / g).read_bytes()
-    assert a.manifest["rejected"] == b.manifest["rejected"]
 
 
 def _start_build(out: Path, *args: str) -> subprocess.Popen:
@@ -97,7 +86,7 @@ def test_a_build_whose_driver_is_killed_resumes_to_the_same_collection(smoke_col
     resumed = build_collection(build_config("smoke"), out, progress=False)
     assert resumed.manifest["last_run"]["gms_reused"] >= done
     assert resumed.manifest["last_run"]["gms_built_here"] == 16 - resumed.manifest["last_run"]["gms_reused"]
-    _same_files(resumed, smoke_collection)
+    assert_same_collection_files(resumed, smoke_collection)
     resumed.verify()
     assert not (tmp_path / ".col.partial").exists()
 
@@ -114,7 +103,7 @@ def test_a_build_with_a_killed_worker_retries_it_and_ends_the_same(smoke_collect
         _kill_group(proc)
     assert proc.returncode == 0, out_text[-3000:]
     col = open_collection(out)
-    _same_files(col, smoke_collection)
+    assert_same_collection_files(col, smoke_collection)
     pids = {t["pid"] for t in col.manifest["gm_timings"].values()}
     assert victim not in pids  # the killed worker finished no GM: its task ran again elsewhere
 
@@ -131,7 +120,7 @@ def test_a_collection_grows_by_its_tail_and_a_prefix_is_the_smaller_collection(s
     assert main(["--preset", "smoke", "--n-gms", "16", "--out", str(small)]) == 0
     grown = open_collection(small)
     assert grown.manifest["last_run"]["gms_reused"] == 6 and grown.manifest["last_run"]["gms_built_here"] == 10
-    _same_files(grown, smoke_collection)
+    assert_same_collection_files(grown, smoke_collection)
     # and back: 6 GMs beside the 16 are taken from it (hard links), nothing trained
     again = build_collection(build_config("smoke", n_gms=6), tmp_path / "small-again", progress=False)
     assert again.manifest["last_run"]["gms_built_here"] == 0
@@ -158,7 +147,7 @@ def test_a_half_written_gm_is_built_again(smoke_collection, ray_session, tmp_pat
     recs[2].write_text("{ not json")  # a record cut short
     col = build_collection(build_config("smoke"), out, progress=False)
     assert col.manifest["last_run"]["gms_built_here"] == 2
-    _same_files(col, smoke_collection)
+    assert_same_collection_files(col, smoke_collection)
 
 
 def test_another_collection_is_not_replaced_without_overwrite(smoke_collection, ray_session, tmp_path):

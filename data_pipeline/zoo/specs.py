@@ -158,8 +158,8 @@ def _balanced_configs(n: int) -> list[tuple[str, frozenset[str]]]:
     below its share so far (smooth weighted round-robin, ties in FAMILY_SHARES order), and each
     family cycles through its loss sets in LOSS_CONFIGS order. A prefix is the smaller sequence."""
     shares = dict(FAMILY_SHARES)
-    losses = {f: [ls for g, ls in LOSS_CONFIGS if g == f] for f in shares}
-    losses = {f: list(dict.fromkeys(v)) for f, v in losses.items()}  # a loss set listed twice counts once
+    # a loss set listed twice in LOSS_CONFIGS counts once
+    losses = {f: list(dict.fromkeys(ls for g, ls in LOSS_CONFIGS if g == f)) for f in shares}
     counts = dict.fromkeys(shares, 0)
     out = []
     for i in range(n):
