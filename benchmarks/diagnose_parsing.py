@@ -61,7 +61,11 @@ def gm_level(data: ImageArrays, pred: Predictions, idx: np.ndarray) -> tuple[Pre
     return gp, gt
 
 
-def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, parent_id: str | None) -> dict:
+def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, parent_id: str | None,
+             curves: bool = True) -> dict:
+    """Train and score one fold. ``curves=False`` (the scaling curve) scores nothing per epoch and
+    keeps the last epoch's model: no epoch is picked, and the per-epoch evaluation, which costs
+    more than training at a few GMs, is skipped."""
     import mlflow
 
     # --init-seed changes the network's initialization and image sampling, not the folds (cfg.seed)
@@ -92,23 +96,27 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
                                  label_smoothing=cfg.label_smoothing)
             row = {"epoch": epoch, "train/parsing": tr["parsing"], "train/images_per_s": tr["images_per_s"]}
             for name, idx in (("seen", seen_idx), ("valgm", valgm_idx), ("unseen", test_idx)):
-                if idx is None:
+                if idx is None or not curves:
                     continue
                 pred, _ = predict_batches(kept, data.batches(idx, 256))
                 m = metrics_of(*gm_level(data, pred, idx))
                 row.update({f"{name}/{k}": m[k] for k in CURVE_KEYS})
             history.append(row)
             mlflow.log_metrics({k.replace("/", "."): v for k, v in row.items() if np.isfinite(v)}, step=epoch)
-            pick = row["valgm/score"] if val_gms else row["seen/score"]
+            pick = (row["valgm/score"] if val_gms else row["seen/score"]) if curves else epoch  # else: the last
             if pick > best:
-                best, best_state, best_epoch = pick, {k: v.clone() for k, v in kept.state_dict().items()}, epoch
+                best, best_epoch = pick, epoch
+                best_state = {k: v.clone() for k, v in kept.state_dict().items()} if curves else None
             print(f"  fold {fold.index} epoch {epoch}: " + " ".join(
                 f"{k}={row[k]:.3f}" for k in ("train/parsing", "seen/score", "valgm/score", "unseen/score",
                                                "unseen/discrete/acc/upsampling") if k in row)
                 + f" ({tr['images_per_s']:.0f} img/s)", flush=True)
         last_pred, _ = predict_batches(kept, data.batches(test_all, 256))
-        kept.load_state_dict(best_state)
-        sel_pred, _ = predict_batches(kept, data.batches(test_all, 256))
+        if curves:
+            kept.load_state_dict(best_state)
+            sel_pred, _ = predict_batches(kept, data.batches(test_all, 256))
+        else:
+            sel_pred = last_pred
         mlflow.log_metric("best_epoch", best_epoch)
     t0 = time.time()
     # the classical baseline learns from the GMs FEN+PN trains on (with --val-gms > 0, not the held-out ones)

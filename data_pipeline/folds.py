@@ -112,3 +112,28 @@ def holdout_gms(gms: pd.DataFrame, train_gms: tuple[str, ...] | list[str], share
     strat = fam if counts.min() >= 2 and n_val >= len(counts) else None
     fit, val = train_test_split(ids, test_size=n_val, random_state=seed, stratify=strat)
     return tuple(sorted(fit)), tuple(sorted(val))
+
+
+def subsample_gms(gms: pd.DataFrame, train_gms: tuple[str, ...] | list[str], n: int, seed: int = 0
+                  ) -> tuple[str, ...]:
+    """``n`` of a fold's training GMs, stratified by family and implementation: each stratum keeps
+    its share (largest remainders, ties to the larger stratum), members drawn in one seeded order
+    per stratum, so a smaller subsample of the same seed is a subset of a larger one (the scaling
+    curve's points differ only by the GMs added). ``n`` >= len(train_gms) keeps them all."""
+    ids = sorted(train_gms)
+    if n >= len(ids):
+        return tuple(ids)
+    if n < 1:
+        raise FoldError(f"cannot keep {n} training GMs")
+    table = gms.set_index("gm_id").loc[ids]
+    strata = table["family"].astype(str)
+    if "implementation" in table.columns:
+        strata = strata + "/" + table["implementation"].fillna("backbone").astype(str)
+    rng = np.random.default_rng(seed)
+    members = {s: list(rng.permutation(np.array(g.index))) for s, g in table.groupby(strata.to_numpy(), sort=True)}
+    sizes = {s: len(m) for s, m in members.items()}
+    exact = {s: n * c / len(ids) for s, c in sizes.items()}
+    quota = {s: int(np.floor(v)) for s, v in exact.items()}
+    for s in sorted(exact, key=lambda s: (-(exact[s] - quota[s]), -sizes[s], s))[: n - sum(quota.values())]:
+        quota[s] += 1
+    return tuple(sorted(g for s, m in members.items() for g in m[: quota[s]]))

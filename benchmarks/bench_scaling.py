@@ -1,0 +1,284 @@
+"""Does FEN+PN learn with scale? The parsing curve: pooled GM-level metrics on unseen GMs against
+the number of training GMs per fold, for FEN+PN, the classical baseline, the prior and random.
+
+    python benchmarks/bench_scaling.py                       # the wide collection, sizes 12 .. all
+    python benchmarks/bench_scaling.py --sizes 12,24 --seeds 2 --collection PATH
+
+Protocol. The collection's GM-disjoint folds (the main job's, ``--folds``) fix the unseen GMs:
+every point is scored on the same test GMs, each by the fold that never saw it, pooled over all
+folds. A point trains on ``size`` of each fold's training GMs (``data_pipeline.folds.subsample_gms``:
+stratified by family and implementation, nested within a seed, so "all" spans every
+implementation), with the default job's model and step, in process (``diagnose_parsing.run_fold``,
+no epoch picked: the last epoch's EMA is kept, as the main job does). Budget: the same image-steps
+per GM at every size (``--epochs`` x ``--images-per-gm`` images of each training GM), so a point
+costs in proportion to its GMs. The classical baseline and the image-blind prior learn from the
+same GMs. Sizes up to ``--small`` run ``--seeds`` seeds (another draw of training GMs and another
+initialization), the rest one.
+
+Resumable: each point is an MLflow run (experiment ``gmparse-scaling``, tagged with its key); a
+point whose run finished is read back, not retrained, and a point already in the CSV is kept. The
+CSV (one row per point, parser and metric: pooled value, spread over folds, paired p against the
+classical baseline) and the PNG (log axis; FEN+PN and classical with error bars over folds and
+seeds, prior and random as bands) go to ``--out`` and into a summary MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+METRICS = ("continuous/l1", "discrete/acc", "discrete/f1", "loss/auc")
+PARSERS = ("fen_pn", "classical", "prior", "random")
+EXPERIMENT = "gmparse-scaling"
+FIELDS = ("key", "collection", "size", "seed", "train_gms", "test_gms", "metric", "parser", "value",
+          "fold_std", "p_fen_pn_vs_classical", "p_vs_random", "wall_s")
+HERE = Path(__file__).resolve().parent
+
+
+def point_key(collection_key: str, size: int | str, seed: int, cfg, args) -> str:
+    """What a point trains, hashed: the same key means the same numbers (up to thread timing)."""
+    d = {"collection": collection_key, "size": size, "seed": seed, "cfg": cfg.key(),
+         "images_per_gm": args.images_per_gm, "baseline_per_gm": args.baseline_per_gm, "shuffles": args.shuffles}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_point(data, col, folds, cfg, size: int | str, seed: int, args) -> dict:
+    """Train every fold on ``size`` of its training GMs -> the point's rows (see FIELDS)."""
+    import mlflow
+    from diagnose_parsing import concat_gm, run_fold
+
+    from data_pipeline.folds import Fold, subsample_gms
+    from models.significance import metrics_of, pooled_table
+
+    t0 = time.time()
+    n = 10**9 if size == "all" else int(size)
+    fold_args = argparse.Namespace(init_seed=seed, eval_per_gm=args.eval_per_gm, images_per_gm=args.images_per_gm,
+                                   baseline_per_gm=args.baseline_per_gm)
+    results, sizes = [], []
+    for f in folds:
+        sub = Fold(f.index, subsample_gms(col.gms, f.train_gms, n, seed=cfg.seed + 1000 * seed + f.index), f.test_gms)
+        sizes.append(len(sub.train_gms))
+        print(f"[size {size}, seed {seed}] fold {f.index}: {len(sub.train_gms)} training GMs", flush=True)
+        results.append(run_fold(data, col, sub, cfg, fold_args, mlflow.active_run().info.run_id, curves=False))
+    parts = {k: concat_gm([r["gm"][k] for r in results]) for k in ("last", "classical", "prior")}
+    targets = parts["last"][1]
+    pooled = pooled_table(parts["last"][0], parts["classical"][0], targets, n_shuffles=args.shuffles,
+                          seed=cfg.seed, names=METRICS, prior=parts["prior"][0])
+    per_fold = {k: [metrics_of(*r["gm"][k if k != "fen_pn" else "last"]) for r in results]
+                for k in ("fen_pn", "classical", "prior")}
+    wall = time.time() - t0
+    rows = []
+    for r in pooled:
+        m = str(r["metric"])
+        for parser in PARSERS:
+            spread = (float(np.std([pf[m] for pf in per_fold[parser]])) if parser in per_fold
+                      else float(r["random_std"]))
+            p_rnd = {"fen_pn": r["p_fen_pn_vs_random"], "classical": r["p_classical_vs_random"]}.get(parser, "")
+            rows.append({"collection": col.manifest.get("key", col.path), "size": size, "seed": seed,
+                         "train_gms": float(np.mean(sizes)), "test_gms": int(r["gms"]), "metric": m,
+                         "parser": parser, "value": float(r[parser]), "fold_std": spread,
+                         "p_fen_pn_vs_classical": float(r["p_fen_pn_vs_classical"]), "p_vs_random": p_rnd,
+                         "wall_s": round(wall, 1)})
+    return {"rows": rows, "wall_s": wall, "train_gms": sizes}
+
+
+def finished_runs(experiment_id: str) -> dict[str, str]:
+    """Point key -> the id of its FINISHED MLflow run."""
+    import mlflow
+
+    runs = mlflow.search_runs([experiment_id], filter_string="tags.bench = 'scaling-point' and "
+                              "attributes.status = 'FINISHED'", output_format="list")
+    return {r.data.tags["point_key"]: r.info.run_id for r in runs}
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def summarize(rows: list[dict]) -> dict[tuple[str, str], list[tuple[float, float, float]]]:
+    """(metric, parser) -> [(mean training GMs, value mean over seeds, error bar)] by size; the
+    error bar is the spread over folds (mean over seeds) combined with the spread over seeds."""
+    out: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    by: dict[tuple[str, str, float], list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["metric"], r["parser"], float(r["train_gms"])), []).append(r)
+    for (m, p, n), rs in sorted(by.items(), key=lambda kv: kv[0][2]):
+        vals = np.array([float(r["value"]) for r in rs])
+        spread = float(np.mean([float(r["fold_std"]) for r in rs]))
+        err = float(np.sqrt(spread**2 + (vals.std() if len(vals) > 1 else 0.0) ** 2))
+        out.setdefault((m, p), []).append((n, float(vals.mean()), err))
+    return out
+
+
+def draw(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = summarize(rows)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6))
+    style = {"fen_pn": ("FEN+PN", "C0"), "classical": ("classical spectral", "C1"),
+             "prior": ("image-blind prior", "C2"), "random": ("random ground truth", "0.5")}
+    for ax, m in zip(axes, METRICS):
+        for p in PARSERS:
+            pts = curves.get((m, p), [])
+            if not pts:
+                continue
+            n, v, e = (np.array(c) for c in zip(*pts))
+            label, color = style[p]
+            if p in ("fen_pn", "classical"):
+                ax.errorbar(n, v, yerr=e, marker="o", capsize=3, color=color, label=label)
+            else:
+                ax.fill_between(n, v - e, v + e, color=color, alpha=0.25, label=label)
+                ax.plot(n, v, color=color, lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training GMs per fold")
+        ax.set_title(m + (" (lower is better)" if m == "continuous/l1" else ""))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per size, value ± error per parser and metric, paired p FEN+PN vs classical."""
+    curves = summarize(rows)
+    sizes = sorted({float(r["train_gms"]) for r in rows})
+    p_of = {}
+    for r in rows:
+        if r["parser"] == "fen_pn":
+            p_of.setdefault((r["metric"], float(r["train_gms"])), []).append(float(r["p_fen_pn_vs_classical"]))
+    head = "| training GMs | " + " | ".join(f"{m}: FEN+PN / classical / prior / random (paired p)" for m in METRICS)
+    lines = [head + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for n in sizes:
+        cells = []
+        for m in METRICS:
+            vals = {p: next((v, e) for x, v, e in curves[(m, p)] if x == n) for p in PARSERS if (m, p) in curves}
+            ps = p_of.get((m, n), [float("nan")])
+            cells.append(" / ".join(f"{vals[p][0]:.3f}±{vals[p][1]:.3f}" if p in ("fen_pn", "classical")
+                                    else f"{vals[p][0]:.3f}" for p in PARSERS)
+                         + " (" + ", ".join(f"{p:.3g}" for p in ps) + ")")
+        lines.append(f"| {n:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import mlflow
+    import torch
+
+    from data_pipeline.build import build_config
+    from data_pipeline.collection import open_collection
+    from data_pipeline.folds import gm_folds
+    from data_pipeline.in_memory import load_images
+    from workflows.config import job_config
+    from workflows.runtime import init_mlflow
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--collection", help="collection path (default: the wide preset's build)")
+    ap.add_argument("--collection-preset", default="wide")
+    ap.add_argument("--sizes", default="12,24,48,96,192,all", help="training GMs per fold ('all': every one)")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds at sizes <= --small")
+    ap.add_argument("--small", type=int, default=48)
+    ap.add_argument("--epochs", type=int, default=None, help="epochs (default: the default job's, 12)")
+    ap.add_argument("--images-per-gm", type=int, default=64, help="images of each training GM per epoch")
+    ap.add_argument("--baseline-per-gm", type=int, default=96)
+    ap.add_argument("--eval-per-gm", type=int, default=48)
+    ap.add_argument("--shuffles", type=int, default=2000)
+    ap.add_argument("--folds", type=int, default=None, help="GM-disjoint folds (default: the default job's, 4)")
+    ap.add_argument("--job-preset", default="default", help="the job whose model and step are trained")
+    ap.add_argument("--out", default=str(HERE / "scaling"), help="folder of the CSV and the PNG")
+    args = ap.parse_args(argv)
+    cfg = job_config(args.job_preset)
+    cfg = replace(cfg, epochs=args.epochs or cfg.epochs, folds=args.folds or cfg.folds, checkpoint="last")
+    torch.set_num_threads(max(cfg.threads, 1))
+    path = args.collection or build_config(args.collection_preset, seed=cfg.seed).default_path()
+    col = open_collection(path)
+    ckey = col.manifest.get("key", Path(str(col.path)).name)
+    folds = gm_folds(col.gms, cfg.folds, cfg.seed)
+    most = min(len(f.train_gms) for f in folds)
+    sizes: list[int | str] = []
+    for s in args.sizes.split(","):
+        if s != "all" and int(s) >= most:
+            print(f"size {s} >= the smallest fold's {most} training GMs: it is 'all'", flush=True)
+        sizes.append("all" if s == "all" or int(s) >= most else int(s))
+    sizes = list(dict.fromkeys(sizes))
+    points = [(s, seed) for s in sizes
+              for seed in range(args.seeds if s != "all" and int(s) <= args.small else 1)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out / f"scaling_{ckey}.csv", out / f"scaling_{ckey}.png"
+    rows = read_csv(csv_path)
+    init_mlflow(EXPERIMENT)
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    done = finished_runs(exp.experiment_id)
+    t_start, data = time.time(), None
+    for size, seed in points:
+        key = point_key(ckey, size, seed, cfg, args)
+        if any(r["key"] == key for r in rows):
+            print(f"[size {size}, seed {seed}] in {csv_path.name} already ({key})", flush=True)
+            continue
+        if key in done:
+            got = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=done[key], artifact_path="rows.json",
+                                                                     dst_path=str(out / ".mlflow"))).read_text())
+            print(f"[size {size}, seed {seed}] read back from MLflow run {done[key]}", flush=True)
+        else:
+            if data is None:
+                t0 = time.time()
+                data = load_images(col, list(col.fake_gms["gm_id"]), cfg.image_size)
+                print(f"{len(data.images)} images of {len(col.fake_gms)} GMs decoded in {time.time() - t0:.0f} s",
+                      flush=True)
+            with mlflow.start_run(run_name=f"size-{size}-seed-{seed}",
+                                  tags={"bench": "scaling-point", "point_key": key}) as run:
+                mlflow.log_params({"size": size, "seed": seed, "collection": ckey, "folds": cfg.folds,
+                                   "epochs": cfg.epochs, "images_per_gm": args.images_per_gm,
+                                   "budget": "same image-steps per GM", "job_key": cfg.key()})
+                res = run_point(data, col, folds, cfg, size, seed, args)
+                got = [{**r, "key": key} for r in res["rows"]]
+                for r in got:
+                    mlflow.log_metric(f"{r['parser']}.{r['metric'].replace('/', '.')}", r["value"])
+                mlflow.log_metric("wall_s", res["wall_s"])
+                mlflow.log_dict(got, "rows.json")
+                print(f"[size {size}, seed {seed}] {res['wall_s']:.0f} s, run {run.info.run_id}", flush=True)
+        rows = [r for r in rows if r["key"] != key] + [{**r, "key": key} for r in got]
+        write_csv(csv_path, rows)
+        draw(rows, png_path, f"{ckey}: {cfg.folds} folds, unseen GMs pooled; {cfg.epochs} epochs x "
+                             f"{args.images_per_gm} images per GM")
+    print(table(rows), flush=True)
+    with mlflow.start_run(run_name="curve", tags={"bench": "scaling-curve", "collection": ckey}):
+        mlflow.log_params({"sizes": args.sizes, "seeds": args.seeds, "cfg": json.dumps(asdict(cfg), default=str)[:5000]})
+        mlflow.log_artifact(str(csv_path))
+        mlflow.log_artifact(str(png_path))
+        mlflow.log_text(table(rows), "table.md")
+        mlflow.log_metric("wall_s_this_call", time.time() - t_start)
+    print(f"{csv_path}\n{png_path}\n{time.time() - t_start:.0f} s this call", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
