@@ -29,6 +29,14 @@ class Fold:
     test_gms: tuple[str, ...]
 
 
+def gm_strata(gms: pd.DataFrame) -> np.ndarray:
+    """Each GM's stratum for folds and subsamples: ``family/implementation`` where the table has an
+    implementation column (a missing one reads ``backbone``), else its family alone."""
+    if "implementation" not in gms.columns:
+        return gms["family"].astype(str).to_numpy()
+    return (gms["family"].astype(str) + "/" + gms["implementation"].fillna("backbone").astype(str)).to_numpy()
+
+
 def gm_folds(gms: pd.DataFrame, k: int, seed: int = 0) -> list[Fold]:
     """K GM-disjoint folds over the fake GMs of ``gms`` (real excluded), stratified by family and,
     where the table has one, implementation (a backbone-only collection: by family alone, the
@@ -41,9 +49,7 @@ def gm_folds(gms: pd.DataFrame, k: int, seed: int = 0) -> list[Fold]:
     if len(fake) < k:
         raise FoldError(f"{len(fake)} GMs cannot make {k} GM-disjoint folds; use --folds <= {len(fake)}")
     ids = fake["gm_id"].to_numpy()
-    families = fake["family"].to_numpy()
-    if "implementation" in fake.columns:
-        families = (fake["family"] + "/" + fake["implementation"].fillna("backbone").astype(str)).to_numpy()
+    families = gm_strata(fake)
     _, counts = np.unique(families, return_counts=True)
     if counts.max() >= k:
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -126,11 +132,8 @@ def subsample_gms(gms: pd.DataFrame, train_gms: tuple[str, ...] | list[str], n: 
     if n < 1:
         raise FoldError(f"cannot keep {n} training GMs")
     table = gms.set_index("gm_id").loc[ids]
-    strata = table["family"].astype(str)
-    if "implementation" in table.columns:
-        strata = strata + "/" + table["implementation"].fillna("backbone").astype(str)
     rng = np.random.default_rng(seed)
-    members = {s: list(rng.permutation(np.array(g.index))) for s, g in table.groupby(strata.to_numpy(), sort=True)}
+    members = {s: list(rng.permutation(np.array(g.index))) for s, g in table.groupby(gm_strata(table), sort=True)}
     sizes = {s: len(m) for s, m in members.items()}
     exact = {s: n * c / len(ids) for s, c in sizes.items()}
     quota = {s: int(np.floor(v)) for s, v in exact.items()}
