@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 
 def build_once(preset: str, n_gms: int, cpus: int) -> dict[str, float]:
-    from data_pipeline.build import build_collection, build_config
+    from gmparse.data_pipeline.build import build_collection, build_config
 
     cfg = build_config(preset, n_gms=n_gms, gpus_per_gm=0.0)  # CPU cores: what this benchmark scales
     out = common.WORK_DIR / "build" / f"{preset}-{n_gms}-cpu{cpus}"
@@ -53,8 +49,8 @@ def project_full(preset: str, family_seconds: dict[str, float], cores: int = 16)
     mean). A projection from measured per-GM costs, not a measurement on that many cores."""
     from collections import Counter
 
-    from data_pipeline import zoo
-    from data_pipeline.build import build_config
+    from gmparse.data_pipeline import zoo
+    from gmparse.data_pipeline.build import build_config
 
     cfg = build_config(preset)
     counts = Counter(s.family for s in zoo.sample_specs(cfg.n_gms, cfg.seed, cfg.image_size))
@@ -64,7 +60,7 @@ def project_full(preset: str, family_seconds: dict[str, float], cores: int = 16)
 
 
 def full_default_manifests() -> list[dict]:
-    from data_pipeline.build import BUILD_PRESETS
+    from gmparse.data_pipeline.build import BUILD_PRESETS
 
     full = BUILD_PRESETS["default"]
     out = []

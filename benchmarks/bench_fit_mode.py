@@ -4,7 +4,7 @@
         [--train-collection PATH] [--model models:/gm-parser@champion]
 
 Scores the registered parser (and the classical baseline trained on every GM of the training
-collection) on every GM of the test collection with ``workflows.evaluation.external_table``,
+collection) on every GM of the test collection with ``workflows.lib.evaluation.external_table``,
 once per ``data_pipeline.preprocess.fit_to_size`` mode, and prints the headline rows side by
 side. Resizing a larger image low-passes it, and with it the artefacts a parser reads.
 """
@@ -16,30 +16,28 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_pipeline.build import build_config  # noqa: E402
-from data_pipeline.collection import open_collection  # noqa: E402
-from data_pipeline.preprocess import FIT_MODES  # noqa: E402
+from gmparse.data_pipeline.build import build_config
+from gmparse.data_pipeline.collection import open_collection
+from gmparse.data_pipeline.preprocess import FIT_MODES
 
 ROWS = ("continuous/l1", "discrete/acc", "discrete/f1", "loss/auc", "discrete/acc/upsampling")
 
 
 def load_parser(ref: str):
-    from models.parser import Parser
+    from gmparse.models.parser import Parser
 
     if Path(ref).is_dir():
         return Parser.load(ref)
     import mlflow
 
-    from workflows.runtime import tracking_uri
+    from gmparse.workflows.lib.runtime import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     return mlflow.pyfunc.load_model(ref).unwrap_python_model().parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workflows.evaluation import external_table
+    from gmparse.workflows.lib.evaluation import external_table
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--test-collection", required=True)

@@ -13,24 +13,21 @@ Usage: python benchmarks/bench_gm_cost.py [--per-family 3] [--quick]
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 PHASES = ("setup", "train", "gate_sample", "gate", "sample", "introspect", "realism", "encode", "grid", "write")
 
 
 def measure(per_family: int, before: str, after: str) -> list[dict]:
-    from data_pipeline import zoo
-    from data_pipeline.build import _make_gm_task, _photo_pool, _record, _shard_rows, build_config
-    from data_pipeline.partial import PartialBuild
-    from data_pipeline.real_images import random_crops
-    from data_pipeline.realism import RealismReference
+    from gmparse.data_pipeline import zoo
+    from gmparse.data_pipeline.build import _make_gm_task, _photo_pool, _record, _shard_rows, build_config
+    from gmparse.data_pipeline.partial import PartialBuild
+    from gmparse.data_pipeline.real_images import random_crops
+    from gmparse.data_pipeline.realism import RealismReference
 
     cfg = build_config("wide")
     pool = _photo_pool(cfg)
@@ -76,7 +73,7 @@ def main() -> None:
     common.one_torch_thread()
     import pandas as pd
 
-    from data_pipeline.zoo.specs import FAMILY_SHARES
+    from gmparse.data_pipeline.zoo.specs import FAMILY_SHARES
 
     df = pd.DataFrame(measure(args.per_family or (1 if args.quick else 3), args.before, args.after))
     b, a = df[df.variant == "before"].set_index("gm_id"), df[df.variant == "after"].set_index("gm_id")

@@ -7,7 +7,7 @@ channels-last, uint8 batches normalized on the device by ``models.inputs.model_i
 
 - plain loop: one process, the images already on the GPU as uint8 (the collection's, repeated
   to ``--images``), a random permutation per epoch - the ceiling of the step itself;
-- Ray Data -> Ray Train: ``workflows.loop.fit`` (the loop every job runs) with one GPU worker,
+- Ray Data -> Ray Train: ``workflows.lib.train_loop.fit`` (the loop every job runs) with one GPU worker,
   the fold cache (``image_dataset().materialize()``, ``epoch_plan``) and ``prefetch_batches``;
   its per-epoch evaluation left out (bench_training's timed task);
 - ``--compile``: the plain loop again under ``torch.compile``, its compile time reported;
@@ -33,15 +33,12 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 PAPER_RUN = {"folds": 4, "epochs": 20, "train_images": 100_000}  # issue #15's paper-size experiment
 TARGET_MINUTES = 30.0
@@ -83,9 +80,9 @@ class GpuSampler:
 
 def job(col, epochs: int, batch_scale: int):
     """The paper preset's task and loop at the collection's size, batch and lr scaled together."""
-    from workflows.cli import with_overrides
-    from workflows.config import job_config
-    from workflows.training import parsing_task
+    from gmparse.workflows.lib.cli import with_overrides
+    from gmparse.workflows.lib.job_config import job_config
+    from gmparse.workflows.lib.parsing_task import parsing_task
 
     cfg = with_overrides(job_config("paper"), {"epochs": epochs, "image_size": col.image_size, "ema": 0.0,
                                                "batch_scale": batch_scale, "prefetch_batches": 4})
@@ -97,8 +94,8 @@ def plain_loop(task, loop, images, labels: dict[str, Any], device, compile_model
     """The loop's step (``train_one_epoch``) over uint8 images resident on ``device``."""
     import torch
 
-    from models.engine import autocast_dtype, train_one_epoch
-    from models.parser import ParsingModel
+    from gmparse.models.engine import autocast_dtype, train_one_epoch
+    from gmparse.models.parser import ParsingModel
 
     torch.manual_seed(0)
     model = ParsingModel(task.model).to(device)
@@ -132,12 +129,12 @@ def plain_loop(task, loop, images, labels: dict[str, Any], device, compile_model
 
 
 def ray_path(col, cfg, task, loop, use_gpu: bool, out_root: Path, max_images: int | None = None) -> dict[str, float]:
-    """``workflows.loop.fit`` on one worker over the fold cache, as ``cv_folds`` feeds it (the
+    """``workflows.lib.train_loop.fit`` on one worker over the fold cache, as ``cv_folds`` feeds it (the
     first ``max_images`` rows only, for the CPU check)."""
     from bench_training import ray_train_run
 
-    from data_pipeline.ray_data import epoch_plan, image_dataset
-    from workflows.training import TRAIN_COLUMNS
+    from gmparse.data_pipeline.ray_data import epoch_plan, image_dataset
+    from gmparse.workflows.lib.parsing_task import TRAIN_COLUMNS
 
     ds = image_dataset(col, split="all", size=cfg.image_size).select_columns(TRAIN_COLUMNS)
     ds = (ds.limit(max_images) if max_images else ds).materialize()
@@ -150,7 +147,7 @@ def resident_images(col, n: int):
     import numpy as np
     import torch
 
-    from data_pipeline.in_memory import load_images
+    from gmparse.data_pipeline.in_memory import load_images
 
     arr = load_images(col)
     reps = max(1, -(-n // len(arr.images)))
@@ -163,8 +160,8 @@ def resident_images(col, n: int):
 
 def collection_64(path: str | None):
     """``--collection-64``; else a smoke zoo built at 64x64 (once, under data/collections/)."""
-    from data_pipeline.build import build_config, ensure_collection
-    from data_pipeline.collection import open_collection
+    from gmparse.data_pipeline.build import build_config, ensure_collection
+    from gmparse.data_pipeline.collection import open_collection
 
     if path:
         return open_collection(path)
@@ -176,9 +173,9 @@ def collection_64(path: str | None):
 def zoo_gm_seconds(device, cuda: bool) -> list[str]:
     """Seconds to train, gate and sample one ``large``-preset GM of each family on ``device``, one at a
     time (on the CPU check: the smoke zoo settings at 32 px, a few images)."""
-    from data_pipeline.build import _photo_pool, build_config
-    from data_pipeline.real_images import random_crops
-    from data_pipeline.zoo import ZOO_PRESETS, make_gm, sample_specs
+    from gmparse.data_pipeline.build import _photo_pool, build_config
+    from gmparse.data_pipeline.real_images import random_crops
+    from gmparse.data_pipeline.zoo import ZOO_PRESETS, make_gm, sample_specs
 
     cfg = build_config("large")
     size, n_images, zoo_cfg = (cfg.image_size, cfg.images_per_gm, ZOO_PRESETS["large"]) if cuda else \
@@ -237,7 +234,7 @@ def main() -> None:
             rows.append([where, name, r["images_per_s"], gpu.mean(), r["peak_mb"], r["first_step_s"]])
         with GpuSampler() as gpu:
             r = ray_path(col, cfg, task, loop, cuda, out_root, None if cuda else n_images)
-        rows.append([where, "Ray Data -> Ray Train (workflows.loop.fit, 1 worker)", r["images_per_s"], gpu.mean(),
+        rows.append([where, "Ray Data -> Ray Train (workflows.lib.train_loop.fit, 1 worker)", r["images_per_s"], gpu.mean(),
                      r.get("gpu_peak_mb", float("nan")), r["startup_s"]])
     gm_parts = zoo_gm_seconds(device, cuda)
     ray_ips = rows[-1][2]

@@ -12,21 +12,17 @@ Usage: python benchmarks/bench_inference.py [--quick] [--sizes 64 128] [--preset
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 
 def make_parser(preset: str, size: int, device: str):
     import numpy as np
 
-    from data_pipeline.schema import CONTINUOUS, Ranges
-    from models.config import ModelConfig
-    from models.parser import Parser, ParsingModel
+    from gmparse.data_pipeline.schema import CONTINUOUS, Ranges
+    from gmparse.models.config import ModelConfig
+    from gmparse.models.parser import Parser, ParsingModel
 
     ranges = Ranges.from_pairs({c: (0.0, 1.0) for c in CONTINUOUS})
     model = ParsingModel(dataclasses.replace(ModelConfig.preset(preset), image_size=size)).to(device).eval()

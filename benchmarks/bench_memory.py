@@ -2,7 +2,7 @@
 
 A short training run as ``workflows/cv_folds.py --preset default`` does one fold: this process is
 the driver (``image_dataset`` train/val splits, ``materialize()`` as with ``cache_decoded``, one
-``TorchTrainer``), and the workers run the real ``workflows.loop.run_worker`` (the parsing task)
+``TorchTrainer``), and the workers run the real ``workflows.lib.train_loop.run_worker`` (the parsing task)
 (default JobConfig model, batch 64, validation and a checkpoint every epoch) wrapped so that,
 after it returns, each worker writes its ``resource.getrusage`` ``ru_maxrss`` and
 ``/proc/self/status`` ``VmHWM``. The driver's are read at the end; run this script in its own
@@ -15,25 +15,22 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 
-def loop_with_memory(task: Any, loop: Any, out_dir: str, bench_dir: str) -> None:
-    """The real training loop, then this worker's peak memory into ``out_dir``."""
+def loop_with_memory(task: Any, loop: Any, out_dir: str) -> None:
+    """The real training loop, then this worker's peak memory into ``out_dir`` (``common`` imports
+    here because Ray gives its workers the driver's ``sys.path``, benchmarks/ first)."""
     import ray.train
 
-    from workflows.loop import run_worker
+    from gmparse.workflows.lib.train_loop import run_worker
 
     run_worker(task, loop)
-    sys.path.insert(0, bench_dir)
     import common as bench_common
 
     rank = ray.train.get_context().get_world_rank()
@@ -51,17 +48,17 @@ def main() -> None:
     before = common.peak_memory_mb()
     col = common.get_collection(args.collection)
 
-    from workflows.cli import with_overrides
-    from workflows.config import job_config
-    from workflows.loop import torch_trainer
-    from workflows.training import EVAL_COLUMNS, TRAIN_COLUMNS, parsing_task
+    from gmparse.workflows.lib.cli import with_overrides
+    from gmparse.workflows.lib.job_config import job_config
+    from gmparse.workflows.lib.parsing_task import EVAL_COLUMNS, TRAIN_COLUMNS, parsing_task
+    from gmparse.workflows.lib.train_loop import torch_trainer
 
     cfg = with_overrides(job_config("default"), {"epochs": epochs, "image_size": col.image_size, "num_workers": args.workers})
     out_dir = common.WORK_DIR / "memory" / f"run-{uuid.uuid4().hex[:8]}"
     out_dir.mkdir(parents=True)
     cores = common.n_cores()
     with common.ray_session(max(8, 4 * cores)):
-        from data_pipeline.ray_data import image_dataset
+        from gmparse.data_pipeline.ray_data import image_dataset
 
         gms = list(col.fake_gms["gm_id"])
         ds_args = {"size": cfg.image_size, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
@@ -71,7 +68,7 @@ def main() -> None:
         n_train, n_val = train_ds.count(), val_ds.count()
         task, loop = parsing_task(cfg, col.targets(gms))
         trainer = torch_trainer(
-            functools.partial(loop_with_memory, task, loop, str(out_dir), str(Path(__file__).resolve().parent)),
+            functools.partial(loop_with_memory, task, loop, str(out_dir)),
             out_dir.name, {"train": train_ds.select_columns(TRAIN_COLUMNS), "val": val_ds.select_columns(EVAL_COLUMNS)},
             storage_path=str(common.WORK_DIR / "ray-train"), num_workers=cfg.num_workers, use_gpu=False,
             cpus_per_worker=cfg.cpus_per_worker, keep_checkpoints=cfg.keep_checkpoints, max_failures=0)

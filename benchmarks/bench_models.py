@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from models import ModelConfig, ParsingModel
+from gmparse.models import ModelConfig, ParsingModel
 
 
 def throughput(cfg: ModelConfig, size: int, batch: int, min_time: float, device: str) -> tuple[float, int]:

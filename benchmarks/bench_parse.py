@@ -5,7 +5,7 @@ of the collection (the default model config at the collection's size, the parser
 with ``ray_threshold`` forced to pick the path:
 
 - in process: ``ImagePredictor.parse_paths`` in batches (read, check, fit, predict, describe);
-- Ray Data: the same predictor in a ``workflows.inference.actor_pool`` of 1 actor and of one per
+- Ray Data: the same predictor in a ``workflows.lib.batch_inference.actor_pool`` of 1 actor and of one per
   core, Ray started by the call (``init_ray``) and shut down after it, as a user's command pays it.
 
 Ray's start-up is inside the Ray rows (a user's ``parse.py`` pays it), and also shown alone. The
@@ -17,13 +17,10 @@ Usage: python benchmarks/bench_parse.py [--quick] [--collection PATH] [--files 1
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 
 def write_files(col, n: int, root: Path) -> list[Path]:
@@ -47,7 +44,7 @@ def write_files(col, n: int, root: Path) -> list[Path]:
 def parse_rate(files: list[Path], models, ray: bool, actors: int) -> float:
     import ray as ray_mod
 
-    from workflows.parse import parse_files
+    from gmparse.workflows.parse import parse_files
 
     t0 = time.perf_counter()
     results, mode = parse_files(files, models, batch_size=32, ray_threshold=0 if ray else len(files) + 1,
@@ -69,7 +66,7 @@ def main() -> None:
     col = common.get_collection(args.collection)
     from bench_inference import make_parser
 
-    from workflows.parse import LoadedModels
+    from gmparse.workflows.parse import LoadedModels
 
     parser, _ = make_parser("default", col.image_size, "cpu")
     models = LoadedModels(parser=parser)

@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 RAY_1CORE_TARGET = 0.8  # Ray Data >= 0.8x the best alternative on one core
 RAY_ALL_TARGET = 1.0  # ... and ahead of it with all cores
@@ -48,7 +45,7 @@ def single_process_pass(col, batch: int, size: int) -> float:
     import pyarrow.parquet as pq
     import torch
 
-    from data_pipeline.preprocess import decode_image, normalize, resize
+    from gmparse.data_pipeline.preprocess import decode_image, normalize, resize
 
     t0, n = time.perf_counter(), 0
     for uri in col.shard_uris():
@@ -84,7 +81,7 @@ def imagefolder_loader(root: Path, batch: int, size: int, workers: int):
     import torch.utils.data
     from torchvision import datasets, transforms
 
-    from data_pipeline.preprocess import IMAGE_MEAN, IMAGE_STD
+    from gmparse.data_pipeline.preprocess import IMAGE_MEAN, IMAGE_STD
 
     tf = transforms.Compose([
         transforms.Resize((size, size)),  # a no-op at the stored size
@@ -106,9 +103,9 @@ def loader_pass(loader) -> float:
 
 def ray_streamed_pass(col, batch: int, size: int) -> float:
     """One pass of image_dataset as training feeds it, decoding every row (no cache)."""
-    from data_pipeline import ray_data
-    from models.inputs import model_input
-    from workflows.training import TRAIN_COLUMNS
+    from gmparse.data_pipeline import ray_data
+    from gmparse.models.inputs import model_input
+    from gmparse.workflows.lib.parsing_task import TRAIN_COLUMNS
 
     ds = ray_data.image_dataset(col, size=size).select_columns(TRAIN_COLUMNS)
     t0, n = time.perf_counter(), 0
@@ -121,8 +118,8 @@ def ray_streamed_pass(col, batch: int, size: int) -> float:
 
 def ray_cached(col, size: int):
     """The fold cache: image_dataset decoded once and materialized -> (dataset, seconds)."""
-    from data_pipeline import ray_data
-    from workflows.training import TRAIN_COLUMNS
+    from gmparse.data_pipeline import ray_data
+    from gmparse.workflows.lib.parsing_task import TRAIN_COLUMNS
 
     t0 = time.perf_counter()
     ds = ray_data.image_dataset(col, size=size).select_columns(TRAIN_COLUMNS).materialize()
@@ -130,9 +127,9 @@ def ray_cached(col, size: int):
 
 
 def ray_epoch_pass(ds, batch: int, epoch: int) -> float:
-    """One training epoch from the fold cache, drawn as workflows.loop draws it (one worker)."""
-    from data_pipeline.ray_data import epoch_batches, epoch_plan
-    from models.inputs import model_input
+    """One training epoch from the fold cache, drawn as workflows.lib.train_loop draws it (one worker)."""
+    from gmparse.data_pipeline.ray_data import epoch_batches, epoch_plan
+    from gmparse.models.inputs import model_input
 
     t0, n = time.perf_counter(), 0
     ds, plan = epoch_plan(ds, cached=True, seed=0, fraction=1.0, batch_size=batch, num_workers=1)
@@ -148,7 +145,7 @@ def in_memory_pass(images, batch: int, epoch: int) -> float:
     and model_input per batch (no decode, no Ray, no loader)."""
     import torch
 
-    from models.inputs import model_input
+    from gmparse.models.inputs import model_input
 
     t0, n = time.perf_counter(), 0
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(epoch))
@@ -202,8 +199,8 @@ def measure(col, batch: int, repeats: int, cores: int) -> tuple[dict, dict, dict
 
 def find_64(path: str | None):
     """``--collection-64``, else the newest collection under data/collections/ built at 64x64."""
-    from data_pipeline.collection import CollectionError, open_collection
-    from data_pipeline.paths import collections_root
+    from gmparse.data_pipeline.collection import CollectionError, open_collection
+    from gmparse.data_pipeline.paths import collections_root
 
     if path:
         return open_collection(path)

@@ -4,7 +4,7 @@ truth, p-values), copied from the main job's MLflow parent run, with the per-fol
 Looks up the newest finished parent run (no parent of its own) of the preset's own job (its
 ``JobConfig.key()`` in the run name, on the preset's default collection; ``--run-id`` picks
 another) in the experiment ``gmparse-cv`` of the tracking store (``MLFLOW_TRACKING_URI``, default
-``sqlite:///<repo>/mlflow.db``, see workflows/runtime.py) and copies its ``tables/cv_summary.txt``
+``sqlite:///<repo>/mlflow.db``, see workflows/lib/runtime.py) and copies its ``tables/cv_summary.txt``
 (``tables/cv_summary.json`` formatted when the text is missing), with the run id, wall seconds and
 the driver's peak RSS it logged. A missing local store is not created: the table says "not run yet".
 
@@ -14,14 +14,11 @@ Usage: python benchmarks/bench_quality.py [--preset default] [--experiment gmpar
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 PRODUCE = "make run  (= .venv/bin/python workflows/cv_folds.py --preset {preset})"
 
@@ -32,9 +29,9 @@ def find_run(uri: str, experiment: str, preset: str, run_id: str | None = None):
     variant (``--ensemble 1``, a held-out implementation, another collection) is never taken for it."""
     from mlflow.tracking import MlflowClient
 
-    from data_pipeline.build import build_config
-    from workflows.config import job_config
-    from workflows.job import run_base
+    from gmparse.data_pipeline.build import build_config
+    from gmparse.workflows.lib.job import run_base
+    from gmparse.workflows.lib.job_config import job_config
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
@@ -72,7 +69,7 @@ def summary_table(client, run) -> list[str]:
             summary = json.loads(Path(client.download_artifacts(run.info.run_id, "tables/cv_summary.json", tmp)).read_text())
         except Exception:  # noqa: BLE001
             return []
-    from workflows.cv_folds import format_summary
+    from gmparse.workflows.cv_folds import format_summary
 
     return format_summary(summary).splitlines()
 
@@ -84,7 +81,7 @@ def main() -> None:
     ap.add_argument("--experiment", default="gmparse-cv")
     ap.add_argument("--run-id", help="report this run (an id prefix is enough) instead of the newest of the preset's job")
     args = ap.parse_args()
-    from workflows.runtime import tracking_uri
+    from gmparse.workflows.lib.runtime import tracking_uri
 
     uri = tracking_uri()
     produce = PRODUCE.format(preset=args.preset) if args.preset == "default" else (

@@ -17,13 +17,10 @@ Usage: python benchmarks/bench_realism.py [--collection AFTER] [--before PATH | 
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 FIGURE = common.REPO_ROOT / "benchmarks" / "figures" / "realism_grids.png"
 
@@ -72,8 +69,8 @@ def main() -> None:
     ap.add_argument("--figure", default=str(FIGURE), help="where the before/after grids go")
     args = ap.parse_args()
     common.one_torch_thread()
-    from data_pipeline.collection import open_collection
-    from data_pipeline.realism import collection_realism
+    from gmparse.data_pipeline.collection import open_collection
+    from gmparse.data_pipeline.realism import collection_realism
 
     after = common.get_collection(args.collection)
     if args.before and args.beside:

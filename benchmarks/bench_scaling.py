@@ -33,10 +33,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 METRICS = ("continuous/l1", "discrete/acc", "discrete/f1", "loss/auc")
 PARSERS = ("fen_pn", "classical", "prior", "random")
@@ -58,8 +55,8 @@ def run_point(data, col, folds, cfg, size: int | str, seed: int, args) -> dict:
     import mlflow
     from diagnose_parsing import concat_gm, run_fold
 
-    from data_pipeline.folds import Fold, subsample_gms
-    from models.significance import metrics_of, pooled_table
+    from gmparse.data_pipeline.folds import Fold, subsample_gms
+    from gmparse.models.significance import metrics_of, pooled_table
 
     t0 = time.time()
     n = 10**9 if size == "all" else int(size)
@@ -192,12 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     import torch
 
-    from data_pipeline.build import build_config
-    from data_pipeline.collection import open_collection
-    from data_pipeline.folds import gm_folds
-    from data_pipeline.in_memory import load_images
-    from workflows.config import job_config
-    from workflows.runtime import init_mlflow
+    from gmparse.data_pipeline.build import build_config
+    from gmparse.data_pipeline.collection import open_collection
+    from gmparse.data_pipeline.folds import gm_folds
+    from gmparse.data_pipeline.in_memory import load_images
+    from gmparse.workflows.lib.job_config import job_config
+    from gmparse.workflows.lib.runtime import init_mlflow
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--collection", help="collection path (default: the wide preset's build)")

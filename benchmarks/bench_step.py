@@ -14,14 +14,10 @@ Usage: python benchmarks/bench_step.py [--quick]
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 BATCH = 64
 
@@ -29,9 +25,9 @@ BATCH = 64
 def steps_per_s(model_cfg, channels_last: bool, bf16: bool, steps: int, threads: int) -> float:
     import torch
 
-    from models.constraints import ConstraintWeights
-    from models.engine import autocast_dtype, train_one_epoch
-    from models.parser import ParsingModel
+    from gmparse.models.constraints import ConstraintWeights
+    from gmparse.models.engine import autocast_dtype, train_one_epoch
+    from gmparse.models.parser import ParsingModel
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -62,8 +58,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per contender and round (20; quick 8)")
     args = ap.parse_args()
     rounds, steps = args.rounds or (2 if args.quick else 3), args.steps or (8 if args.quick else 20)
-    from models.engine import cpu_has_bf16
-    from workflows.config import job_config
+    from gmparse.models.engine import cpu_has_bf16
+    from gmparse.workflows.lib.job_config import job_config
 
     cfg = job_config("default")
     single = replace(cfg.model, ensemble=1)

@@ -1,8 +1,8 @@
 """2. Training: FEN+PN steps/s under Ray Train (1 and 2 workers) vs a plain PyTorch loop.
 
-The model and batches are the default preset's (``workflows.config.job_config("default")``:
+The model and batches are the default preset's (``workflows.lib.job_config.job_config("default")``:
 FEN 6x24 at 32x32, batch 64, Adam, ``models.losses.compute_loss`` with the paper's constraint
-weights and class weights; EMA off). Ray Train runs ``workflows.loop.fit``, the loop every job
+weights and class weights; EMA off). Ray Train runs ``workflows.lib.train_loop.fit``, the loop every job
 runs (``prepare_model``, ``iter_torch_batches`` with the local shuffle, a checkpoint and a
 ``ray.train.report`` per epoch), with the parsing task's epoch timed and its per-epoch
 evaluation left out, over the training split of the
@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 TARGET = 0.9  # 1-worker Ray Train steady-state throughput >= 0.9x the plain loop
 
@@ -37,9 +34,9 @@ TARGET = 0.9  # 1-worker Ray Train steady-state throughput >= 0.9x the plain loo
 def job(col, epochs: int):
     """The default preset's parsing task and loop settings, on every GM of ``col``."""
 
-    from workflows.cli import with_overrides
-    from workflows.config import job_config
-    from workflows.training import parsing_task
+    from gmparse.workflows.lib.cli import with_overrides
+    from gmparse.workflows.lib.job_config import job_config
+    from gmparse.workflows.lib.parsing_task import parsing_task
 
     cfg = with_overrides(job_config("default"), {"epochs": epochs, "image_size": col.image_size, "threads": 1, "ema": 0.0})
     return parsing_task(cfg, col.targets(list(col.gms["gm_id"])))
@@ -56,7 +53,7 @@ def timed(task, out_dir: str):
     """The parsing task with each epoch of the loop's own training step timed into ``out_dir``
     (no per-epoch evaluation: this section measures training)."""
 
-    from workflows.training import ParsingTask
+    from gmparse.workflows.lib.parsing_task import ParsingTask
 
     @dataclasses.dataclass(frozen=True)
     class TimedParsing(ParsingTask):
@@ -92,8 +89,8 @@ def timed(task, out_dir: str):
 
 
 def ray_train_run(ds, task, loop, workers: int, out_root: Path, use_gpu: bool = False) -> dict[str, Any]:
-    """``workflows.loop.fit`` (the loop every job runs) with the timed task."""
-    from workflows.loop import fit
+    """``workflows.lib.train_loop.fit`` (the loop every job runs) with the timed task."""
+    from gmparse.workflows.lib.train_loop import fit
 
     out_dir = out_root / f"run-{uuid.uuid4().hex[:8]}"
     out_dir.mkdir(parents=True)
@@ -118,14 +115,14 @@ def plain_run(images, labels: dict[str, Any], task, loop) -> dict[str, Any]:
     tensors in memory."""
     import torch
 
-    from models.engine import autocast_dtype
-    from models.inputs import model_input
-    from models.losses import compute_loss
-    from models.parser import ParsingModel
+    from gmparse.models.engine import autocast_dtype
+    from gmparse.models.inputs import model_input
+    from gmparse.models.losses import compute_loss
+    from gmparse.models.parser import ParsingModel
 
     t_start = time.time()
     torch.manual_seed(loop.seed)
-    model = ParsingModel(task.model).to(memory_format=torch.channels_last)  # as workflows.loop does
+    model = ParsingModel(task.model).to(memory_format=torch.channels_last)  # as workflows.lib.train_loop does
     amp = autocast_dtype(task.precision, "cpu")
     class_weights = [torch.as_tensor(w, dtype=torch.float32) for w in task.class_weights]
     optimizer = torch.optim.Adam(model.parameters(), lr=loop.lr)
@@ -192,8 +189,8 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], **{f"ray{w}": [] for w in args.workers}}
     cores = common.n_cores()
     with common.ray_session(max(8, 4 * cores)):
-        from data_pipeline.ray_data import epoch_plan, image_dataset
-        from workflows.training import TRAIN_COLUMNS
+        from gmparse.data_pipeline.ray_data import epoch_plan, image_dataset
+        from gmparse.workflows.lib.parsing_task import TRAIN_COLUMNS
 
         gms = subset_gms(col, args.max_images or (1000 if args.quick else 4000))
         ds = image_dataset(col, gms, split="train", val_fraction=0.15, seed=0).select_columns(TRAIN_COLUMNS).materialize()

@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # scripts run as `python benchmarks/x.py` from anywhere
-    sys.path.insert(0, str(REPO_ROOT))
 RESULTS = REPO_ROOT / "benchmarks" / "RESULTS.md"
 WORK_DIR = Path(os.environ.get("GMPARSE_BENCH_DIR", "/tmp/gmparse-bench"))
 
@@ -187,8 +185,8 @@ def get_collection(path: str | None):
     """``--collection PATH``; else the default collection when ``make run`` has built it (the
     default preset's figures, and passes long enough to amortize per-pass costs); else the
     smoke zoo (built once under data/collections/, then reused)."""
-    from data_pipeline.build import build_config, ensure_collection
-    from data_pipeline.collection import CollectionError, open_collection
+    from gmparse.data_pipeline.build import build_config, ensure_collection
+    from gmparse.data_pipeline.collection import CollectionError, open_collection
 
     if path:
         return open_collection(path)

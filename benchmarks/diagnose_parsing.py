@@ -20,25 +20,23 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from data_pipeline.build import build_config  # noqa: E402
-from data_pipeline.collection import Collection, open_collection  # noqa: E402
-from data_pipeline.folds import gm_folds, holdout_gms, validation_mask  # noqa: E402
-from data_pipeline.in_memory import ImageArrays, load_images, sample_per_gm  # noqa: E402
-from data_pipeline.schema import TargetArrays  # noqa: E402
-from models import metrics  # noqa: E402
-from models.engine import autocast_dtype, predict_batches, train_one_epoch, weight_ema  # noqa: E402
-from models.parser import ParsingModel  # noqa: E402
-from models.pn import class_weights  # noqa: E402
-from models.predictions import Predictions  # noqa: E402
-from models.significance import format_pooled, metrics_of, pooled_table  # noqa: E402
-from models.spectral_baseline import SpectralBaseline  # noqa: E402
-from workflows.cli import add_dataclass_args, resolve  # noqa: E402
-from workflows.config import JobConfig, job_config  # noqa: E402
+from gmparse.data_pipeline.build import build_config
+from gmparse.data_pipeline.collection import Collection, open_collection
+from gmparse.data_pipeline.folds import gm_folds, holdout_gms, validation_mask
+from gmparse.data_pipeline.in_memory import ImageArrays, load_images, sample_per_gm
+from gmparse.data_pipeline.schema import TargetArrays
+from gmparse.models import metrics
+from gmparse.models.engine import autocast_dtype, predict_batches, train_one_epoch, weight_ema
+from gmparse.models.parser import ParsingModel
+from gmparse.models.pn import class_weights
+from gmparse.models.predictions import Predictions
+from gmparse.models.significance import format_pooled, metrics_of, pooled_table
+from gmparse.models.spectral_baseline import SpectralBaseline
+from gmparse.workflows.lib.cli import add_dataclass_args, resolve
+from gmparse.workflows.lib.job_config import JobConfig, job_config
 
 CURVE_KEYS = ("score", "continuous/l1", "discrete/acc", "discrete/f1", "loss/auc", "discrete/acc/upsampling")
 

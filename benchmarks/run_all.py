@@ -16,9 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 SCRIPTS = {  # name -> script; order = order of the runs
     "quality": "bench_quality.py",
@@ -44,9 +42,9 @@ def main() -> int:
     command = common.command_line()
     # resolved (built once) in a child process: this one stays small, because Linux carries a
     # parent's ru_maxrss over fork+exec into the children whose peak memory is measured
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import common; "
-            "c = common.get_collection(sys.argv[2] or None); print('COLLECTION=' + c.path)")
-    found = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent), args.collection or ""],
+    # (``python -c`` imports from its working directory: benchmarks/, where ``common`` is)
+    code = "import sys, common; c = common.get_collection(sys.argv[1] or None); print('COLLECTION=' + c.path)"
+    found = subprocess.run([sys.executable, "-c", code, args.collection or ""], cwd=Path(__file__).resolve().parent,
                            stdout=subprocess.PIPE, text=True, check=True).stdout
     col_path = [ln for ln in found.splitlines() if ln.startswith("COLLECTION=")][-1].split("=", 1)[1]
     print(f"collection: {col_path}", flush=True)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from data_pipeline import schema
-from data_pipeline.collection import (
+from gmparse.data_pipeline import schema
+from gmparse.data_pipeline.collection import (
     GMS_FILE,
     MANIFEST,
     REAL_GM_ID,
@@ -38,15 +38,15 @@ from data_pipeline.collection import (
     validate_gms_table,
     write_shard,
 )
-from data_pipeline.partial import GMRecord, PartialBuild, lineage_donors
-from data_pipeline.paths import collections_root
-from data_pipeline.preprocess import encode_png
-from data_pipeline.real_images import REAL_SOURCES, PhotoPool, load_photo_dir, random_crops
-from data_pipeline.realism import RealismReference, calibration, realism_summary
-from data_pipeline.realism import caption as realism_caption
+from gmparse.data_pipeline.partial import GMRecord, PartialBuild, lineage_donors
+from gmparse.data_pipeline.paths import collections_root
+from gmparse.data_pipeline.preprocess import encode_png
+from gmparse.data_pipeline.real_images import REAL_SOURCES, PhotoPool, load_photo_dir, random_crops
+from gmparse.data_pipeline.realism import RealismReference, calibration, realism_summary
+from gmparse.data_pipeline.realism import caption as realism_caption
 
 if TYPE_CHECKING:
-    from data_pipeline import zoo
+    from gmparse.data_pipeline import zoo
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         # the zoo owns the modes; imported late, as elsewhere in this module
-        from data_pipeline.zoo.specs import FAMILY_MIXES, HIDDEN_ACT_MODES
+        from gmparse.data_pipeline.zoo.specs import FAMILY_MIXES, HIDDEN_ACT_MODES
 
         if self.real_source not in REAL_SOURCES:
             raise ValueError(f"unknown real_source {self.real_source!r}; known: {sorted(REAL_SOURCES)}")
@@ -116,7 +116,7 @@ class BuildConfig:
         return d
 
     def _key_fields(self) -> dict[str, Any]:
-        from data_pipeline.zoo.config import ZOO_PRESETS
+        from gmparse.data_pipeline.zoo.config import ZOO_PRESETS
 
         zoo = ZOO_PRESETS.get(self.zoo_preset)
         zoo_d = asdict(zoo) if zoo is not None else None
@@ -196,7 +196,7 @@ def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train
     compact results."""
     import torch
 
-    from data_pipeline import zoo
+    from gmparse.data_pipeline import zoo
 
     res = zoo.make_gm(spec, real_crops, n_images, train_cfg, device="cuda" if use_gpu else "cpu")
     phases = dict(res.phase_seconds)
@@ -306,7 +306,7 @@ def build_collection(cfg: BuildConfig, out: str | Path, overwrite: bool = False,
     import ray
     from tqdm.auto import tqdm
 
-    from data_pipeline import zoo
+    from gmparse.data_pipeline import zoo
 
     out = Path(out).resolve()
     if not is_local(str(out)):

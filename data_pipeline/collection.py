@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from data_pipeline import schema
+from gmparse.data_pipeline import schema
 
 MANIFEST = "manifest.json"
 GMS_FILE = "gms.parquet"

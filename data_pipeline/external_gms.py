@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_pipeline.zoo.config import ZOO_PRESETS
+from gmparse.data_pipeline.zoo.config import ZOO_PRESETS
 
 #: the realism threshold of the zoo's default gate (SWD x1e3 of 64 samples to the training crops)
 DEFAULT_MAX_SWD: float = ZOO_PRESETS["default"].max_swd  # type: ignore[assignment]
@@ -301,8 +301,8 @@ def train_external_gm(gm: ExternalGM, crops: np.ndarray, cfg: ExternalConfig, re
     """Train ``gm`` on ``crops`` (uint8 NHWC) for ``min_steps``, then until 64 samples reach
     ``cfg.max_swd`` against the crops (checked every ``check_every`` steps) or ``max_steps`` run
     out; sample and label it."""
-    from data_pipeline.realism import RealismReference
-    from data_pipeline.zoo.introspect import measure_architecture
+    from gmparse.data_pipeline.realism import RealismReference
+    from gmparse.data_pipeline.zoo.introspect import measure_architecture
 
     torch.set_num_threads(1)
     seed = int(np.random.SeedSequence([cfg.seed, sum(map(ord, gm.gm_id))]).generate_state(1)[0])
@@ -337,8 +337,8 @@ def build_external_collection(out: str | Path, cfg: ExternalConfig | None = None
     import ray
     from tqdm.auto import tqdm
 
-    from data_pipeline import schema
-    from data_pipeline.collection import (
+    from gmparse.data_pipeline import schema
+    from gmparse.data_pipeline.collection import (
         REAL_GM_ID,
         CollectionError,
         CollectionWriter,
@@ -346,11 +346,11 @@ def build_external_collection(out: str | Path, cfg: ExternalConfig | None = None
         image_rows,
         open_collection,
     )
-    from data_pipeline.preprocess import encode_png
-    from data_pipeline.real_images import load_bundled_photos, random_crops
-    from data_pipeline.realism import RealismReference, calibration, realism_summary
-    from data_pipeline.realism import caption as realism_caption
-    from data_pipeline.zoo.grid import sample_grid_png
+    from gmparse.data_pipeline.preprocess import encode_png
+    from gmparse.data_pipeline.real_images import load_bundled_photos, random_crops
+    from gmparse.data_pipeline.realism import RealismReference, calibration, realism_summary
+    from gmparse.data_pipeline.realism import caption as realism_caption
+    from gmparse.data_pipeline.zoo.grid import sample_grid_png
 
     cfg = cfg or ExternalConfig()
     if not ray.is_initialized():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from data_pipeline.collection import REAL_GM_ID
+from gmparse.data_pipeline.collection import REAL_GM_ID
 
 
 class FoldError(ValueError):

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_pipeline import schema
-from data_pipeline.collection import Collection
-from data_pipeline.preprocess import decode_image, normalize, resize
-from data_pipeline.schema import TARGET_FIELDS
+from gmparse.data_pipeline import schema
+from gmparse.data_pipeline.collection import Collection
+from gmparse.data_pipeline.preprocess import decode_image, normalize, resize
+from gmparse.data_pipeline.schema import TARGET_FIELDS
 
 
 @dataclass

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from data_pipeline import schema
-from data_pipeline.collection import (
+from gmparse.data_pipeline import schema
+from gmparse.data_pipeline.collection import (
     REAL_GM_ID,
     Collection,
     CollectionWriter,
@@ -30,8 +30,8 @@ from data_pipeline.collection import (
     image_rows,
     open_collection,
 )
-from data_pipeline.preprocess import encode_png, to_rgb_uint8
-from data_pipeline.real_images import IMAGE_SUFFIXES
+from gmparse.data_pipeline.preprocess import encode_png, to_rgb_uint8
+from gmparse.data_pipeline.real_images import IMAGE_SUFFIXES
 
 
 class IngestError(ValueError):

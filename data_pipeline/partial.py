@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.collection import (
+from gmparse.data_pipeline.collection import (
     GRIDS_DIR,
     IMAGES_DIR,
     MANIFEST,

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from data_pipeline import schema
-from data_pipeline.collection import REAL_GM_ID, Collection
-from data_pipeline.folds import image_split
-from data_pipeline.preprocess import decode_image, resize
+from gmparse.data_pipeline import schema
+from gmparse.data_pipeline.collection import REAL_GM_ID, Collection
+from gmparse.data_pipeline.folds import image_split
+from gmparse.data_pipeline.preprocess import decode_image, resize
 
 Split = Literal["all", "train", "val"]
 
@@ -152,7 +152,7 @@ def shuffle_each_epoch(ds, seed: int, fraction: float = 1.0):
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """How a training worker draws each epoch from its shard (``workflows.loop``'s ``iter_torch_batches``)."""
+    """How a training worker draws each epoch from its shard (``workflows.lib.train_loop``'s ``iter_torch_batches``)."""
 
     shuffle_buffer: int | None = None  # rows in the worker's local shuffle buffer (None: four batches)
     steps: int | None = None  # batches per epoch and worker (None: the whole shard)

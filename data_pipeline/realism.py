@@ -145,7 +145,7 @@ class RealismReference:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        from data_pipeline.zoo.quality import image_features
+        from gmparse.data_pipeline.zoo.quality import image_features
 
         images = self._check(images)
         rng = np.random.default_rng(self.seed + 3)
@@ -220,8 +220,8 @@ def caption(realism: dict[str, float]) -> str:
 def collection_realism(col, per_gm: int = 256, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per-GM ``swd`` and ``c2st`` of a built or ingested collection against its own real
     images (the ``real`` source), plus the real-vs-real calibration at ``per_gm`` images."""
-    from data_pipeline.collection import REAL_GM_ID, CollectionError
-    from data_pipeline.in_memory import load_images
+    from gmparse.data_pipeline.collection import REAL_GM_ID, CollectionError
+    from gmparse.data_pipeline.in_memory import load_images
 
     arr = load_images(col, per_gm=0)
     real = arr.images[arr.gm_ids == REAL_GM_ID]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_pipeline.schema import SCHEMA_VERSION
+from gmparse.data_pipeline.schema import SCHEMA_VERSION
 
 WEIGHTS_FILE = "heads.pt"
 META_FILE = "heads.json"
@@ -57,8 +57,8 @@ class FingerprintClassifier(nn.Module):
     def __init__(self, n_sources: int, fen_depth: int, fen_width: int, head_widths: Sequence[int],
                  spectral_size: int = 0) -> None:
         super().__init__()
-        from models.fen import FEN
-        from models.heads import DetectionAttributionModel
+        from gmparse.models.fen import FEN
+        from gmparse.models.heads import DetectionAttributionModel
 
         self.net = DetectionAttributionModel(n_sources, FEN(fen_depth, fen_width), tuple(head_widths), spectral_size)
 
@@ -136,7 +136,7 @@ def task_loss(out: dict[str, torch.Tensor], is_fake: torch.Tensor, source: torch
     """FEN model: models.heads.heads_loss (tasks x scale + constraints); plain CNN: the same task
     terms without constraints (it has no fingerprint). ``source_weight``: per-class CE weights."""
     if "fingerprint" in out:
-        from models.heads import heads_loss
+        from gmparse.models.heads import heads_loss
 
         return heads_loss(out, is_fake, source, weights, task_scale, source_weight)
     det = F.binary_cross_entropy_with_logits(out["detection_logit"].float(), is_fake.float())
@@ -153,7 +153,7 @@ def task_loss(out: dict[str, torch.Tensor], is_fake: torch.Tensor, source: torch
 def fingerprint_stats(fp: torch.Tensor, bins: int = 12) -> np.ndarray:
     """Pooled statistics of fingerprints [B,3,H,W]: per-channel mean |F| and std, and the
     radially averaged log spectrum of the gray fingerprint (``bins`` rings)."""
-    from models.constraints import spectrum, to_gray
+    from gmparse.models.constraints import spectrum, to_gray
 
     fp = fp.detach().float()
     spec = torch.log1p(spectrum(to_gray(fp)))  # [B,H,W], centred
@@ -216,7 +216,7 @@ class ForensicModel:
     def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """uint8 [N,H,W,3] (or a list of [H,W,3] of any sizes) -> {'fake_prob' [N], 'source_probs'
         [N,K] (when it has an attribution head), 'embedding' [N,D]}."""
-        from data_pipeline.preprocess import normalize, resize
+        from gmparse.data_pipeline.preprocess import normalize, resize
 
         arr = np.stack([resize(np.asarray(a, dtype=np.uint8), self.image_size) for a in images])
         outs: dict[str, list[np.ndarray]] = {}
@@ -232,7 +232,7 @@ class ForensicModel:
         """float [N,3,S,S] fingerprints (FEN models only)."""
         if self.spec.kind != "fen":
             return None
-        from data_pipeline.preprocess import normalize, resize
+        from gmparse.data_pipeline.preprocess import normalize, resize
 
         arr = np.stack([resize(np.asarray(a, dtype=np.uint8), self.image_size) for a in images])
         with torch.no_grad():

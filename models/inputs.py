@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from data_pipeline.preprocess import IMAGE_MEAN, IMAGE_STD
+from gmparse.data_pipeline.preprocess import IMAGE_MEAN, IMAGE_STD
 
 
 def model_input(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_pipeline.schema import NUM_CLASSES, TargetArrays
+from gmparse.data_pipeline.schema import NUM_CLASSES, TargetArrays
 
 from .constraints import ConstraintWeights, constraint_loss
 from .pn import assign_clusters

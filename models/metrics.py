@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
-from data_pipeline.schema import (
+from gmparse.data_pipeline.schema import (
     CONTINUOUS,
     DISCRETE_NAMES,
     GROUP_NAMES,

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_pipeline import preprocess
-from data_pipeline.schema import (
+from gmparse.data_pipeline import preprocess
+from gmparse.data_pipeline.schema import (
     CONTINUOUS,
     DISCRETE,
     DISCRETE_NAMES,

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_pipeline.preprocess import IMAGE_MEAN, IMAGE_STD
-from data_pipeline.schema import (
+from gmparse.data_pipeline.preprocess import IMAGE_MEAN, IMAGE_STD
+from gmparse.data_pipeline.schema import (
     CONTINUOUS,
     GROUP_NAMES,
     LOSS_GROUP_INDEX,

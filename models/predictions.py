@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_pipeline.schema import CONTINUOUS, GROUP_NAMES, LOSS_TYPES, NUM_CLASSES, TargetArrays
+from gmparse.data_pipeline.schema import CONTINUOUS, GROUP_NAMES, LOSS_TYPES, NUM_CLASSES, TargetArrays
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_pipeline.schema import CONTINUOUS, DISCRETE_NAMES, LOSS_TYPES, NUM_CLASSES, TargetArrays
+from gmparse.data_pipeline.schema import CONTINUOUS, DISCRETE_NAMES, LOSS_TYPES, NUM_CLASSES, TargetArrays
 
 from .metrics import auc_rows, f1_rows, lower_is_better
 from .predictions import Predictions

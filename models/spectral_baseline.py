@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_pipeline.schema import CONTINUOUS, GROUP_NAMES, LOSS_TYPES, NUM_CLASSES, TargetArrays
+from gmparse.data_pipeline.schema import CONTINUOUS, GROUP_NAMES, LOSS_TYPES, NUM_CLASSES, TargetArrays
 
 from .constraints import GRAY_COEFFS
 from .predictions import Predictions

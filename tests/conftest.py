@@ -45,7 +45,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def smoke_collection(ray_session, tmp_path_factory):
     """The smoke zoo built once through Ray (the end-to-end build test checks it)."""
-    from data_pipeline.build import build_collection, build_config
+    from gmparse.data_pipeline.build import build_collection, build_config
 
     out = tmp_path_factory.mktemp("collections") / "smoke"
     return build_collection(build_config("smoke"), out, progress=False)

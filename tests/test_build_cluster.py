@@ -50,7 +50,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, assert_same_collection_files
 
-from data_pipeline.collection import open_collection
+from gmparse.data_pipeline.collection import open_collection
 
 pytestmark = pytest.mark.slow
 

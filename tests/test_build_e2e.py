@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipeline import schema
-from data_pipeline.build import build_config, ensure_collection, summarize
-from data_pipeline.collection import REAL_GM_ID
+from gmparse.data_pipeline import schema
+from gmparse.data_pipeline.build import build_config, ensure_collection, summarize
+from gmparse.data_pipeline.collection import REAL_GM_ID
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_realism_of_a_built_collection_from_the_command_line(smoke_collection, t
     same numbers the build recorded, up to the subsample of real images each was run with."""
     import pandas as pd
 
-    from workflows.build_collection import main
+    from gmparse.workflows.build_collection import main
 
     out = tmp_path / "realism.csv"
     assert main(["--realism", str(smoke_collection.path), "--realism-csv", str(out)]) == 0
@@ -68,8 +68,8 @@ def test_realism_of_a_built_collection_from_the_command_line(smoke_collection, t
 
 
 def test_a_gpu_build_on_a_local_ray_without_gpus_is_refused_before_it_starts(ray_session, tmp_path, monkeypatch):
-    from data_pipeline.build import build_collection
-    from data_pipeline.collection import CollectionError
+    from gmparse.data_pipeline.build import build_collection
+    from gmparse.data_pipeline.collection import CollectionError
 
     if ray_session.cluster_resources().get("GPU", 0) > 0:
         pytest.skip("this machine's Ray has a GPU")
@@ -90,9 +90,9 @@ def test_collection_is_reused_when_manifest_matches(smoke_collection):
 def test_ray_data_reader_splits_and_normalizes(smoke_collection):
     import torch
 
-    from data_pipeline.preprocess import normalize
-    from data_pipeline.ray_data import image_dataset
-    from models.inputs import model_input
+    from gmparse.data_pipeline.preprocess import normalize
+    from gmparse.data_pipeline.ray_data import image_dataset
+    from gmparse.models.inputs import model_input
 
     col = smoke_collection
     gms = list(col.fake_gms["gm_id"][:3])
@@ -115,7 +115,7 @@ def test_ray_data_reader_splits_and_normalizes(smoke_collection):
 
 def test_training_order_mixes_gms_and_changes_each_epoch(smoke_collection):
     """Shards hold one GM each; the training order must not (see shuffle_each_epoch)."""
-    from data_pipeline.ray_data import image_dataset, shuffle_each_epoch
+    from gmparse.data_pipeline.ray_data import image_dataset, shuffle_each_epoch
 
     col = smoke_collection
     gms = list(col.fake_gms["gm_id"])
@@ -135,10 +135,10 @@ def test_training_order_mixes_gms_and_changes_each_epoch(smoke_collection):
 
 
 def test_cached_epochs_mix_gms_sample_a_share_and_repeat_run_to_run(smoke_collection):
-    """The cached path (epoch_plan + epoch_batches, as workflows.loop draws an epoch): every
+    """The cached path (epoch_plan + epoch_batches, as workflows.lib.train_loop draws an epoch): every
     batch mixes GMs, an epoch is the asked share of the rows, each epoch differs from the last,
     and a fresh decode of the same collection gives the very same epochs (reproducible runs)."""
-    from data_pipeline.ray_data import epoch_batches, epoch_plan, image_dataset
+    from gmparse.data_pipeline.ray_data import epoch_batches, epoch_plan, image_dataset
 
     col = smoke_collection
     gms = list(col.fake_gms["gm_id"])

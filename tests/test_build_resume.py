@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from conftest import REPO_ROOT, assert_same_collection_files
 
-from data_pipeline.build import build_collection, build_config
-from data_pipeline.collection import CollectionError, open_collection
+from gmparse.data_pipeline.build import build_collection, build_config
+from gmparse.data_pipeline.collection import CollectionError, open_collection
 
 pytestmark = pytest.mark.slow
 TASK_TITLE = "ray::_gm_task_with_node"
@@ -110,7 +110,7 @@ def test_a_build_with_a_killed_worker_retries_it_and_ends_the_same(smoke_collect
 
 def test_a_collection_grows_by_its_tail_and_a_prefix_is_the_smaller_collection(smoke_collection, ray_session,
                                                                                tmp_path):
-    from workflows.build_collection import main
+    from gmparse.workflows.build_collection import main
 
     small = tmp_path / "grow"
     first = build_collection(build_config("smoke", n_gms=6), small, progress=False)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from data_pipeline.schema import CONTINUOUS, LOSS_TYPES, NUM_CLASSES, TargetArrays, groups_from_losses
-from workflows.cli import add_dataclass_args, resolve
+from gmparse.data_pipeline.schema import CONTINUOUS, LOSS_TYPES, NUM_CLASSES, TargetArrays, groups_from_losses
+from gmparse.workflows.lib.cli import add_dataclass_args, resolve
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ def test_job_config_nests_the_model_and_the_weights_behind_flat_options():
     import dataclasses
     import json
 
-    from models.config import ModelConfig
-    from workflows.config import JOB_PRESETS, JobConfig
+    from gmparse.models.config import ModelConfig
+    from gmparse.workflows.lib.job_config import JOB_PRESETS, JobConfig
 
     p = argparse.ArgumentParser()
     add_dataclass_args(p, JobConfig, presets=JOB_PRESETS)
@@ -87,8 +87,8 @@ def test_job_config_nests_the_model_and_the_weights_behind_flat_options():
 
 
 def test_batch_scale_scales_batch_and_lr_together_and_precision_is_checked() -> None:
-    from workflows.config import job_config
-    from workflows.training import parsing_task
+    from gmparse.workflows.lib.job_config import job_config
+    from gmparse.workflows.lib.parsing_task import parsing_task
 
     cfg = replace(job_config("default"), batch_scale=4)
     assert (cfg.step_batch_size, cfg.step_lr) == (4 * 64, 4 * cfg.lr)
@@ -110,7 +110,7 @@ def test_batch_scale_scales_batch_and_lr_together_and_precision_is_checked() -> 
 def test_job_key_sees_the_spatial_branch_only_when_on():
     import dataclasses
 
-    from workflows.config import job_config
+    from gmparse.workflows.lib.job_config import job_config
 
     cfg = job_config("default")
     on = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, spatial_branch=True))

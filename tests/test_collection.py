@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_pipeline import schema
-from data_pipeline.collection import (
+from gmparse.data_pipeline import schema
+from gmparse.data_pipeline.collection import (
     REAL_GM_ID,
     CollectionError,
     CollectionWriter,
@@ -15,8 +15,8 @@ from data_pipeline.collection import (
     image_rows,
     open_collection,
 )
-from data_pipeline.folds import FoldError, gm_folds, validation_mask
-from data_pipeline.preprocess import decode_image, encode_png
+from gmparse.data_pipeline.folds import FoldError, gm_folds, validation_mask
+from gmparse.data_pipeline.preprocess import decode_image, encode_png
 
 FAMILIES = ["gan", "vae", "autoencoder", "diffusion", "attack"]
 
@@ -110,7 +110,7 @@ def test_folds_disjoint_stratified_deterministic():
 
 
 def test_holdout_gms_splits_training_gms_only():
-    from data_pipeline.folds import holdout_gms
+    from gmparse.data_pipeline.folds import holdout_gms
 
     gms = pd.DataFrame({"gm_id": [f"g{i:02d}" for i in range(40)] + [REAL_GM_ID],
                         "family": [FAMILIES[i % 5] for i in range(40)] + ["real"]})
@@ -133,7 +133,7 @@ def test_validation_mask_is_deterministic():
 
 
 def test_publish_to_uri_and_read_back(tmp_path):
-    from data_pipeline.collection import publish
+    from gmparse.data_pipeline.collection import publish
 
     labs, images = write_tiny(tmp_path / "local")
     uri = f"file://{tmp_path / 'remote' / 'col'}"
@@ -149,7 +149,7 @@ def test_fit_to_size_modes() -> None:
     import numpy as np
     import pytest
 
-    from data_pipeline.preprocess import fit_to_size
+    from gmparse.data_pipeline.preprocess import fit_to_size
 
     img = np.arange(64 * 96 * 3, dtype=np.int64).reshape(64, 96, 3).astype(np.uint8)
     assert fit_to_size(img, 32, "resize").shape == (1, 32, 32, 3)
@@ -165,8 +165,8 @@ def test_fit_to_size_modes() -> None:
 
 
 def test_fit_views_owner_and_sample_per_gm() -> None:
-    from data_pipeline.in_memory import sample_per_gm
-    from data_pipeline.preprocess import fit_views
+    from gmparse.data_pipeline.in_memory import sample_per_gm
+    from gmparse.data_pipeline.preprocess import fit_views
 
     imgs = [np.zeros((64, 96, 3), np.uint8), np.ones((32, 32, 3), np.uint8)]
     views, owner = fit_views(imgs, 32, "tile")
@@ -178,7 +178,7 @@ def test_fit_views_owner_and_sample_per_gm() -> None:
 
 
 def test_target_arrays_take_and_concat() -> None:
-    from data_pipeline.schema import TargetArrays
+    from gmparse.data_pipeline.schema import TargetArrays
 
     t = TargetArrays(np.arange(6.0).reshape(3, 2), np.arange(3)[:, None], np.eye(3, dtype=int), np.zeros((3, 1)))
     two = t.take([2, 0])
@@ -188,7 +188,7 @@ def test_target_arrays_take_and_concat() -> None:
 
 
 def test_holdout_fold_tests_on_one_implementation():
-    from data_pipeline.folds import FoldError, holdout_fold
+    from gmparse.data_pipeline.folds import FoldError, holdout_fold
 
     gms = pd.DataFrame({"gm_id": ["a", "b", "c", "d", "real"], "family": ["gan"] * 4 + ["real"],
                         "implementation": ["backbone", "resnet", "backbone", "resnet", ""]})
@@ -201,7 +201,7 @@ def test_holdout_fold_tests_on_one_implementation():
 
 
 def test_build_key_keeps_old_collections_and_sees_implementations():
-    from data_pipeline.build import build_config
+    from gmparse.data_pipeline.build import build_config
 
     base = build_config("default")
     assert build_config("default", implementations="backbone").key() == base.key()
@@ -210,8 +210,8 @@ def test_build_key_keeps_old_collections_and_sees_implementations():
 
 
 def test_real_source_faces_is_one_domain_and_keeps_old_keys():
-    from data_pipeline.build import _photo_pool, build_config
-    from data_pipeline.real_images import random_crops
+    from gmparse.data_pipeline.build import _photo_pool, build_config
+    from gmparse.data_pipeline.real_images import random_crops
 
     base = build_config("default")
     assert build_config("default", real_source="photos").key() == base.key()  # collections built before it match
@@ -227,7 +227,7 @@ def test_real_source_faces_is_one_domain_and_keeps_old_keys():
 
 
 def test_gpu_share_is_how_a_build_runs_not_what_it_builds():
-    from data_pipeline.build import build_config
+    from gmparse.data_pipeline.build import build_config
 
     # the default collection since budgets are steps (2026-12: no wall-time cap decides a GM); the
     # builds before it (be0c3761, 6c855534 with independent hidden activations) are not reused
@@ -245,7 +245,7 @@ def test_gpu_share_is_how_a_build_runs_not_what_it_builds():
 def test_the_cpu_guard_and_the_size_are_not_what_a_build_is():
     """The guard (``max_gm_seconds``) never enters the key; the number of GMs enters the key but
     not the lineage, so builds of one lineage share their GMs; any other setting changes both."""
-    from data_pipeline.build import build_config
+    from gmparse.data_pipeline.build import build_config
 
     base = build_config("wide")
     assert build_config("wide", max_gm_seconds=5.0).key() == base.key()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.constraints import (
+from gmparse.models.constraints import (
     ConstraintWeights,
     constraint_loss,
     constraint_terms,

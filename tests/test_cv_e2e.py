@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO_ROOT, free_port
 from ray_head import BIN, local_head
 
-from data_pipeline import schema
+from gmparse.data_pipeline import schema
 
 pytestmark = pytest.mark.slow
 SMOKE_ARGS = ["--preset", "smoke", "--folds", "2", "--n-shuffles", "5"]
@@ -33,7 +33,7 @@ def _runs(client, experiment="gmparse-cv"):
 def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_tracking, tmp_path, capsys):
     from mlflow import MlflowClient, pyfunc
 
-    from workflows import cv_folds
+    from gmparse.workflows import cv_folds
 
     storage = tmp_path / "runs"
     rc = cv_folds.main([*SMOKE_ARGS, "--collection", smoke_collection.path, "--storage-path", str(storage),
@@ -257,7 +257,7 @@ def test_ray_job_submit_with_defaults_leaves_results_where_it_says(smoke_collect
 def test_cv_job_holds_out_a_whole_group(smoke_collection, sqlite_tracking, tmp_path, capsys):
     """``--holdout family=gan``: one fold, trained on every other GM, scored on every GAN; with
     ``--ensemble 2`` (the default preset's two networks) through the loop, evaluation and figures."""
-    from workflows import cv_folds
+    from gmparse.workflows import cv_folds
 
     rc = cv_folds.main([*SMOKE_ARGS, "--collection", smoke_collection.path, "--storage-path", str(tmp_path / "runs"),
                         "--epochs", "1", "--final-model", "false", "--holdout", "family=gan", "--ensemble", "2"])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline.external_gms import EXTERNAL_GMS, ExternalConfig
-from data_pipeline.schema import DISCRETE
-from data_pipeline.zoo.introspect import measure_architecture
+from gmparse.data_pipeline.external_gms import EXTERNAL_GMS, ExternalConfig
+from gmparse.data_pipeline.schema import DISCRETE
+from gmparse.data_pipeline.zoo.introspect import measure_architecture
 
 
 def cls(name: str, value: str) -> int:
@@ -51,7 +51,7 @@ def test_external_gm_trains_samples_and_measures_as_its_paper(gm) -> None:
 
 
 def test_external_gms_share_no_zoo_module() -> None:
-    from data_pipeline.zoo import layers
+    from gmparse.data_pipeline.zoo import layers
 
     zoo_types = tuple(v for v in vars(layers).values() if isinstance(v, type) and issubclass(v, torch.nn.Module))
     for gm in EXTERNAL_GMS:
@@ -60,8 +60,8 @@ def test_external_gms_share_no_zoo_module() -> None:
 
 @pytest.mark.slow
 def test_external_collection_builds_and_opens(ray_session, tmp_path) -> None:
-    from data_pipeline.collection import open_collection
-    from data_pipeline.external_gms import build_external_collection
+    from gmparse.data_pipeline.collection import open_collection
+    from gmparse.data_pipeline.external_gms import build_external_collection
 
     cfg = ExternalConfig(images_per_gm=16, real_images=64, train_crops=128, batch_size=16, min_steps=5,
                          max_steps=10, check_every=5, max_swd=1e9)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline.folds import image_split, validation_mask
-from models.forensics import (
+from gmparse.data_pipeline.folds import image_split, validation_mask
+from gmparse.models.constraints import ConstraintWeights
+from gmparse.models.forensics import (
     FingerprintClassifier,
     ForensicModel,
     ForensicSpec,
@@ -18,8 +19,8 @@ from models.forensics import (
     pixel_stats,
     task_loss,
 )
-from workflows import forensics
-from workflows.linking import cluster_ari, linking_metrics, pair_auc
+from gmparse.workflows import forensics
+from gmparse.workflows.lib.linking import cluster_ari, linking_metrics, pair_auc
 
 
 def test_linking_metrics_separate_sources_and_not_noise():
@@ -57,7 +58,7 @@ def test_models_losses_and_save_load(tmp_path):
         out = m(x)
         assert out["detection_logit"].shape == (4,) and out["attribution_logits"].shape == (4, 3)
         assert out["embedding"].ndim == 2
-        loss, log = task_loss(out, is_fake, src, __import__("models").ConstraintWeights.detection(), 10.0)
+        loss, log = task_loss(out, is_fake, src, ConstraintWeights.detection(), 10.0)
         loss.backward()
         assert "detection" in log and "attribution" in log
     assert "constraints" in task_loss(fen(x), is_fake, src, None, 10.0)[1]  # FEN: constraints on
@@ -173,7 +174,7 @@ def test_balanced_class_weights_make_every_class_weigh_the_same():
     import numpy as np
     import torch
 
-    from models.forensics import PlainCNN, balanced_class_weights, task_loss
+    from gmparse.models.forensics import PlainCNN, balanced_class_weights, task_loss
 
     counts = [10, 10, 160, 0]  # two GMs, a big real class, a class with no images
     w = balanced_class_weights(counts)

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from data_pipeline import schema
-from data_pipeline.collection import open_collection
-from data_pipeline.ingest import IngestError, ingest_folder, read_label_table
-from data_pipeline.preprocess import decode_image
+from gmparse.data_pipeline import schema
+from gmparse.data_pipeline.collection import open_collection
+from gmparse.data_pipeline.ingest import IngestError, ingest_folder, read_label_table
+from gmparse.data_pipeline.preprocess import decode_image
 
 RED116_DIR = Path(__file__).resolve().parents[2] / "shared" / "red116"
 

@@ -1,4 +1,4 @@
-"""The one training loop (workflows.loop) on a toy task: what it keeps, what it reports, how it resumes."""
+"""The one training loop (workflows.lib.train_loop) on a toy task: what it keeps, what it reports, how it resumes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from workflows.loop import LoopConfig, fit
+from gmparse.workflows.lib.train_loop import LoopConfig, fit
 
 SCORES = (0.1, 0.9, 0.3, 0.2)  # the toy's validation score after its 1st, 2nd, ... epoch
 
@@ -101,7 +101,7 @@ def test_loop_draws_the_same_epochs_in_every_run(ray_session, tmp_path) -> None:
     import ray.cloudpickle
     import ray.data
 
-    from data_pipeline.ray_data import epoch_plan
+    from gmparse.data_pipeline.ray_data import epoch_plan
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     cached = ray.data.range(600, override_num_blocks=30).map_batches(

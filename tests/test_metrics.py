@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from data_pipeline.schema import (
+from gmparse.data_pipeline.schema import (
     CONTINUOUS,
     DISCRETE_NAMES,
     GROUP_NAMES,
@@ -18,7 +18,7 @@ from data_pipeline.schema import (
     TargetArrays,
     groups_from_losses,
 )
-from models.metrics import (
+from gmparse.models.metrics import (
     attribution_metrics,
     detection_metrics,
     evaluate_parsing,
@@ -28,7 +28,7 @@ from models.metrics import (
     parsing_score,
     shuffle_columns,
 )
-from models.predictions import Predictions
+from gmparse.models.predictions import Predictions
 
 
 def _one_hot(idx: np.ndarray, c: int) -> np.ndarray:
@@ -177,7 +177,7 @@ def test_attribution_metrics() -> None:
 def test_fast_metrics_agree_with_sklearn() -> None:
     from sklearn.metrics import f1_score, roc_auc_score
 
-    from models.metrics import _auc, _f1, _macro_f1
+    from gmparse.models.metrics import _auc, _f1, _macro_f1
 
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -191,7 +191,7 @@ def test_fast_metrics_agree_with_sklearn() -> None:
 
 
 def test_gm_level_aligns_averaged_predictions_with_gm_targets() -> None:
-    from models.metrics import gm_level
+    from gmparse.models.metrics import gm_level
 
     t = _targets(4, 3)
     rows = np.array([2, 0, 2, 1, 3, 0])  # images -> GM rows, out of order

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import models
-from data_pipeline.schema import (
+from gmparse import models
+from gmparse.data_pipeline.schema import (
     CONTINUOUS,
     DISCRETE,
     DISCRETE_NAMES,
@@ -24,7 +24,7 @@ from data_pipeline.schema import (
     TargetArrays,
     groups_from_losses,
 )
-from models import (
+from gmparse.models import (
     FEN,
     ConstraintWeights,
     DetectionAttributionModel,
@@ -38,7 +38,7 @@ from models import (
     heads_loss,
     targets_to_tensors,
 )
-from models.parser import META_FILE
+from gmparse.models.parser import META_FILE
 
 SMOKE = ModelConfig.preset("smoke")
 
@@ -121,8 +121,8 @@ def test_class_weights_inverse_frequency() -> None:
 
 
 def test_binary_weights_balance_each_label_and_weigh_the_bce() -> None:
-    from models.losses import parsing_terms
-    from models.pn import binary_weights
+    from gmparse.models.losses import parsing_terms
+    from gmparse.models.pn import binary_weights
 
     t = _targets(4)
     t.loss[:] = 0
@@ -279,8 +279,8 @@ def test_models_never_import_ray_or_mlflow() -> None:
 def test_pn_input_variants_train_and_roundtrip(pn_input: str, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from models.config import ModelConfig
-    from models.parser import Parser, ParsingModel
+    from gmparse.models.config import ModelConfig
+    from gmparse.models.parser import Parser, ParsingModel
 
     cfg = replace(ModelConfig.preset("smoke"), pn_input=pn_input)
     model = ParsingModel(cfg)
@@ -292,7 +292,7 @@ def test_pn_input_variants_train_and_roundtrip(pn_input: str, tmp_path: Path) ->
     assert (model.spectrum_norm is None) == (pn_input in ("fingerprint", "branch"))
     assert (model.spectral is None) == (pn_input != "branch")
     assert model.image_stats is None  # off unless asked for
-    from data_pipeline.schema import RED116
+    from gmparse.data_pipeline.schema import RED116
 
     Parser(model.eval(), RED116).save(tmp_path)
     again = Parser.load(tmp_path)
@@ -302,8 +302,8 @@ def test_pn_input_variants_train_and_roundtrip(pn_input: str, tmp_path: Path) ->
 
 
 def test_log_spectrum_sees_a_checkerboard_and_bad_pn_input() -> None:
-    from models.config import ModelConfig
-    from models.parser import ParsingModel, log_spectrum
+    from gmparse.models.config import ModelConfig
+    from gmparse.models.parser import ParsingModel, log_spectrum
 
     board = torch.zeros(1, 3, 8, 8)
     board[..., ::2, ::2] = 1.0
@@ -317,10 +317,10 @@ def test_log_spectrum_sees_a_checkerboard_and_bad_pn_input() -> None:
 def test_image_stats_branch_reads_value_distribution_and_roundtrips(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from data_pipeline import preprocess
-    from data_pipeline.schema import RED116
-    from models.config import ModelConfig
-    from models.parser import Parser, ParsingModel
+    from gmparse.data_pipeline import preprocess
+    from gmparse.data_pipeline.schema import RED116
+    from gmparse.models.config import ModelConfig
+    from gmparse.models.parser import Parser, ParsingModel
 
     model = ParsingModel(replace(ModelConfig.preset("smoke"), pn_input="branch", image_stats=True)).eval()
     saturated = np.zeros((1, 32, 32, 3), np.uint8)
@@ -344,10 +344,10 @@ def test_image_stats_branch_reads_value_distribution_and_roundtrips(tmp_path: Pa
 def test_spatial_branch_sees_where_a_pattern_sits_and_roundtrips(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from data_pipeline.schema import RED116
-    from models.config import ModelConfig
-    from models.parser import Parser, ParsingModel
-    from models.pn import SpatialBranch
+    from gmparse.data_pipeline.schema import RED116
+    from gmparse.models.config import ModelConfig
+    from gmparse.models.parser import Parser, ParsingModel
+    from gmparse.models.pn import SpatialBranch
 
     torch.manual_seed(0)
     branch = SpatialBranch(8, 16, channels=1).eval()
@@ -369,9 +369,9 @@ def test_spatial_branch_sees_where_a_pattern_sits_and_roundtrips(tmp_path: Path)
 
 
 def test_predict_fitted_averages_native_tiles() -> None:
-    from data_pipeline.schema import RED116
-    from models.config import ModelConfig
-    from models.parser import Parser, ParsingModel
+    from gmparse.data_pipeline.schema import RED116
+    from gmparse.models.config import ModelConfig
+    from gmparse.models.parser import Parser, ParsingModel
 
     parser = Parser(ParsingModel(ModelConfig.preset("smoke")).eval(), RED116)
     rng = np.random.default_rng(0)
@@ -386,11 +386,11 @@ def test_predict_fitted_averages_native_tiles() -> None:
 
 
 def test_weight_ema_averages_steps_and_loads_into_a_fresh_model() -> None:
-    from models.config import ModelConfig
-    from models.constraints import ConstraintWeights
-    from models.engine import averaged_weights, train_one_epoch, weight_ema
-    from models.losses import targets_to_tensors
-    from models.parser import ParsingModel
+    from gmparse.models.config import ModelConfig
+    from gmparse.models.constraints import ConstraintWeights
+    from gmparse.models.engine import averaged_weights, train_one_epoch, weight_ema
+    from gmparse.models.losses import targets_to_tensors
+    from gmparse.models.parser import ParsingModel
 
     assert weight_ema(torch.nn.Linear(2, 2), 0.0) is None  # off: the paper's setting
     with pytest.raises(ValueError, match="decay"):
@@ -421,8 +421,8 @@ def test_weight_ema_averages_steps_and_loads_into_a_fresh_model() -> None:
 
 
 def test_model_input_normalizes_uint8_exactly_as_numpy_and_passes_floats() -> None:
-    from data_pipeline.preprocess import normalize
-    from models.inputs import model_input
+    from gmparse.data_pipeline.preprocess import normalize
+    from gmparse.models.inputs import model_input
 
     u8 = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
     x = model_input(torch.from_numpy(u8))
@@ -436,7 +436,7 @@ def test_model_input_normalizes_uint8_exactly_as_numpy_and_passes_floats() -> No
 
 
 def test_random_hflip_mirrors_a_seeded_half_and_leaves_the_input_alone() -> None:
-    from models.inputs import model_input, random_hflip
+    from gmparse.models.inputs import model_input, random_hflip
 
     x = model_input(torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)))
     before = x.clone()
@@ -458,11 +458,11 @@ def test_bf16_autocast_step_trains_the_default_model() -> None:
     it, and the loss must stay close to full precision's on the same weights and batch."""
     import copy
 
-    from models.constraints import ConstraintWeights
-    from models.engine import train_one_epoch
-    from models.losses import targets_to_tensors
-    from models.parser import ParsingModel
-    from workflows.config import job_config
+    from gmparse.models.constraints import ConstraintWeights
+    from gmparse.models.engine import train_one_epoch
+    from gmparse.models.losses import targets_to_tensors
+    from gmparse.models.parser import ParsingModel
+    from gmparse.workflows.lib.job_config import job_config
 
     torch.manual_seed(0)
     model = ParsingModel(job_config("default").model)
@@ -483,7 +483,7 @@ def test_ensemble_averages_members_trains_each_and_roundtrips(tmp_path: Path) ->
     gradients, and the whole ensemble saves and loads as one parser."""
     from dataclasses import replace
 
-    from models.predictions import Predictions
+    from gmparse.models.predictions import Predictions
 
     cfg = replace(SMOKE, ensemble=3, pn_input="branch", image_stats=True)
     torch.manual_seed(0)

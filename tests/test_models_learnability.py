@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline.schema import (
+from gmparse.data_pipeline.schema import (
     CONTINUOUS,
     DISCRETE_NAMES,
     LOSS_TYPES,
@@ -15,7 +15,7 @@ from data_pipeline.schema import (
     TargetArrays,
     groups_from_losses,
 )
-from models import (
+from gmparse.models import (
     ConstraintWeights,
     ModelConfig,
     Parser,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.forensics import ForensicModel, ForensicSpec
-from workflows import parse
+from gmparse.models.forensics import ForensicModel, ForensicSpec
+from gmparse.workflows import parse
 
 SOURCES = ["gm-a", "gm-b", "real"]
 
@@ -54,9 +54,9 @@ def mixed_folder(tmp_path):
 
 @pytest.fixture
 def model_dirs(tmp_path):
-    from data_pipeline import schema
-    from models.config import ModelConfig
-    from models.parser import Parser
+    from gmparse.data_pipeline import schema
+    from gmparse.models.config import ModelConfig
+    from gmparse.models.parser import Parser
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
@@ -142,8 +142,8 @@ def test_parse_many_images_through_ray_matches_local(mixed_folder, model_dirs, r
 def test_parse_loads_registered_models(mixed_folder, model_dirs, sqlite_tracking, capsys):
     import mlflow
 
-    from models.parser import Parser
-    from workflows.registry import log_forensic_model, log_parser
+    from gmparse.models.parser import Parser
+    from gmparse.workflows.lib.registry import log_forensic_model, log_parser
 
     d, good, bad = mixed_folder
     parser_dir, forensic_dir = model_dirs

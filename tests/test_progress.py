@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from workflows.progress import FoldProgress, ProgressSender, describe
+from gmparse.workflows.lib.progress import FoldProgress, ProgressSender, describe
 
 
 def test_describe_names_epoch_speed_loss_and_last_validation() -> None:

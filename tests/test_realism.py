@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from data_pipeline import realism
-from data_pipeline.real_images import load_bundled_photos, random_crops
-from data_pipeline.realism import RealismReference, calibration, laplacian_pyramid
-from data_pipeline.zoo import ZOO_PRESETS, QualityReference, gate_figures, gate_passes
+from gmparse.data_pipeline import realism
+from gmparse.data_pipeline.real_images import load_bundled_photos, random_crops
+from gmparse.data_pipeline.realism import RealismReference, calibration, laplacian_pyramid
+from gmparse.data_pipeline.zoo import ZOO_PRESETS, QualityReference, gate_figures, gate_passes
 
 S = 32
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from workflows.runtime import resumable_run_name
+from gmparse.workflows.lib.runtime import resumable_run_name
 
 
 def test_resume_picks_the_newest_run_of_the_same_config(tmp_path):
@@ -30,8 +30,8 @@ def test_new_name_without_resume_or_without_a_previous_run(tmp_path, capsys):
 
 
 def test_results_home_leaves_rays_per_job_copy(tmp_path, monkeypatch):
-    from data_pipeline import paths
-    from workflows import runtime
+    from gmparse.data_pipeline import paths
+    from gmparse.workflows.lib import runtime
 
     for var in ("GMPARSE_HOME", "MLFLOW_TRACKING_URI", "GMPARSE_STORAGE"):
         monkeypatch.delenv(var, raising=False)
@@ -47,7 +47,7 @@ def test_results_home_leaves_rays_per_job_copy(tmp_path, monkeypatch):
     assert runtime.tracking_uri() == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
     assert runtime.storage_path() == str(tmp_path / "home" / "runs")
     assert str(paths.collections_root()) == str(tmp_path / "home" / "data" / "collections")
-    from data_pipeline.build import build_config
+    from gmparse.data_pipeline.build import build_config
 
     assert build_config("smoke").default_path().parent == tmp_path / "home" / "data" / "collections"
     assert runtime.storage_path("s3://bucket/runs") == "s3://bucket/runs"

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipeline import schema
+from gmparse.data_pipeline import schema
 
 RED116_DIR = Path(__file__).resolve().parents[2] / "shared" / "red116"
 

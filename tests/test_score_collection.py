@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workflows import score_collection
+from gmparse.workflows import score_collection
 
 pytestmark = pytest.mark.slow
 
@@ -13,8 +13,8 @@ pytestmark = pytest.mark.slow
 def parser_dir(smoke_collection, tmp_path):
     import torch
 
-    from models.config import ModelConfig
-    from models.parser import Parser
+    from gmparse.models.config import ModelConfig
+    from gmparse.models.parser import Parser
 
     torch.manual_seed(0)
     return Parser.from_config(ModelConfig.preset("smoke"), smoke_collection.ranges).save(tmp_path / "parser")
@@ -23,8 +23,8 @@ def parser_dir(smoke_collection, tmp_path):
 def test_registered_parser_scores_a_collection(smoke_collection, parser_dir, sqlite_tracking, capsys):
     import mlflow
 
-    from models.parser import Parser
-    from workflows.registry import log_parser
+    from gmparse.models.parser import Parser
+    from gmparse.workflows.lib.registry import log_parser
 
     mlflow.set_experiment("test-score")
     with mlflow.start_run():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipeline.schema import (
+from gmparse.data_pipeline.schema import (
     CONTINUOUS,
     GROUP_NAMES,
     LOSS_TYPES,
@@ -13,9 +13,9 @@ from data_pipeline.schema import (
     TargetArrays,
     groups_from_losses,
 )
-from models.metrics import parsing_metrics
-from models.predictions import Predictions
-from models.significance import (
+from gmparse.models.metrics import parsing_metrics
+from gmparse.models.predictions import Predictions
+from gmparse.models.significance import (
     HEADLINE,
     format_pooled,
     metrics_of,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_pipeline.schema import CONTINUOUS, LOSS_TYPES, NUM_CLASSES, TargetArrays, groups_from_losses
-from models.spectral_baseline import SpectralBaseline, spectral_features
+from gmparse.data_pipeline.schema import CONTINUOUS, LOSS_TYPES, NUM_CLASSES, TargetArrays, groups_from_losses
+from gmparse.models.spectral_baseline import SpectralBaseline, spectral_features
 
 
 def _gm_images(upsampled: bool, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from data_pipeline.folds import FoldError, subsample_gms
+from gmparse.data_pipeline.folds import FoldError, subsample_gms
 
 
 def _gms() -> pd.DataFrame:

@@ -10,9 +10,9 @@ import time
 import pytest
 from conftest import REPO_ROOT
 
-from workflows.cli import flat_fields
-from workflows.config import JobConfig
-from workflows.tune_sweep import (
+from gmparse.workflows.lib.cli import flat_fields
+from gmparse.workflows.lib.job_config import JobConfig
+from gmparse.workflows.tune_sweep import (
     ABLATIONS,
     DEFAULT_SPACE,
     SpaceError,
@@ -118,7 +118,7 @@ def test_stopped_trials_get_their_last_epoch_and_are_closed(tmp_path):
 
     from mlflow import MlflowClient
 
-    from workflows.tune_sweep import _close_stopped_trials
+    from gmparse.workflows.tune_sweep import _close_stopped_trials
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("t")

@@ -12,8 +12,8 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
-from data_pipeline.schema import DISCRETE, DISCRETE_NAMES, LOSS_TYPES, GMLabels
-from data_pipeline.zoo import (
+from gmparse.data_pipeline.schema import DISCRETE, DISCRETE_NAMES, LOSS_TYPES, GMLabels
+from gmparse.data_pipeline.zoo import (
     MIN_COVERING_N,
     ZOO_FAMILIES,
     ZOO_PRESETS,
@@ -27,8 +27,8 @@ from data_pipeline.zoo import (
     sample_grid_png,
     sample_specs,
 )
-from data_pipeline.zoo.backbone import ArchSpec, Backbone
-from data_pipeline.zoo.layers import AdaIN, Block
+from gmparse.data_pipeline.zoo.backbone import ArchSpec, Backbone
+from gmparse.data_pipeline.zoo.layers import AdaIN, Block
 
 S = 16
 
@@ -169,7 +169,7 @@ def test_specs_are_deterministic_and_round_trip() -> None:
 
 def test_measured_labels_of_built_specs_match_the_spec() -> None:
     """Every sampled spec builds, and what is measured is what was asked for."""
-    from data_pipeline.zoo.families import build_family
+    from gmparse.data_pipeline.zoo.families import build_family
 
     for spec in sample_specs(MIN_COVERING_N, 3, S):
         net = build_family(spec, ZOO_PRESETS["smoke"]).net
@@ -185,8 +185,8 @@ def test_measured_labels_of_built_specs_match_the_spec() -> None:
 def test_tied_hidden_activation_changes_only_the_hidden_act_and_keeps_the_labels() -> None:
     """--hidden-act tied: a ReLU / LeakyReLU last block makes every hidden layer's activation; the
     same draws otherwise, so the same GMs but for that activation; the measured labels stay the spec's."""
-    from data_pipeline.zoo.families import build_family
-    from data_pipeline.zoo.layers import HIDDEN_ACTS
+    from gmparse.data_pipeline.zoo.families import build_family
+    from gmparse.data_pipeline.zoo.layers import HIDDEN_ACTS
 
     free, tied = sample_specs(MIN_COVERING_N, 3, S), sample_specs(MIN_COVERING_N, 3, S, hidden_act="tied")
     changed = 0
@@ -316,7 +316,7 @@ def test_smoke_preset_passes_most_fixed_specs(crops: np.ndarray) -> None:
 
 def test_the_cpu_guard_fails_loudly_and_never_decides_a_gm(crops: np.ndarray) -> None:
     """Past ``max_seconds`` a GM raises (it is not cut short and kept, nor rejected)."""
-    from data_pipeline.zoo import GMBudgetExceeded
+    from gmparse.data_pipeline.zoo import GMBudgetExceeded
 
     capped = TINY.with_(min_improvement=1e9, max_retries=5, max_rebuilds=3, retry_steps=50, max_seconds=1e-3)
     with pytest.raises(GMBudgetExceeded, match="CPU-seconds"):
@@ -344,7 +344,7 @@ def test_a_slowed_worker_makes_the_same_gms(crops: np.ndarray, monkeypatch) -> N
             calls["n"] += 1
         return step
 
-    from data_pipeline.zoo.families import FAMILY_REGISTRY
+    from gmparse.data_pipeline.zoo.families import FAMILY_REGISTRY
 
     for fam_cls in set(FAMILY_REGISTRY.values()):
         if "train_step" in vars(fam_cls):
@@ -365,8 +365,8 @@ def test_implementations_build_and_measure_as_asked() -> None:
     """GANs, VAEs, autoencoders and diffusion denoisers written DCGAN-, SNGAN/BigGAN-,
     StyleGAN- or U-Net-style: every spec builds, runs, and measures as asked; each family gets
     every implementation it can be written in."""
-    from data_pipeline.zoo.families import build_family
-    from data_pipeline.zoo.generators import (
+    from gmparse.data_pipeline.zoo.families import build_family
+    from gmparse.data_pipeline.zoo.generators import (
         IMPLEMENTATIONS,
         ConcatSkip,
         DCGANGenerator,
@@ -413,7 +413,7 @@ def test_modulated_conv_demodulates_and_noise_is_fixed_in_eval() -> None:
     """StyleGAN2's modulated conv: a style that scales every input channel alike changes nothing
     (the filters are demodulated), one that scales them differently does; the noise maps are
     random in training and fixed in eval (deterministic sampling)."""
-    from data_pipeline.zoo.generators import ModulatedConv2d, NoiseInjection
+    from gmparse.data_pipeline.zoo.generators import ModulatedConv2d, NoiseInjection
 
     conv = ModulatedConv2d(4, 6, 3, w_dim=5)
     x = torch.randn(2, 4, 8, 8)
@@ -471,7 +471,7 @@ def _device_cases() -> list[GMSpec]:
 def test_every_family_trains_and_samples_on_another_device(spec: GMSpec) -> None:
     """On PyTorch's 'meta' device (shapes only), an op that mixes in a tensor left on the CPU
     raises, as it would on a GPU: what a GPU build (BuildConfig.gpus_per_gm) needs, checked here."""
-    from data_pipeline.zoo.families import build_family
+    from gmparse.data_pipeline.zoo.families import build_family
 
     torch.manual_seed(0)
     gm = build_family(spec, TINY).to("meta")
@@ -505,8 +505,8 @@ def test_the_balanced_mix_holds_every_family_at_its_share_at_every_size() -> Non
     a family within one GM of the others, and (from 40 GMs) every loss type and discrete class."""
     from collections import Counter
 
-    from data_pipeline.zoo.generators import IMPLEMENTATIONS
-    from data_pipeline.zoo.specs import FAMILY_SHARES
+    from gmparse.data_pipeline.zoo.generators import IMPLEMENTATIONS
+    from gmparse.data_pipeline.zoo.specs import FAMILY_SHARES
 
     specs = sample_specs(320, 0, 32, ALL_IMPLS, "tied", "balanced")
     for n in range(1, 321):
@@ -530,7 +530,7 @@ def test_the_balanced_mix_holds_every_family_at_its_share_at_every_size() -> Non
 def test_folds_stay_gm_disjoint_and_stratified_at_every_size() -> None:
     import pandas as pd
 
-    from data_pipeline.folds import gm_folds
+    from gmparse.data_pipeline.folds import gm_folds
 
     specs = sample_specs(320, 0, 32, ALL_IMPLS, "tied", "balanced")
     for n in (48, 64, 160, 320):  # from 48 GMs: below, many strata hold fewer GMs than folds

@@ -16,13 +16,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_pipeline.build import BUILD_PRESETS, BuildConfig, build_collection, build_config, summarize  # noqa: E402
-from data_pipeline.collection import CollectionError, is_local, open_collection, publish  # noqa: E402
-from data_pipeline.ingest import IngestError, ingest_folder  # noqa: E402
-from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
-from workflows.runtime import die, init_ray  # noqa: E402
+from gmparse.data_pipeline.build import BUILD_PRESETS, BuildConfig, build_collection, build_config, summarize
+from gmparse.data_pipeline.collection import CollectionError, is_local, open_collection, publish
+from gmparse.data_pipeline.ingest import IngestError, ingest_folder
+from gmparse.workflows.lib.cli import add_dataclass_args, load_overrides, resolve
+from gmparse.workflows.lib.runtime import die, init_ray
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -100,8 +98,8 @@ def realism_text(r: dict) -> str:
 
 
 def build_external(out: str | None, overwrite: bool) -> int:
-    from data_pipeline.external_gms import ExternalConfig, build_external_collection
-    from data_pipeline.paths import collections_root
+    from gmparse.data_pipeline.external_gms import ExternalConfig, build_external_collection
+    from gmparse.data_pipeline.paths import collections_root
 
     cfg = ExternalConfig()
     path = Path(out) if out else collections_root() / f"external-s{cfg.seed}-{cfg.key()}"
@@ -117,7 +115,7 @@ def build_external(out: str | None, overwrite: bool) -> int:
 
 
 def measure_realism(path: str, csv: str | None) -> int:
-    from data_pipeline.realism import collection_realism, realism_summary
+    from gmparse.data_pipeline.realism import collection_realism, realism_summary
 
     col = open_collection(path)
     per_gm, cal = collection_realism(col, per_gm=int(col.manifest.get("build", {}).get("images_per_gm", 256)))

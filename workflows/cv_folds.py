@@ -22,19 +22,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from data_pipeline.collection import REAL_GM_ID, Collection, open_collection  # noqa: E402
-from data_pipeline.folds import Fold, gm_folds, holdout_fold, holdout_gms  # noqa: E402
-from data_pipeline.ray_data import EpochPlan  # noqa: E402
-from models.config import ModelConfig  # noqa: E402
-from workflows.cli import add_dataclass_args, flat_fields, load_overrides, resolve  # noqa: E402
-from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
-from workflows.job import Job, start_job  # noqa: E402
-from workflows.progress import FoldProgress  # noqa: E402
-from workflows.runtime import SetupError, die  # noqa: E402
+from gmparse.data_pipeline.collection import REAL_GM_ID, Collection, open_collection
+from gmparse.data_pipeline.folds import Fold, gm_folds, holdout_fold, holdout_gms
+from gmparse.data_pipeline.ray_data import EpochPlan
+from gmparse.models.config import ModelConfig
+from gmparse.workflows.lib.cli import add_dataclass_args, flat_fields, load_overrides, resolve
+from gmparse.workflows.lib.job import Job, start_job
+from gmparse.workflows.lib.job_config import JOB_PRESETS, JobConfig, job_config
+from gmparse.workflows.lib.progress import FoldProgress
+from gmparse.workflows.lib.runtime import SetupError, die
 
 EXPERIMENT = "gmparse-cv"
 SUMMARY_METRICS = [  # the per-group rows of the cross-fold table (GM level, as the paper reports)
@@ -82,9 +80,9 @@ def family_fingerprints(col: Collection, gm_ids: list[str], model_cfg: ModelConf
     """One image per family among ``gm_ids`` (+ real) with the model's fingerprint."""
     import torch
 
-    from data_pipeline.preprocess import decode_image, normalize, resize
-    from models.parser import ParsingModel
-    from workflows.figures import fingerprints_by_family
+    from gmparse.data_pipeline.preprocess import decode_image, normalize, resize
+    from gmparse.models.parser import ParsingModel
+    from gmparse.workflows.lib.figures import fingerprints_by_family
 
     fam = col.gms.set_index("gm_id")["family"]
     pick: dict[str, str] = {}
@@ -111,11 +109,11 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
              parent: tuple[str, str, str] | None = None, progress: Any = None) -> dict[str, Any]:
     """Train one fold (or the final model when ``fold.test_gms`` is empty), evaluate, log.
 
-    ``progress``: the queue of the driver's ``workflows.progress.FoldProgress`` bar, or None."""
+    ``progress``: the queue of the driver's ``workflows.lib.progress.FoldProgress`` bar, or None."""
     import mlflow
 
-    from workflows.figures import learning_curves, log_figure
-    from workflows.training import fit_fold, parsing_task
+    from gmparse.workflows.lib.figures import learning_curves, log_figure
+    from gmparse.workflows.lib.parsing_task import fit_fold, parsing_task
 
     label = f"fold-{fold.index}" if evaluate else "final"
     fit_gms, val_gms = holdout_gms(col.gms, fold.train_gms, cfg.val_gms, cfg.seed + max(fold.index, 0))
@@ -151,7 +149,7 @@ def fold_datasets(col: Collection, cfg: JobConfig, fit_gms, val_gms, test_gms
     """A fold's Ray Datasets: training images of the training GMs and how each epoch draws from
     them (a fresh share each epoch), their held-out images, and the per-epoch watch sets: held-out
     GMs (``valgm``) and the unseen GMs."""
-    from data_pipeline.ray_data import epoch_plan, image_dataset
+    from gmparse.data_pipeline.ray_data import epoch_plan, image_dataset
 
     ds_args = {"size": cfg.image_size, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     train_ds = image_dataset(col, fit_gms, split="train", **ds_args)
@@ -177,13 +175,13 @@ def evaluate_fold(col: Collection, fold: Fold, cfg: JobConfig, state: dict[str, 
     import mlflow
     import pandas as pd
 
-    from data_pipeline.ray_data import image_dataset
-    from models.metrics import evaluate_parsing, gm_level, metric_table
-    from models.predictions import Predictions
-    from models.significance import metrics_of
-    from workflows.evaluation import classical_baseline
-    from workflows.figures import discrete_confusion, log_figure
-    from workflows.inference import predict_dataset
+    from gmparse.data_pipeline.ray_data import image_dataset
+    from gmparse.models.metrics import evaluate_parsing, gm_level, metric_table
+    from gmparse.models.predictions import Predictions
+    from gmparse.models.significance import metrics_of
+    from gmparse.workflows.lib.batch_inference import predict_dataset
+    from gmparse.workflows.lib.evaluation import classical_baseline
+    from gmparse.workflows.lib.figures import discrete_confusion, log_figure
 
     test_ds = image_dataset(col, fold.test_gms, split="all", size=cfg.image_size, val_fraction=cfg.val_fraction,
                             seed=cfg.seed)
@@ -258,7 +256,7 @@ def job_folds(col: Collection, cfg: JobConfig) -> list[Fold]:
 
 
 def check_inputs(col: Collection, args: argparse.Namespace, cfg: JobConfig) -> None:
-    """Everything this job needs of its inputs, before anything trains (``workflows.job.start_job``)."""
+    """Everything this job needs of its inputs, before anything trains (``workflows.lib.job.start_job``)."""
     job_folds(col, cfg)
     if args.test_collection:
         if not cfg.final_model:
@@ -331,7 +329,7 @@ def train_folds(job: Job, folds: list[Fold], cfg: JobConfig, run_name: str, faul
 
 def final_parser(job: Job, cfg: JobConfig, run_name: str, ids: tuple[str, str, str], test_collection: str | None) -> None:
     """Train the parser on every GM, register it (alias champion), and score it on ``test_collection``."""
-    from models.parser import Parser, ParsingModel
+    from gmparse.models.parser import Parser, ParsingModel
 
     col = job.col
     with FoldProgress("final", cfg.epochs) as bar:
@@ -349,7 +347,7 @@ def final_parser(job: Job, cfg: JobConfig, run_name: str, ids: tuple[str, str, s
 
 def fold_line(out: dict[str, Any]) -> str:
     """One console line per evaluated fold: its unseen GMs' headline metrics beside the classical baseline."""
-    from models.significance import metrics_of
+    from gmparse.models.significance import metrics_of
 
     own, cls = metrics_of(out["gm_pred"], out["gm_targets"]), out["classical"]
     cells = ", ".join(f"{name} {own[key]:.3f} ({cls[key]:.3f})" for name, key in (
@@ -362,8 +360,8 @@ def report_cv(results: list[dict[str, Any]], cfg: JobConfig) -> None:
     """Print and log the pooled GM-level table (the headline) and the per-fold spread."""
     import mlflow
 
-    from models.significance import format_pooled, pooled_table
-    from workflows.evaluation import log_pooled, pool
+    from gmparse.models.significance import format_pooled, pooled_table
+    from gmparse.workflows.lib.evaluation import log_pooled, pool
 
     summary = summarize_folds([r["rows"] for r in results], [r["classical"] for r in results])
     for r in summary:
@@ -388,7 +386,7 @@ def report_external(parser, col: Collection, test_col: Collection, cfg: JobConfi
     """The final parser on every GM of another collection (printed and logged as tables/external.*)."""
     import mlflow
 
-    from workflows.evaluation import external_table
+    from gmparse.workflows.lib.evaluation import external_table
 
     rows, text = external_table(parser, col, test_col, fit_mode=cfg.fit_mode,
                                 baseline_images_per_gm=cfg.baseline_images_per_gm, seed=cfg.seed,
@@ -404,7 +402,7 @@ def report_external(parser, col: Collection, test_col: Collection, cfg: JobConfi
 def log_and_register(parser, col: Collection, run_id: str) -> tuple[str, str | None]:
     import mlflow
 
-    from workflows.registry import log_parser
+    from gmparse.workflows.lib.registry import log_parser
 
     with mlflow.start_run(run_id=run_id, nested=True):
         return log_parser(parser, tags={"collection": col.path})

@@ -28,23 +28,20 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from data_pipeline.collection import REAL_GM_ID, Collection, CollectionError  # noqa: E402
-from data_pipeline.folds import Fold, gm_folds  # noqa: E402
-from models.constraints import ConstraintWeights  # noqa: E402
-from workflows.cli import add_dataclass_args, load_overrides, resolve  # noqa: E402
-from workflows.job import start_job  # noqa: E402
-from workflows.progress import FoldProgress  # noqa: E402
-from workflows.runtime import die  # noqa: E402
+from gmparse.data_pipeline.collection import REAL_GM_ID, Collection, CollectionError
+from gmparse.data_pipeline.folds import Fold, gm_folds
+from gmparse.models.constraints import ConstraintWeights
+from gmparse.workflows.lib.cli import add_dataclass_args, load_overrides, resolve
+from gmparse.workflows.lib.job import start_job
+from gmparse.workflows.lib.progress import FoldProgress
+from gmparse.workflows.lib.runtime import die
 
 if TYPE_CHECKING:
-    from models.forensics import ForensicSpec
+    from gmparse.models.forensics import ForensicSpec
 
 EXPERIMENT = "gmparse-forensics"
 TASKS = ("detect", "attribute", "link")
@@ -117,7 +114,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --- one training run (a fold, or the final models) -----------------------------------------------
 def _specs(cfg: ForensicsConfig, classes: list[str]) -> dict[str, ForensicSpec]:
     """Model name -> what builds it: the FEN detector/attributor and the plain CNN beside it."""
-    from models.forensics import MODEL_NAMES, ForensicSpec
+    from gmparse.models.forensics import MODEL_NAMES, ForensicSpec
 
     return {kind: ForensicSpec(kind, tuple(classes), cfg.image_size, cfg.fen_depth, cfg.fen_width, cfg.head_widths,
                                cfg.cnn_widths, cfg.spectral_head) for kind in MODEL_NAMES}
@@ -127,11 +124,11 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
            use_gpu: bool, run_id: str):
     import mlflow
 
-    from data_pipeline.ray_data import epoch_plan
-    from models.forensics import balanced_class_weights, n_params
-    from workflows.figures import heads_learning_curves, log_figure
-    from workflows.heads_training import HeadsTask, fit_heads, train_dataset
-    from workflows.loop import LoopConfig
+    from gmparse.data_pipeline.ray_data import epoch_plan
+    from gmparse.models.forensics import balanced_class_weights, n_params
+    from gmparse.workflows.lib.figures import heads_learning_curves, log_figure
+    from gmparse.workflows.lib.forensics_task import HeadsTask, fit_heads, train_dataset
+    from gmparse.workflows.lib.train_loop import LoopConfig
 
     gm_index = {g: i for i, g in enumerate(classes)}
     specs = _specs(cfg, classes)
@@ -164,7 +161,7 @@ def _train(col: Collection, classes: list[str], cfg: ForensicsConfig, run_name: 
 def _evaluate(col: Collection, parts: list[tuple[list[str], str | None]], specs: dict[str, ForensicSpec],
               states: dict[str, dict[str, Any]], cfg: ForensicsConfig,
               use_gpu: bool) -> dict[str, np.ndarray]:
-    from workflows.heads_training import evaluate_dataset, raw_dataset
+    from gmparse.workflows.lib.forensics_task import evaluate_dataset, raw_dataset
 
     split = {"test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     sets = [raw_dataset(col, gms, part, **split) for gms, part in parts if gms]
@@ -174,15 +171,15 @@ def _evaluate(col: Collection, parts: list[tuple[list[str], str | None]], specs:
 
 
 def detection_results(c: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    from models.forensics import MODEL_NAMES, PERTURBATIONS
-    from models.metrics import detection_metrics
+    from gmparse.models.forensics import MODEL_NAMES, PERTURBATIONS
+    from gmparse.models.metrics import detection_metrics
 
     return {n: {kind: detection_metrics(c[f"{n}_fake_{kind}"], c["is_fake"])["image/auc"] for kind in PERTURBATIONS}
             for n in MODEL_NAMES}
 
 
 def linking_results(c: dict[str, np.ndarray], cfg: ForensicsConfig) -> dict[str, dict[str, Any]]:
-    from workflows.linking import linking_metrics
+    from gmparse.workflows.lib.linking import linking_metrics
 
     fake = c["is_fake"] == 1
     feats = {k: c[f"emb_{k}"][fake] for k in LINK_FEATURES if f"emb_{k}" in c}
@@ -221,10 +218,10 @@ def run_final(col: Collection, cfg: ForensicsConfig, run_name: str, storage: str
     """Train on every GM (+ real); attribution on held-out images; register the FEN model."""
     import mlflow
 
-    from models.forensics import MODEL_NAMES, ForensicModel
-    from models.metrics import attribution_metrics
-    from workflows.figures import confusion_figure, log_figure
-    from workflows.registry import log_forensic_model
+    from gmparse.models.forensics import MODEL_NAMES, ForensicModel
+    from gmparse.models.metrics import attribution_metrics
+    from gmparse.workflows.lib.figures import confusion_figure, log_figure
+    from gmparse.workflows.lib.registry import log_forensic_model
 
     classes = [*sorted(col.fake_gms["gm_id"]), REAL_GM_ID]
     with mlflow.start_run(run_name="final", nested=True, tags={"fold": "final"}) as run:
@@ -318,7 +315,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def check_inputs(col: Collection, cfg: ForensicsConfig, need_folds: bool) -> None:
-    """Everything this job needs of its collection, before anything trains (``workflows.job.start_job``)."""
+    """Everything this job needs of its collection, before anything trains (``workflows.lib.job.start_job``)."""
     if need_folds:
         gm_folds(col.gms, cfg.folds, cfg.seed)
     if REAL_GM_ID not in set(col.gms["gm_id"]):

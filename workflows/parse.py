@@ -31,15 +31,13 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from workflows.runtime import die  # noqa: E402
+from gmparse.workflows.lib.runtime import die
 
 if TYPE_CHECKING:
-    from models.forensics import ForensicModel
-    from models.parser import Parser
+    from gmparse.models.forensics import ForensicModel
+    from gmparse.models.parser import Parser
 
 DEFAULT_PARSER = "models:/gm-parser@champion"
 DEFAULT_DETECTOR = "models:/gm-detector@champion"
@@ -74,7 +72,7 @@ def resolve_model_dir(ref: str, meta_file: str, workdir: Path) -> Path:
         return found
     import mlflow
 
-    from workflows.runtime import tracking_uri
+    from gmparse.workflows.lib.runtime import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
@@ -100,9 +98,9 @@ class LoadedModels:
 def load_models(args: argparse.Namespace, workdir: Path) -> tuple[LoadedModels, list[str]]:
     """The parser (required) and the detector / attributor (the champions when they exist) ->
     (models, notes for the user). A saved model of another schema is an error, not a guess."""
-    from models.forensics import META_FILE, ForensicModel
-    from models.parser import META_FILE as PARSER_META
-    from models.parser import Parser
+    from gmparse.models.forensics import META_FILE, ForensicModel
+    from gmparse.models.parser import META_FILE as PARSER_META
+    from gmparse.models.parser import Parser
 
     loaded: dict[str, Any] = {}
     refs: list[tuple[str, str]] = []
@@ -161,7 +159,7 @@ def read_image(path: str, limits: ReadLimits = ReadLimits()) -> tuple[np.ndarray
     """-> (uint8 [H,W,3], '') or (None, why it was skipped). Never raises for a bad file."""
     from PIL import Image
 
-    from data_pipeline.preprocess import to_rgb_uint8
+    from gmparse.data_pipeline.preprocess import to_rgb_uint8
 
     max_pixels, max_bytes, min_side = limits.max_pixels, limits.max_bytes, limits.min_side
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -201,7 +199,7 @@ def read_image(path: str, limits: ReadLimits = ReadLimits()) -> tuple[np.ndarray
 # --- prediction --------------------------------------------------------------------------------------
 class ImagePredictor:
     """Paths -> one JSON-able result per path. Used in process and, for many files, as the
-    predictor of ``workflows.inference.BatchActor``."""
+    predictor of ``workflows.lib.batch_inference.BatchActor``."""
 
     def __init__(self, models: LoadedModels, limits: ReadLimits = ReadLimits(), fit_mode: str = "tile"):
         self.limits = limits
@@ -275,8 +273,8 @@ def parse_files(paths: list[Path], models: LoadedModels, batch_size: int = 32, r
         return out, "local"
     import ray.data
 
-    from workflows.inference import actor_pool
-    from workflows.runtime import init_ray
+    from gmparse.workflows.lib.batch_inference import actor_pool
+    from gmparse.workflows.lib.runtime import init_ray
 
     init_ray()
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(strs)])
@@ -332,8 +330,8 @@ def write_report(results: list[dict[str, Any]], models: LoadedModels, out: Path,
     """Per-image figures (image, fingerprint, spectrum) and a Markdown summary in ``out``."""
     import torch
 
-    from data_pipeline.preprocess import normalize, resize
-    from workflows.figures import close, fingerprints_by_family
+    from gmparse.data_pipeline.preprocess import normalize, resize
+    from gmparse.workflows.lib.figures import close, fingerprints_by_family
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)

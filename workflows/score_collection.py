@@ -19,15 +19,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from workflows.runtime import die  # noqa: E402
+from gmparse.workflows.lib.runtime import die
 
 FIT_MODES = ("tile", "crop", "resize")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from workflows.parse import DEFAULT_PARSER
+    from gmparse.workflows.parse import DEFAULT_PARSER
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("test_collection", help="collection whose GMs are scored (zoo, external or ingested)")
@@ -48,7 +46,7 @@ def registered_collection(ref: str) -> str | None:
         return None
     import mlflow
 
-    from workflows.runtime import tracking_uri
+    from gmparse.workflows.lib.runtime import tracking_uri
 
     name, _, rest = ref.removeprefix("models:/").partition("@")
     client = mlflow.MlflowClient(tracking_uri())
@@ -68,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model, dozens of files
     import mlflow
 
-    from data_pipeline.build import build_config
-    from data_pipeline.collection import CollectionError, open_collection
-    from models.parser import META_FILE, Parser
-    from workflows.evaluation import external_table
-    from workflows.parse import ModelLoadError, resolve_model_dir
-    from workflows.runtime import tracking_uri
+    from gmparse.data_pipeline.build import build_config
+    from gmparse.data_pipeline.collection import CollectionError, open_collection
+    from gmparse.models.parser import META_FILE, Parser
+    from gmparse.workflows.lib.evaluation import external_table
+    from gmparse.workflows.lib.runtime import tracking_uri
+    from gmparse.workflows.parse import ModelLoadError, resolve_model_dir
 
     try:
         test_col = open_collection(args.test_collection)

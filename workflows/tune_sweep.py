@@ -24,16 +24,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from data_pipeline.collection import Collection, open_collection  # noqa: E402
-from data_pipeline.folds import gm_folds  # noqa: E402
-from workflows.cli import add_dataclass_args, flat_fields, load_overrides, resolve, with_overrides  # noqa: E402
-from workflows.config import JOB_PRESETS, JobConfig, job_config  # noqa: E402
-from workflows.job import start_job  # noqa: E402
-from workflows.runtime import die  # noqa: E402
+from gmparse.data_pipeline.collection import Collection, open_collection
+from gmparse.data_pipeline.folds import gm_folds
+from gmparse.workflows.lib.cli import add_dataclass_args, flat_fields, load_overrides, resolve, with_overrides
+from gmparse.workflows.lib.job import start_job
+from gmparse.workflows.lib.job_config import JOB_PRESETS, JobConfig, job_config
+from gmparse.workflows.lib.runtime import die
 
 EXPERIMENT = "gmparse-tune"
 WEIGHTS = ("magnitude", "spectrum", "repetitive", "symmetry")
@@ -128,8 +126,8 @@ def trial_fn(config: dict[str, Any], setup: SweepSetup) -> None:
     from mlflow.tracking import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from data_pipeline.ray_data import epoch_plan, image_dataset
-    from workflows.training import fit_fold, parsing_task
+    from gmparse.data_pipeline.ray_data import epoch_plan, image_dataset
+    from gmparse.workflows.lib.parsing_task import fit_fold, parsing_task
 
     mlflow.set_tracking_uri(setup.tracking_uri)
     trial_id = ray.tune.get_context().get_trial_id()
@@ -159,9 +157,9 @@ def trial_fn(config: dict[str, Any], setup: SweepSetup) -> None:
 def log_gm_level(run_id: str, val_ds, cfg: JobConfig, state: dict[str, Any], col: Collection, use_gpu: bool) -> None:
     """The best checkpoint on the validation GMs at GM level, beside the shuffled-label baseline
     (the main job's evaluation), as ``gm.*`` and ``baseline.gm.*`` metrics of the trial's run."""
-    from models.metrics import evaluate_parsing
-    from workflows.inference import predict_dataset
-    from workflows.loop import log_epoch_to_mlflow
+    from gmparse.models.metrics import evaluate_parsing
+    from gmparse.workflows.lib.batch_inference import predict_dataset
+    from gmparse.workflows.lib.train_loop import log_epoch_to_mlflow
 
     pred, targets, gm_ids, _, _ = predict_dataset(val_ds, cfg.model, state, use_gpu=use_gpu)
     gm = evaluate_parsing(pred, targets, gm_ids, col.ranges, n_shuffles=cfg.n_shuffles, seed=cfg.seed)["gm"]
@@ -174,7 +172,7 @@ def objective_figure(df, keys: list[str], full_length: int, paper: dict[str, flo
     stopped early by ASHA (their score is from fewer epochs); dashed line: the paper's value."""
     from matplotlib.ticker import NullFormatter
 
-    from workflows.figures import plt
+    from gmparse.workflows.lib.figures import plt
 
     full = df.get("training_iteration", full_length) >= full_length
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4), sharey=True)
@@ -303,7 +301,7 @@ def report_sweep(args, cfg: JobConfig, space: dict[str, tuple[float, float]], gr
     weights (written to ``--out`` for ``cv_folds.py --config``) with the objective figure."""
     import mlflow
 
-    from workflows.figures import log_figure
+    from gmparse.workflows.lib.figures import log_figure
 
     df = grid.get_dataframe(filter_metric="val_score", filter_mode="max")
     _close_stopped_trials(client, experiment_id, parent_id, grid)
@@ -330,7 +328,7 @@ def _close_stopped_trials(client, experiment_id: str, parent_id: str, grid) -> N
     """Trials stopped early by ASHA never reach their own end: their last reported epoch (which
     the stopped worker had no time to log) is copied from Tune's results, and their runs are
     marked KILLED."""
-    from workflows.loop import log_epoch_to_mlflow
+    from gmparse.workflows.lib.train_loop import log_epoch_to_mlflow
 
     last = {r.metrics.get("trial_id"): r.metrics for r in grid if r.metrics}
     for r in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"):

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from data_pipeline.schema import DISCRETE
+from gmparse.data_pipeline.schema import DISCRETE
 
 from .layers import (
     OUTPUT_AFFINE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipeline.preprocess import encode_png
+from gmparse.data_pipeline.preprocess import encode_png
 
 
 def _tile(images: np.ndarray, cols: int, pad: int) -> np.ndarray:

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from data_pipeline.schema import CONTINUOUS, DISCRETE, LOSS_TYPES, NONLINEARITIES, GMLabels
+from gmparse.data_pipeline.schema import CONTINUOUS, DISCRETE, LOSS_TYPES, NONLINEARITIES, GMLabels
 
 from .layers import AdaIN, Block, SkipConnection
 

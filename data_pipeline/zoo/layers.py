@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_pipeline.schema import DISCRETE, NONLINEARITIES
+from gmparse.data_pipeline.schema import DISCRETE, NONLINEARITIES
 
 NORM_TYPES: tuple[str, ...] = DISCRETE["norm_type"]
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .config import ZooTrainConfig
 
 if TYPE_CHECKING:
-    from data_pipeline.realism import RealismReference
+    from gmparse.data_pipeline.realism import RealismReference
 
 GRADIENT_EDGES = np.array([0.0, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, np.inf])
 SPECTRUM_BINS = 8

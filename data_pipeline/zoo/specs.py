@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from data_pipeline.schema import DISCRETE, DISCRETE_NAMES, FAMILIES, LOSS_TYPES, NONLINEARITIES
+from gmparse.data_pipeline.schema import DISCRETE, DISCRETE_NAMES, FAMILIES, LOSS_TYPES, NONLINEARITIES
 
 from .backbone import POOLING, ArchSpec, stage_count
 from .generators import ALL_IMPLEMENTATIONS, IMPLEMENTATIONS, RESTRICTIONS

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from data_pipeline.realism import RealismReference
-from data_pipeline.schema import GMLabels
+from gmparse.data_pipeline.realism import RealismReference
+from gmparse.data_pipeline.schema import GMLabels
 
 from .config import ZooTrainConfig
 from .families import build_family

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline.schema import TargetArrays
-from models.config import ModelConfig
-from models.inputs import model_input
+from gmparse.data_pipeline.schema import TargetArrays
+from gmparse.models.config import ModelConfig
+from gmparse.models.inputs import model_input
 
 Batch = dict[str, np.ndarray]
 
@@ -52,7 +52,7 @@ class PredictBatch:
     def __init__(self, model_config: ModelConfig, state: dict[str, Any], use_gpu: bool = False):
         import torch
 
-        from models.parser import ParsingModel
+        from gmparse.models.parser import ParsingModel
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = ParsingModel(model_config)
@@ -62,7 +62,7 @@ class PredictBatch:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from models.predictions import Predictions
+        from gmparse.models.predictions import Predictions
 
         with torch.no_grad():
             x = model_input(torch.as_tensor(batch["image"]), self.device)
@@ -79,7 +79,7 @@ class PredictBatch:
 def predict_dataset(ds, model_config: ModelConfig, state: dict[str, Any], use_gpu: bool = False,
                     batch_size: int = 128, actors: int = 1):
     """-> (Predictions, TargetArrays, gm_ids, image_ids, is_fake) over every row of ``ds``."""
-    from models.predictions import Predictions
+    from gmparse.models.predictions import Predictions
 
     c = map_columns(ds, partial(PredictBatch, model_config, state, use_gpu), batch_size=batch_size, actors=actors,
                     use_gpu=use_gpu)

@@ -1,6 +1,6 @@
 """Forensics on the one training loop: the task that trains the detection/attribution models, their data and pyfuncs.
 
-Two models (built in ``models.forensics``) are trained side by side by ``workflows.loop``, on the same batches, with
+Two models (built in ``models.forensics``) are trained side by side by ``workflows.lib.train_loop``, on the same batches, with
 the same optimizer settings and epochs (so the comparison is "same budget, same data"):
 
 - ``fen``: :class:`models.heads.DetectionAttributionModel` (one FEN shared by a detection head
@@ -8,10 +8,10 @@ the same optimizer settings and epochs (so the comparison is "same budget, same 
   constraints (detection weights, PAPER.md).
 - ``cnn``: :class:`models.forensics.PlainCNN`, a small conv net on raw pixels: no FEN, no constraints.
 
-``HeadsTask`` is what the one training loop (``workflows.loop``) trains for forensics: a
+``HeadsTask`` is what the one training loop (``workflows.lib.train_loop``) trains for forensics: a
 checkpoint every epoch with each model's best state so far by its own validation score,
 rank-0 MLflow logging, exact resume after a worker death. Their MLflow packaging is in
-``workflows.registry`` with the parser's.
+``workflows.lib.registry`` with the parser's.
 
 Image splits: ``data_pipeline.folds.image_split`` (the main job's too) with a test share:
 ``test`` (held-out images), ``val`` (checkpoint selection), ``train`` = the rest.
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.constraints import ConstraintWeights
-from models.forensics import (
+from gmparse.models.constraints import ConstraintWeights
+from gmparse.models.forensics import (
     PERTURBATIONS,
     TRAIN_COLUMNS,
     ForensicModel,
@@ -40,14 +40,14 @@ from models.forensics import (
     pixel_stats,
     task_loss,
 )
-from models.inputs import model_input
-from workflows.loop import Fitted, LoopConfig, fit
+from gmparse.models.inputs import model_input
+from gmparse.workflows.lib.train_loop import Fitted, LoopConfig, fit
 
 
 # --- data -------------------------------------------------------------------------------------------
 def _keep_split(batch: dict[str, np.ndarray], part: str, test_fraction: float, val_fraction: float,
                 seed: int) -> dict[str, np.ndarray]:
-    from data_pipeline.folds import image_split
+    from gmparse.data_pipeline.folds import image_split
 
     keep = image_split(batch["image_id"], val_fraction, seed, test_fraction) == part
     return {k: v[keep] for k, v in batch.items()}
@@ -58,7 +58,7 @@ def raw_dataset(col, gm_ids: Sequence[str], part: str | None, test_fraction: flo
     (None = every image)."""
     from ray.data.expressions import col as column
 
-    from data_pipeline.ray_data import read_shards
+    from gmparse.data_pipeline.ray_data import read_shards
 
     ds = read_shards(col).select_columns(["image_id", "gm_id", "is_fake", "image"])
     ds = ds.filter(expr=column("gm_id").is_in(list(gm_ids)))
@@ -72,7 +72,7 @@ def raw_dataset(col, gm_ids: Sequence[str], part: str | None, test_fraction: flo
 def train_dataset(col, gm_ids: Sequence[str], part: str, size: int, gm_index: dict[str, int],
                   test_fraction: float, val_fraction: float, seed: int):
     """Decoded uint8 rows for training (columns TRAIN_COLUMNS) via data_pipeline.ray_data."""
-    from data_pipeline.ray_data import DecodeBatch, decode_batch, label_lookup
+    from gmparse.data_pipeline.ray_data import DecodeBatch, decode_batch, label_lookup
 
     ds = raw_dataset(col, gm_ids, part, test_fraction, val_fraction, seed)
     decoder = DecodeBatch(label_lookup(col), size, gm_index, "all")
@@ -116,7 +116,7 @@ def _val_metrics(models: dict[str, nn.Module], shard, device) -> dict[str, float
 
 @dataclass(frozen=True)
 class HeadsTask:
-    """The FEN detector/attributor and the plain CNN, trained on the same batches by ``workflows.loop``."""
+    """The FEN detector/attributor and the plain CNN, trained on the same batches by ``workflows.lib.train_loop``."""
 
     specs: dict[str, ForensicSpec]  # model name -> what builds it
     weights: ConstraintWeights  # the fingerprint constraints of the FEN model
@@ -171,7 +171,7 @@ def fit_heads(name: str, task: HeadsTask, loop: LoopConfig, train_ds, val_ds, *,
 
 # --- batch evaluation (Ray Data actor pool) -----------------------------------------------------
 class EvalBatch:
-    """Predictor (run by ``workflows.inference.BatchActor``): undecoded rows -> per model and
+    """Predictor (run by ``workflows.lib.batch_inference.BatchActor``): undecoded rows -> per model and
     perturbation the fake probability, plus (clean images) source probabilities and the linking
     features of every kind."""
 
@@ -182,7 +182,7 @@ class EvalBatch:
         self.perturbations = tuple(perturbations)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from data_pipeline.preprocess import decode_image, resize
+        from gmparse.data_pipeline.preprocess import decode_image, resize
 
         out = {k: batch[k] for k in ("image_id", "gm_id", "is_fake")}
         size = next(iter(self.models.values())).image_size
@@ -208,7 +208,7 @@ def evaluate_dataset(ds, bundles: dict[str, tuple[ForensicSpec, dict[str, Any]]]
                      resize_factor: float = 0.5, batch_size: int = 128, actors: int = 1,
                      use_gpu: bool = False) -> dict[str, np.ndarray]:
     """Every row of ``ds`` through an EvalBatch actor pool -> concatenated columns."""
-    from workflows.inference import map_columns
+    from gmparse.workflows.lib.batch_inference import map_columns
 
     c = map_columns(ds, partial(EvalBatch, bundles, jpeg_quality, resize_factor), batch_size=batch_size,
                     actors=actors, use_gpu=use_gpu)

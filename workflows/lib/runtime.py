@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from data_pipeline.paths import in_ray_job_copy, results_home
+from gmparse.data_pipeline.paths import in_ray_job_copy, results_home
 
 
 class SetupError(RuntimeError):

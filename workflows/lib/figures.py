@@ -9,10 +9,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from data_pipeline.schema import DISCRETE, DISCRETE_NAMES, TargetArrays  # noqa: E402
+from gmparse.data_pipeline.schema import DISCRETE, DISCRETE_NAMES, TargetArrays
 
 
 def learning_curves(history: Sequence[dict[str, float]], title: str = ""):

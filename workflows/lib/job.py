@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from data_pipeline.build import build_config, ensure_collection
-from data_pipeline.collection import Collection, CollectionError, open_collection
-from data_pipeline.folds import FoldError
-from workflows.runtime import (
+from gmparse.data_pipeline.build import build_config, ensure_collection
+from gmparse.data_pipeline.collection import Collection, CollectionError, open_collection
+from gmparse.data_pipeline.folds import FoldError
+from gmparse.workflows.lib.runtime import (
     SetupError,
     die,
     init_mlflow,

@@ -10,8 +10,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 
-from models.config import ModelConfig
-from models.constraints import ConstraintWeights
+from gmparse.models.config import ModelConfig
+from gmparse.models.constraints import ConstraintWeights
 
 CHECKPOINT_POLICIES = ("best", "last")
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -1,4 +1,4 @@
-"""Parsing on the one training loop (``workflows.loop``): the FEN+PN task and one TorchTrainer per fold.
+"""Parsing on the one training loop (``workflows.lib.train_loop``): the FEN+PN task and one TorchTrainer per fold.
 
 ``ParsingTask`` trains ``models.ParsingModel`` with ``compute_loss`` (the parsing terms and the four
 fingerprint constraints) through ``models.engine.train_one_epoch``; rank 0 scores the held-out
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.config import ModelConfig
-from models.constraints import ConstraintWeights
-from workflows.loop import LoopConfig, fit
+from gmparse.models.config import ModelConfig
+from gmparse.models.constraints import ConstraintWeights
+from gmparse.workflows.lib.train_loop import LoopConfig, fit
 
 if TYPE_CHECKING:
-    from workflows.config import JobConfig
+    from gmparse.workflows.lib.job_config import JobConfig
 
 TRAIN_COLUMNS = ["image", "continuous", "discrete", "loss", "group"]
 
@@ -35,9 +35,9 @@ def evaluate_sets(model, names: list[str], device) -> dict[str, float]:
     """Rank 0: image-level metrics on ``val`` and GM-level metrics on every set -> flat metrics."""
     import ray.train
 
-    from models.engine import TARGET_KEYS, predict_batches, targets_of
-    from models.metrics import gm_level, parsing_metrics
-    from models.significance import metrics_of
+    from gmparse.models.engine import TARGET_KEYS, predict_batches, targets_of
+    from gmparse.models.metrics import gm_level, parsing_metrics
+    from gmparse.models.significance import metrics_of
 
     out: dict[str, float] = {}
     for name in names:
@@ -57,7 +57,7 @@ def evaluate_sets(model, names: list[str], device) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class ParsingTask:
-    """FEN+PN on the training GMs' labels: what ``workflows.loop`` trains for a fold or a Tune trial."""
+    """FEN+PN on the training GMs' labels: what ``workflows.lib.train_loop`` trains for a fold or a Tune trial."""
 
     model: ModelConfig
     weights: ConstraintWeights
@@ -71,7 +71,7 @@ class ParsingTask:
     name: str = field(default="parser", init=False)
 
     def build(self) -> dict[str, Any]:
-        from models.parser import ParsingModel
+        from gmparse.models.parser import ParsingModel
 
         model = ParsingModel(self.model)
         if self.centres is not None:
@@ -83,7 +83,7 @@ class ParsingTask:
                     on_step: Callable[[dict[str, float]], None] | None) -> dict[str, float]:
         import torch
 
-        from models.engine import autocast_dtype, train_one_epoch
+        from gmparse.models.engine import autocast_dtype, train_one_epoch
 
         cw = [torch.as_tensor(w, dtype=torch.float32, device=device) for w in self.class_weights]
         bw = ({k: torch.as_tensor(w, dtype=torch.float32, device=device) for k, w in self.binary_weights.items()}
@@ -117,7 +117,7 @@ def parsing_task(cfg: JobConfig, train_targets, fault_marker: str | None = None,
     """The task and the loop settings from a ``JobConfig`` and the training GMs' labels (one row per GM)."""
     import mlflow
 
-    from models.pn import binary_weights, class_weights, fit_clusters
+    from gmparse.models.pn import binary_weights, class_weights, fit_clusters
 
     task = ParsingTask(
         cfg.model, cfg.weights, tuple(w.numpy() for w in class_weights(train_targets)),

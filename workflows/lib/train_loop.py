@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from data_pipeline.ray_data import EpochPlan, epoch_batches
+from gmparse.data_pipeline.ray_data import EpochPlan, epoch_batches
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
@@ -53,7 +53,7 @@ class LoopConfig:
     tracking_uri: str | None = None  # explicit: workers may have started before MLFLOW_TRACKING_URI was set
     fault_marker: str | None = None  # fault injection (tests): a file that says the kill happened
     kill_after_epoch: int = -1  # SIGKILL rank 0 once after this epoch
-    progress: Any = None  # the queue of the driver's workflows.progress.FoldProgress, or None
+    progress: Any = None  # the queue of the driver's workflows.lib.progress.FoldProgress, or None
 
     def __post_init__(self) -> None:
         if self.keep not in KEEP_POLICIES:
@@ -142,8 +142,8 @@ def run_worker(task: TrainTask, cfg: LoopConfig) -> None:
     import ray.train.torch
     import torch
 
-    from models.engine import weight_ema
-    from workflows.progress import ProgressSender
+    from gmparse.models.engine import weight_ema
+    from gmparse.workflows.lib.progress import ProgressSender
 
     torch.set_num_threads(max(1, cfg.threads))
     rank = ray.train.get_context().get_world_rank()  # Ray

@@ -3,12 +3,15 @@
 ``mlflow.pyfunc.load_model("models:/gm-parser@champion").predict(images)`` takes uint8
 images [N, H, W, 3] and returns one row of named hyperparameters per image; ``gm-detector`` a
 fake probability per image, ``gm-attributor`` the nearest known GM too. Each model is logged
-with the project's code (``code_paths``), so it loads without this checkout.
+with the project's code (``code_paths``: a ``gmparse/`` folder holding the three packages), so it
+loads without this checkout or an installed gmparse.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from data_pipeline.paths import REPO_ROOT
-from data_pipeline.schema import SCHEMA_VERSION
+from gmparse.data_pipeline.paths import PACKAGES
+from gmparse.data_pipeline.schema import SCHEMA_VERSION
 
 PARSER_NAME = "gm-parser"
 CHAMPION = "champion"
@@ -52,7 +55,7 @@ class ParserPyfunc(mlflow.pyfunc.PythonModel):
     native resolution through its tiles (the default of cv_folds and parse.py)."""
 
     def load_context(self, context) -> None:
-        from models.parser import Parser
+        from gmparse.models.parser import Parser
 
         self.parser = Parser.load(context.artifacts["parser"])
 
@@ -83,7 +86,7 @@ class ForensicPyfunc(mlflow.pyfunc.PythonModel):
         self.role = role
 
     def load_context(self, context) -> None:
-        from models.forensics import ForensicModel
+        from gmparse.models.forensics import ForensicModel
 
         self.model = ForensicModel.load(context.artifacts["forensic"])
 
@@ -97,6 +100,17 @@ class ForensicPyfunc(mlflow.pyfunc.PythonModel):
             df.insert(0, "source_prob", probs.max(axis=1).astype(np.float64))
             df.insert(0, "source", [self.model.sources[i] for i in probs.argmax(axis=1)])
         return df
+
+
+def package_tree(folder: Path) -> Path:
+    """``folder/gmparse/{data_pipeline,models,workflows}``: the installed packages copied under the
+    namespace they import by, for ``code_paths`` (MLflow puts the folder holding ``gmparse`` on the
+    loading process's ``sys.path``)."""
+    root = Path(folder) / "gmparse"
+    for name in PACKAGES:
+        src = Path(importlib.import_module(f"gmparse.{name}").__file__).parent
+        shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return root
 
 
 def _log_and_register(wrapper: mlflow.pyfunc.PythonModel, loaded: str, model: Any, bundle_name: str, size: int,
@@ -118,7 +132,7 @@ def _log_and_register(wrapper: mlflow.pyfunc.PythonModel, loaded: str, model: An
             name=name, python_model=wrapper, artifacts={bundle_name: str(bundle)},
             signature=(any_size_signature if any_size else mlflow.models.infer_signature)(example, output),
             input_example=example,
-            code_paths=[str(REPO_ROOT / p) for p in ("models", "data_pipeline", "workflows")],
+            code_paths=[str(package_tree(Path(tmp) / "code"))],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "pillow",
                               "scikit-learn", "torchvision", f"mlflow=={mlflow.__version__}"],
         )

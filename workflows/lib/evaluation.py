@@ -13,17 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline.schema import TargetArrays
-from models.predictions import Predictions
+from gmparse.data_pipeline.schema import TargetArrays
+from gmparse.models.predictions import Predictions
 
 
 def classical_baseline(col, train_gms: Sequence[str], test_gms: Sequence[str], size: int, per_gm: int,
                        val_fraction: float, seed: int) -> tuple[np.ndarray, Predictions, float]:
     """Fit the spectral baseline on the training GMs' training images (the network's held-out
     images stay out), predict every image of the test GMs -> (GM ids, GM-level predictions, seconds)."""
-    from data_pipeline.folds import validation_mask
-    from data_pipeline.in_memory import load_images
-    from models.spectral_baseline import SpectralBaseline
+    from gmparse.data_pipeline.folds import validation_mask
+    from gmparse.data_pipeline.in_memory import load_images
+    from gmparse.models.spectral_baseline import SpectralBaseline
 
     t0 = time.time()
     train = load_images(col, train_gms, size, per_gm=per_gm, seed=seed)
@@ -69,10 +69,10 @@ def external_table(parser, train_col, test_col, *, fit_mode: str, baseline_image
     (views of one GM are averaged); continuous labels are put on the training collection's
     scale (raw values normalized with its ranges, clipped), as the parser predicts on it.
     """
-    from data_pipeline.in_memory import load_images
-    from data_pipeline.preprocess import fit_views
-    from models.significance import format_pooled, pooled_table
-    from models.spectral_baseline import SpectralBaseline
+    from gmparse.data_pipeline.in_memory import load_images
+    from gmparse.data_pipeline.preprocess import fit_views
+    from gmparse.models.significance import format_pooled, pooled_table
+    from gmparse.models.spectral_baseline import SpectralBaseline
 
     size = parser.config.image_size
     test = load_images(test_col, list(test_col.fake_gms["gm_id"]), test_col.image_size)

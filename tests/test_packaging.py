@@ -1,0 +1,75 @@
+"""The three folders install as ``gmparse.models``, ``gmparse.data_pipeline`` and ``gmparse.workflows``
+(pyproject.toml's package-dir), so they never collide with a user's own ``models`` package."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+
+from conftest import REPO_ROOT
+
+FOLDERS = ("data_pipeline", "models", "workflows")
+
+
+def _packages_on_disk() -> set[str]:
+    found = set()
+    for folder in FOLDERS:
+        for init in (REPO_ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO_ROOT)
+            found.add(".".join(("gmparse", *rel.parts)))
+    return found
+
+
+def test_every_package_folder_is_installed_under_gmparse():
+    cfg = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert set(cfg["packages"]) == _packages_on_disk()
+    assert cfg["package-dir"] == {f"gmparse.{f}": f for f in FOLDERS}
+
+
+def test_a_foreign_models_package_does_not_shadow_gmparse(tmp_path):
+    """Another ``models`` (and ``workflows``) first on the path, the working directory elsewhere."""
+    for name in ("models", "workflows", "data_pipeline"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"FOREIGN = {name!r}\n")
+    code = ("import models, workflows, data_pipeline\n"
+            "assert models.FOREIGN == 'models' and workflows.FOREIGN == 'workflows'\n"
+            "from gmparse.models import ParsingModel\n"
+            "from gmparse.data_pipeline.build import build_config\n"
+            "from gmparse.workflows.lib.job import start_job\n"
+            "import gmparse.models as gm\n"
+            "print(gm.__file__)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("models/__init__.py") and str(tmp_path) not in r.stdout
+
+
+def test_the_wheel_holds_only_the_gmparse_namespace(tmp_path):
+    """A wheel built from the tree (no network: the venv's setuptools) installs nothing top-level
+    but ``gmparse/``."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / f, src / f)
+    for folder in FOLDERS:
+        shutil.copytree(REPO_ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("gmparse-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"gmparse"}
+    for must in ("gmparse/models/__init__.py", "gmparse/workflows/lib/train_loop.py", "gmparse/workflows/cv_folds.py",
+                 "gmparse/data_pipeline/zoo/families/gan.py"):
+        assert must in names
+    assert not any(n.startswith("gmparse/__init__") for n in names)  # a namespace, as the editable install
+
+
+def test_no_script_edits_sys_path():
+    hits = [str(p.relative_to(REPO_ROOT)) for folder in ("workflows", "benchmarks")
+            for p in (REPO_ROOT / folder).rglob("*.py") if "sys.path.insert" in p.read_text()]
+    assert hits == []
