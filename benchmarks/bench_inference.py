@@ -1,6 +1,7 @@
 """3. Inference: ``models.parser.Parser.predict`` on uint8 images, batch throughput and latency.
 
-For the default and paper model configs at 64 and 128 px: images/s of ``predict`` on a batch of
+For the default preset's network (ModelConfig.preset("default"), the architecture `make run` registers as
+gm-parser@champion) and the paper's, at 64 and 128 px: images/s of ``predict`` on a batch of
 uint8 [N,S,S,3] images (preprocessing, FEN+PN in eval/no_grad, and the named outputs included),
 the forward pass alone on float tensors (``bench_models.throughput``, the colleague's benchmark)
 for comparison, and single-image latency p50/p95 of ``predict`` on one image. CPU with one torch

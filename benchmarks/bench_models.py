@@ -1,4 +1,5 @@
-"""FEN+PN forward throughput (images/s) on this machine, for the default and paper configs.
+"""FEN+PN forward throughput (images/s) on this machine, for the default preset's network (the architecture
+`make run` registers as gm-parser@champion: ModelConfig.preset("default")) and the paper's.
 
 Usage: python benchmarks/bench_models.py [--batch 32] [--min-time 2] [--sizes 64 128]
 Inference mode (eval, no_grad), float32, CPU unless --device is given.

@@ -10,7 +10,7 @@ Two measures, both computed from uint8 [N, S, S, 3] arrays:
   0 = the same patch distribution; lower is more real.
 * ``c2st``: a classifier two-sample test: the 5-fold cross-validated accuracy of a
   logistic regression telling the GM's images from real ones on fixed image statistics
-  (``zoo.quality.image_features``: colour moments, gradient histogram, power spectrum,
+  (``image_stats.image_features``: colour moments, gradient histogram, power spectrum,
   a seeded random conv net). 0.5 = indistinguishable, 1.0 = told apart every time.
 
 Calibration (:func:`calibration`): the same measures of some real images against the other,
@@ -145,7 +145,7 @@ class RealismReference:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        from gmparse.data_pipeline.zoo.quality import image_features
+        from gmparse.data_pipeline.image_stats import image_features
 
         images = self._check(images)
         rng = np.random.default_rng(self.seed + 3)

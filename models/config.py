@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 TASKS = ("parsing", "detection", "attribution")
+MODEL_PRESETS = ("smoke", "default", "paper")
 
 
 def check_known(cls: type, d: Mapping[str, Any], what: str) -> None:
@@ -49,20 +50,25 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str, task: str = "parsing") -> ModelConfig:
-        """'smoke' (tiny, CPU tests), 'default' (CPU-friendly), 'paper' (17 layers / 64 ch)."""
+        """The networks the job presets train: 'smoke' (tiny, CPU tests), 'default' (what ``make run``
+        trains and registers: a two-network ensemble, 6x24 FEN at 32 px, with the spectral and image
+        statistics branches) and 'paper' (17 layers / 64 channels at 64 px). ``ModelConfig()`` itself
+        is no preset: its fields' values are the neutral ones (every branch beyond the paper off)."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        smoke = cls(fen_depth=4, fen_width=16, pn_widths=(16, 32, 64), pn_fc=64, pn_branch=(32, 16),
+                    image_size=32, dropout=0.0)
         if name == "smoke":
-            cfg = cls(fen_depth=4, fen_width=16, pn_widths=(16, 32, 64), pn_fc=64, pn_branch=(32, 16),
-                      image_size=32, dropout=0.0)
+            cfg = smoke
         elif name == "default":
-            cfg = cls()
+            cfg = replace(smoke, fen_depth=6, fen_width=24, pn_input="branch", spectral_residual=True,
+                          image_stats=True, ensemble=2)
         elif name == "paper":
             cfg = cls(fen_depth=17, fen_width=64, pn_widths=(32, 64, 128, 256, 512), pn_fc=512,
                       pn_branch=(256, 64), image_size=64, dropout=0.5)
         else:
-            raise ValueError(f"unknown preset {name!r}; known: smoke, default, paper")
-        if task != "parsing" and name != "smoke":
+            raise ValueError(f"unknown preset {name!r}; known: {', '.join(MODEL_PRESETS)}")
+        if task != "parsing" and name == "paper":
             cfg = replace(cfg, image_size=128)
         return cfg
 

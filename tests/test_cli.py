@@ -122,3 +122,15 @@ def test_job_key_sees_the_spatial_branch_only_when_on():
     unsmoothed = dataclasses.replace(cfg, label_smoothing=0.0)
     assert unsmoothed.key() == "81386a3601" and cfg.key() == "43e0b9c32e"
     assert dataclasses.replace(unsmoothed, hflip=True).key() != unsmoothed.key()  # --hflip likewise
+
+
+def test_default_means_one_thing():
+    """``JobConfig()`` is the default preset, and the default preset's network is the model preset
+    named default (what ``make run`` registers)."""
+    from gmparse.models.config import ModelConfig
+    from gmparse.workflows.lib.job_config import JOB_PRESETS, JobConfig
+
+    assert JobConfig() == JOB_PRESETS["default"]
+    assert JOB_PRESETS["default"].model == ModelConfig.preset("default")
+    assert JOB_PRESETS["smoke"].model == ModelConfig.preset("smoke")
+    assert JOB_PRESETS["paper"].model == ModelConfig.preset("paper")

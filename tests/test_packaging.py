@@ -73,3 +73,84 @@ def test_no_script_edits_sys_path():
     hits = [str(p.relative_to(REPO_ROOT)) for folder in ("workflows", "benchmarks")
             for p in (REPO_ROOT / folder).rglob("*.py") if "sys.path.insert" in p.read_text()]
     assert hits == []
+
+
+def _module_name(path) -> str:
+    rel = path.relative_to(REPO_ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(("gmparse", *parts))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every gmparse module -> the gmparse modules it imports, anywhere in its body (deferred imports
+    and ``TYPE_CHECKING`` blocks included)."""
+    import ast
+
+    modules = {_module_name(p): p for f in FOLDERS for p in (REPO_ROOT / f).rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for mod, path in modules.items():
+        package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            for t in targets:
+                while t and t not in modules:
+                    t = t.rpartition(".")[0]
+                if t and t != mod and not mod.startswith(t + "."):  # a package's own __init__ is not a cycle
+                    graph[mod].add(t)
+    return graph
+
+
+def test_no_two_modules_import_each_other():
+    """No import cycle among gmparse's modules, directly or through others (Tarjan's SCCs)."""
+    graph = import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert cycles == []
+    assert "gmparse.data_pipeline.realism" in graph["gmparse.data_pipeline.zoo.quality"]  # the graph sees imports
+
+
+def test_layers_import_one_way():
+    """data_pipeline -> models -> workflows: models never imports Ray, MLflow or workflows; data_pipeline
+    never imports workflows."""
+    graph = import_graph()
+    for mod, deps in graph.items():
+        if mod.startswith(("gmparse.models", "gmparse.data_pipeline")):
+            assert not any(d.startswith("gmparse.workflows") for d in deps), mod
+    for path in (REPO_ROOT / "models").rglob("*.py"):
+        text = path.read_text()
+        assert "import ray" not in text and "import mlflow" not in text, path
