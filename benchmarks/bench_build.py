@@ -50,7 +50,7 @@ def project_full(preset: str, family_seconds: dict[str, float], cores: int = 16)
     from collections import Counter
 
     from gmparse.data_pipeline import zoo
-    from gmparse.data_pipeline.build import build_config
+    from gmparse.data_pipeline.build_config import build_config
 
     cfg = build_config(preset)
     counts = Counter(s.family for s in zoo.sample_specs(cfg.n_gms, cfg.seed, cfg.image_size))
@@ -60,7 +60,7 @@ def project_full(preset: str, family_seconds: dict[str, float], cores: int = 16)
 
 
 def full_default_manifests() -> list[dict]:
-    from gmparse.data_pipeline.build import BUILD_PRESETS
+    from gmparse.data_pipeline.build_config import BUILD_PRESETS
 
     full = BUILD_PRESETS["default"]
     out = []

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from gmparse.data_pipeline.build import build_config
+from gmparse.data_pipeline.build_config import build_config
 from gmparse.data_pipeline.collection import open_collection
 from gmparse.data_pipeline.preprocess import FIT_MODES
 

@@ -44,7 +44,7 @@ def write_files(col, n: int, root: Path) -> list[Path]:
 def parse_rate(files: list[Path], models, ray: bool, actors: int) -> float:
     import ray as ray_mod
 
-    from gmparse.workflows.parse import parse_files
+    from gmparse.workflows.lib.image_parsing import parse_files
 
     t0 = time.perf_counter()
     results, mode = parse_files(files, models, batch_size=32, ray_threshold=0 if ray else len(files) + 1,
@@ -66,7 +66,7 @@ def main() -> None:
     col = common.get_collection(args.collection)
     from bench_inference import make_parser
 
-    from gmparse.workflows.parse import LoadedModels
+    from gmparse.workflows.lib.image_parsing import LoadedModels
 
     parser, _ = make_parser("default", col.image_size, "cpu")
     models = LoadedModels(parser=parser)

@@ -29,7 +29,7 @@ def find_run(uri: str, experiment: str, preset: str, run_id: str | None = None):
     variant (``--ensemble 1``, a held-out implementation, another collection) is never taken for it."""
     from mlflow.tracking import MlflowClient
 
-    from gmparse.data_pipeline.build import build_config
+    from gmparse.data_pipeline.build_config import build_config
     from gmparse.workflows.lib.job import run_base
     from gmparse.workflows.lib.job_config import job_config
 

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     import torch
 
-    from gmparse.data_pipeline.build import build_config
+    from gmparse.data_pipeline.build_config import build_config
     from gmparse.data_pipeline.collection import open_collection
     from gmparse.data_pipeline.folds import gm_folds
     from gmparse.data_pipeline.in_memory import load_images

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gmparse.data_pipeline.build import build_config
+from gmparse.data_pipeline.build_config import build_config
 from gmparse.data_pipeline.collection import Collection, open_collection
 from gmparse.data_pipeline.folds import gm_folds, holdout_gms, validation_mask
 from gmparse.data_pipeline.in_memory import ImageArrays, load_images, sample_per_gm

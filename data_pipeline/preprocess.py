@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image
 
-#: per-channel input normalization of the reference implementation (PAPER.md)
+#: per-channel input normalization of the reference implementation (docs/method.md)
 IMAGE_MEAN = 0.649
 IMAGE_STD = 0.1269
 

@@ -1,7 +1,8 @@
 """Real photos that ship inside installed packages, cut into random multi-scale crops.
 
 Nothing here downloads: every source is a file inside a wheel the project already depends
-on (see ../shared/docs/REAL_IMAGES.md). ``--real-dir`` swaps in the user's own photos
+on (scikit-image's, scikit-learn's and matplotlib's sample photos, listed in ``BUNDLED_SOURCES`` below
+with their licences). ``--real-dir`` swaps in the user's own photos
 (CelebA, FFHQ, ...) for real-world use.
 """
 

@@ -80,3 +80,31 @@ class ModelConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
         check_known(cls, d, "ModelConfig fields")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class ConstraintWeights:
+    """Weights of the four constraints; defaults are the paper's parsing weights."""
+
+    magnitude: float = 0.1
+    spectrum: float = 0.05
+    repetitive: float = 0.001
+    symmetry: float = 1.0
+
+    @classmethod
+    def parsing(cls) -> ConstraintWeights:
+        return cls()
+
+    @classmethod
+    def detection(cls) -> ConstraintWeights:
+        """Weights the paper uses for deepfake detection and attribution."""
+        return cls(magnitude=0.01, spectrum=0.05, repetitive=0.001, symmetry=0.1)
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, float]) -> ConstraintWeights:
+        """Build from a (possibly partial) mapping; unknown keys are an error, not ignored."""
+        check_known(cls, d, "constraint weights")
+        return cls(**{k: float(v) for k, v in d.items()})

@@ -1,4 +1,4 @@
-"""The four fingerprint constraints (PAPER.md) and their weights, the object Ray Tune sweeps.
+"""The four fingerprint constraints (docs/method.md) and their weights, the object Ray Tune sweeps.
 
 All terms work on F_gray = 0.299 R + 0.587 G + 0.114 B and S = |fftshift(fft2(F_gray))|
 (unnormalized FFT, as the reference code). Each term is returned separately so a sweep
@@ -7,45 +7,14 @@ can log them one by one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-
 import torch
 
-from .config import check_known
+from .config import ConstraintWeights  # noqa: F401  (defined beside the other configs: no torch to import it)
 
 GRAY_COEFFS = (0.299, 0.587, 0.114)
-#: half-width of the low-frequency window at the reference size (PAPER.md: n=25 at 128x128)
+#: half-width of the low-frequency window at the reference size (docs/method.md: n=25 at 128x128)
 WINDOW_N = 25
 WINDOW_REF_SIZE = 128
-
-
-@dataclass(frozen=True)
-class ConstraintWeights:
-    """Weights of the four constraints; defaults are the paper's parsing weights."""
-
-    magnitude: float = 0.1
-    spectrum: float = 0.05
-    repetitive: float = 0.001
-    symmetry: float = 1.0
-
-    @classmethod
-    def parsing(cls) -> ConstraintWeights:
-        return cls()
-
-    @classmethod
-    def detection(cls) -> ConstraintWeights:
-        """Weights the paper uses for deepfake detection and attribution."""
-        return cls(magnitude=0.01, spectrum=0.05, repetitive=0.001, symmetry=0.1)
-
-    def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, float]) -> ConstraintWeights:
-        """Build from a (possibly partial) mapping; unknown keys are an error, not ignored."""
-        check_known(cls, d, "constraint weights")
-        return cls(**{k: float(v) for k, v in d.items()})
 
 
 def to_gray(fingerprint: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """One training epoch and batched prediction for FEN+PN, in plain torch.
 
-The Ray Train worker loop (``workflows/lib/parsing_task.py``) and the in-process diagnosis
+The Ray Train worker loop (``workflows/lib/train_loop.py``, running the parsing task of
+``workflows/lib/parsing_task.py``) and the in-process diagnosis
 (``benchmarks/diagnose_parsing.py``) both call these, so the step they time and tune is one
 piece of code (the ``train_one_epoch`` / ``evaluate`` split of torchvision's references).
 A batch is a dict of tensors: ``image`` (uint8 [N,H,W,3] as Ray Data delivers it, normalized on the

@@ -1,4 +1,4 @@
-"""The training loss: parsing terms (x10, PAPER.md) plus the weighted fingerprint constraints.
+"""The training loss: parsing terms (x10, docs/method.md) plus the weighted fingerprint constraints.
 
 ``compute_loss`` is what the Ray Train loop calls; it returns the differentiable total
 and a dict of plain floats for logging, so the loop never needs to know the terms.
@@ -17,7 +17,7 @@ from gmparse.data_pipeline.schema import NUM_CLASSES, TargetArrays
 from .constraints import ConstraintWeights, constraint_loss
 from .pn import assign_clusters
 
-#: parsing losses are weighted x10 against the constraints (PAPER.md)
+#: parsing losses are weighted x10 against the constraints (docs/method.md)
 PARSING_SCALE = 10.0
 _EPS = 1e-6
 

@@ -134,3 +134,26 @@ def test_default_means_one_thing():
     assert JOB_PRESETS["default"].model == ModelConfig.preset("default")
     assert JOB_PRESETS["smoke"].model == ModelConfig.preset("smoke")
     assert JOB_PRESETS["paper"].model == ModelConfig.preset("paper")
+
+
+@pytest.mark.parametrize("script", ["cv_folds", "tune_sweep", "forensics", "build_collection", "parse",
+                                    "score_collection"])
+def test_help_loads_no_torch_ray_or_mlflow(script):
+    """``--help`` answers before the heavy imports (torch, Ray, MLflow): they wait until the arguments
+    parse. Checked by what is imported, not by timing (benchmarks time, tests check)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    code = ("import runpy, sys\n"
+            f"sys.argv = [{script!r}, '--help']\n"
+            "try:\n"
+            f"    runpy.run_path({str(REPO_ROOT / 'workflows' / (script + '.py'))!r}, run_name='__main__')\n"
+            "except SystemExit as e:\n"
+            "    assert e.code in (0, None), e.code\n"
+            "heavy = sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "usage:" in r.stdout

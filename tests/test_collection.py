@@ -201,7 +201,7 @@ def test_holdout_fold_tests_on_one_implementation():
 
 
 def test_build_key_keeps_old_collections_and_sees_implementations():
-    from gmparse.data_pipeline.build import build_config
+    from gmparse.data_pipeline.build_config import build_config
 
     base = build_config("default")
     assert build_config("default", implementations="backbone").key() == base.key()
@@ -227,7 +227,7 @@ def test_real_source_faces_is_one_domain_and_keeps_old_keys():
 
 
 def test_gpu_share_is_how_a_build_runs_not_what_it_builds():
-    from gmparse.data_pipeline.build import build_config
+    from gmparse.data_pipeline.build_config import build_config
 
     # the default collection since budgets are steps (2026-12: no wall-time cap decides a GM); the
     # builds before it (be0c3761, 6c855534 with independent hidden activations) are not reused
@@ -245,7 +245,7 @@ def test_gpu_share_is_how_a_build_runs_not_what_it_builds():
 def test_the_cpu_guard_and_the_size_are_not_what_a_build_is():
     """The guard (``max_gm_seconds``) never enters the key; the number of GMs enters the key but
     not the lineage, so builds of one lineage share their GMs; any other setting changes both."""
-    from gmparse.data_pipeline.build import build_config
+    from gmparse.data_pipeline.build_config import build_config
 
     base = build_config("wide")
     assert build_config("wide", max_gm_seconds=5.0).key() == base.key()

@@ -524,3 +524,17 @@ def test_ensemble_averages_members_trains_each_and_roundtrips(tmp_path: Path) ->
         torch.testing.assert_close(again.model(x)["loss_prob"], model(x)["loss_prob"])
     with pytest.raises(ValueError, match="ensemble"):
         ParsingModel(replace(SMOKE, ensemble=0))
+
+
+def test_package_names_load_lazily_and_match_all():
+    """``gmparse.models`` exports every name of ``__all__`` (loaded on first use), and importing the
+    package or its config module pulls in no torch (entry points' --help stays fast)."""
+    import subprocess
+    import sys
+
+    from gmparse import models as pkg
+
+    assert set(pkg.__all__) == set(pkg._WHERE)
+    assert all(getattr(pkg, n) is not None for n in pkg.__all__)
+    code = "import sys, gmparse.models, gmparse.models.config; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 
 from gmparse.models.forensics import ForensicModel, ForensicSpec
 from gmparse.workflows import parse
+from gmparse.workflows.lib import image_parsing
 
 SOURCES = ["gm-a", "gm-b", "real"]
 
@@ -46,9 +48,17 @@ def mixed_folder(tmp_path):
     (d / "corrupt.png").write_bytes(buf[: len(buf) // 2])
     Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(d / "tiny.png")
     _png_header_only(d / "huge.png", 100_000, 100_000)
-    (d / ".hidden.png").write_bytes(b"")  # hidden entries are not parsed
+    (d / ".hidden.png").write_bytes(b"")  # hidden files are read like any other
+    (d / ".cache").mkdir()  # hidden folders and symlinked folders are listed, not searched
+    (d / ".cache" / "x.png").write_bytes(buf)
+    (d / "linked").symlink_to(d / "sub", target_is_directory=True)
+    (d / "dangling.png").symlink_to(d / "gone.png")
+    (d / "loop-a.png").symlink_to(d / "loop-b.png")
+    (d / "loop-b.png").symlink_to(d / "loop-a.png")
     bad = {"empty.png": "empty", "notes.txt": "not a readable image", "corrupt.png": "corrupt",
-           "tiny.png": "too small", "huge.png": "too large"}
+           "tiny.png": "too small", "huge.png": "too large", ".hidden.png": "empty", ".cache": "not searched",
+           "linked": "not searched", "dangling.png": "dangling symlink", "loop-a.png": "symlink loop",
+           "loop-b.png": "symlink loop"}
     return d, set(good), bad
 
 
@@ -61,7 +71,8 @@ def model_dirs(tmp_path):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     ranges = schema.Ranges.from_pairs(schema.RED116_RANGES)
-    parser_dir = Parser.from_config(ModelConfig.preset("smoke"), ranges).save(tmp_path / "parser")
+    # the default preset's architecture (what make run registers: an ensemble with side branches)
+    parser_dir = Parser.from_config(ModelConfig.preset("default"), ranges).save(tmp_path / "parser")
     spec = ForensicSpec("fen", tuple(SOURCES), 32, fen_depth=3, fen_width=8)
     forensic_dir = ForensicModel(spec.build(), spec).save(tmp_path / "forensic")
     return parser_dir, forensic_dir
@@ -70,15 +81,15 @@ def model_dirs(tmp_path):
 def test_read_image_reports_each_bad_file(mixed_folder):
     d, good, bad = mixed_folder
     for name in good:
-        img, why = parse.read_image(str(d / name))
+        img, why = image_parsing.read_image(str(d / name))
         assert why == "" and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, name
     for name, reason in bad.items():
-        img, why = parse.read_image(str(d / name))
+        img, why = image_parsing.read_image(str(d / name))
         assert img is None and reason in why, f"{name}: {why!r}"
-    img, why = parse.read_image(str(d / "missing.png"))
+    img, why = image_parsing.read_image(str(d / "missing.png"))
     assert img is None and "missing" in why
-    files = parse.expand_paths([str(d)])
-    assert ".hidden.png" not in {f.name for f in files} and len(files) == len(good) + len(bad)
+    files = image_parsing.expand_paths([str(d)])  # every entry of the folder, nothing dropped
+    assert {str(f.relative_to(d)) for f in files} == good | set(bad)
 
 
 def _check(results, d, good, bad, with_heads=True):
@@ -107,7 +118,7 @@ def test_parse_folder_local_json_and_report(mixed_folder, model_dirs, tmp_path, 
     results = json.loads(capsys.readouterr().out)
     _check(results, d, good, bad)
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "## Skipped (5)" in md and "too small" in md
+    assert f"## Skipped ({len(bad)})" in md and "too small" in md and "symlink loop" in md
     figs = sorted((tmp_path / "report" / "figures").glob("*.png"))
     assert len(figs) == len(good)
     assert json.loads((tmp_path / "report" / "results.json").read_text()) == results
@@ -124,10 +135,10 @@ def test_parse_many_images_through_ray_matches_local(mixed_folder, model_dirs, r
     parser_dir, forensic_dir = model_dirs
     args = parse.get_args_parser().parse_args(["x", "--model", str(parser_dir), "--detector", str(forensic_dir),
                                                "--attributor", str(forensic_dir)])
-    models, _ = parse.load_models(args, d)
-    paths = parse.expand_paths([str(d)])
-    local, mode_l = parse.parse_files(paths, models, batch_size=4, ray_threshold=64)
-    remote, mode_r = parse.parse_files(paths, models, batch_size=4, ray_threshold=0)
+    models, _ = image_parsing.load_models(args, d)
+    paths = image_parsing.expand_paths([str(d)])
+    local, mode_l = image_parsing.parse_files(paths, models, batch_size=4, ray_threshold=64)
+    remote, mode_r = image_parsing.parse_files(paths, models, batch_size=4, ray_threshold=0)
     assert (mode_l, mode_r) == ("local", "ray")
     _check(remote, d, good, bad)
     assert [r["path"] for r in remote] == [r["path"] for r in local]
@@ -153,9 +164,34 @@ def test_parse_loads_registered_models(mixed_folder, model_dirs, sqlite_tracking
         log_parser(Parser.load(parser_dir))
         log_forensic_model(model, "detector", "gm-detector")
         log_forensic_model(model, "attributor", "gm-attributor")
-    # defaults: the registry champions
-    assert parse.main([str(d), "--json"]) == 0
+    # logged from code: no pickled Python object in any model's artifacts, its code file instead
+    from gmparse.workflows.lib.registry import PickledModelError, check_no_pickle
+
+    for name in ("gm-parser", "gm-detector", "gm-attributor"):
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion"))
+        assert not [f for f in local.rglob("*.pkl")], name
+        assert "model_code_path" in (local / "MLmodel").read_text()
+        check_no_pickle(local)
+    # defaults: the registry champions (the default preset's architecture), the table, JSON and a report
+    assert parse.main([str(d), "--json", "--report", str(d.parent / "report")]) == 0
     _check(json.loads(capsys.readouterr().out), d, good, bad)
+    assert (d.parent / "report" / "report.md").is_file() and len(list((d.parent / "report" / "figures").glob("*.png"))) == len(good)
+    assert parse.main([str(d)]) == 0
+    assert f"{len(good)} image(s) parsed, {len(bad)} skipped" in capsys.readouterr().out
+    parsed = mlflow.pyfunc.load_model("models:/gm-parser@champion").predict(
+        np.random.default_rng(2).integers(0, 256, (2, 48, 40, 3), dtype=np.uint8))
+    assert len(parsed) == 2 and parsed["num_layers"].notna().all()
+    # a model registered before models-from-code (a pickled pyfunc): refused by check_no_pickle, while
+    # parse.py still reads its weights without unpickling anything
+    from gmparse.workflows.lib.registry import ParserPyfunc
+
+    with mlflow.start_run():
+        old = mlflow.pyfunc.log_model(name="old", python_model=ParserPyfunc(), artifacts={"parser": str(parser_dir)})
+    old_dir = Path(mlflow.artifacts.download_artifacts(old.model_uri))
+    with pytest.raises(PickledModelError, match="pickled Python object"):
+        check_no_pickle(old_dir)
+    assert parse.main([str(d / "good.png"), "--model", old.model_uri, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["status"] == "ok"
     # the pyfunc faces work too
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     det = mlflow.pyfunc.load_model("models:/gm-detector@champion").predict(images)

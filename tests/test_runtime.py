@@ -47,7 +47,7 @@ def test_results_home_leaves_rays_per_job_copy(tmp_path, monkeypatch):
     assert runtime.tracking_uri() == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
     assert runtime.storage_path() == str(tmp_path / "home" / "runs")
     assert str(paths.collections_root()) == str(tmp_path / "home" / "data" / "collections")
-    from gmparse.data_pipeline.build import build_config
+    from gmparse.data_pipeline.build_config import build_config
 
     assert build_config("smoke").default_path().parent == tmp_path / "home" / "data" / "collections"
     assert runtime.storage_path("s3://bucket/runs") == "s3://bucket/runs"

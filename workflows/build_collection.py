@@ -16,9 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from gmparse.data_pipeline.build import BUILD_PRESETS, BuildConfig, build_collection, build_config, summarize
-from gmparse.data_pipeline.collection import CollectionError, is_local, open_collection, publish
-from gmparse.data_pipeline.ingest import IngestError, ingest_folder
+from gmparse.data_pipeline.build_config import BUILD_PRESETS, BuildConfig, build_config
 from gmparse.workflows.lib.cli import add_dataclass_args, load_overrides, resolve
 from gmparse.workflows.lib.runtime import die, init_ray
 
@@ -44,6 +42,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    # imported once the arguments parse (--help stays fast): the zoo loads torch
+    from gmparse.data_pipeline.build import build_collection, summarize
+    from gmparse.data_pipeline.collection import CollectionError, is_local, open_collection, publish
+    from gmparse.data_pipeline.ingest import IngestError, ingest_folder
+
     try:
         if args.realism:
             return measure_realism(args.realism, args.realism_csv)
@@ -115,6 +118,7 @@ def build_external(out: str | None, overwrite: bool) -> int:
 
 
 def measure_realism(path: str, csv: str | None) -> int:
+    from gmparse.data_pipeline.collection import open_collection
     from gmparse.data_pipeline.realism import collection_realism, realism_summary
 
     col = open_collection(path)

@@ -34,7 +34,7 @@ import numpy as np
 
 from gmparse.data_pipeline.collection import REAL_GM_ID, Collection, CollectionError
 from gmparse.data_pipeline.folds import Fold, gm_folds
-from gmparse.models.constraints import ConstraintWeights
+from gmparse.models.config import ConstraintWeights
 from gmparse.workflows.lib.cli import add_dataclass_args, load_overrides, resolve
 from gmparse.workflows.lib.job import start_job
 from gmparse.workflows.lib.progress import FoldProgress
@@ -63,8 +63,8 @@ class ForensicsConfig:
     epochs: int = 3
     batch_size: int = 32
     lr: float = 1e-3
-    task_scale: float = 10.0  # task losses x this against the constraints (PAPER.md)
-    weights: ConstraintWeights = ConstraintWeights.detection()  # for detection / attribution (PAPER.md)
+    task_scale: float = 10.0  # task losses x this against the constraints (docs/method.md)
+    weights: ConstraintWeights = ConstraintWeights.detection()  # for detection / attribution (docs/method.md)
     folds: int = 2
     num_workers: int = 1
     use_gpu: bool | None = None

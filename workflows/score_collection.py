@@ -25,7 +25,7 @@ FIT_MODES = ("tile", "crop", "resize")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from gmparse.workflows.parse import DEFAULT_PARSER
+    from gmparse.workflows.lib.image_parsing import DEFAULT_PARSER
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("test_collection", help="collection whose GMs are scored (zoo, external or ingested)")
@@ -66,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model, dozens of files
     import mlflow
 
-    from gmparse.data_pipeline.build import build_config
+    from gmparse.data_pipeline.build_config import build_config
     from gmparse.data_pipeline.collection import CollectionError, open_collection
     from gmparse.models.parser import META_FILE, Parser
     from gmparse.workflows.lib.evaluation import external_table
+    from gmparse.workflows.lib.image_parsing import ModelLoadError, resolve_model_dir
     from gmparse.workflows.lib.runtime import tracking_uri
-    from gmparse.workflows.parse import ModelLoadError, resolve_model_dir
 
     try:
         test_col = open_collection(args.test_collection)

@@ -35,7 +35,7 @@ from gmparse.workflows.lib.runtime import die
 
 EXPERIMENT = "gmparse-tune"
 WEIGHTS = ("magnitude", "spectrum", "repetitive", "symmetry")
-#: log-uniform ranges: a decade either side of the paper's value (PAPER.md), lr around Adam's usual
+#: log-uniform ranges: a decade either side of the paper's value (docs/method.md), lr around Adam's usual
 DEFAULT_SPACE: dict[str, tuple[float, float]] = {
     "magnitude": (0.01, 1.0),
     "spectrum": (0.005, 0.5),

@@ -1,29 +1,45 @@
 """The GM zoo: sample GM specs, build and briefly train each GM, measure its exact labels.
 
 Pure torch + numpy (no Ray, no MLflow): the collection builder runs ``make_gm`` once per
-GM, in one Ray task each.
+GM, in one Ray task each. The names below load on first use (PEP 562), so the torch-free
+``zoo.config`` (presets and modes a build's configuration checks) imports without torch.
 """
 
 from __future__ import annotations
 
-from .backbone import ArchSpec, Backbone
-from .config import ZOO_PRESETS, ZooTrainConfig
-from .grid import sample_grid_png
-from .introspect import measure_architecture
-from .quality import QualityReference, gate_figures, gate_passes, image_features
-from .specs import MIN_COVERING_N, ZOO_FAMILIES, GMSpec, sample_specs
-from .train import GMBudgetExceeded, GMResult, make_gm
+import importlib
+from typing import Any
 
-__all__ = [
-    "MIN_COVERING_N",
-    "ZOO_FAMILIES",
-    "ZOO_PRESETS",
+#: public name -> the submodule that defines it
+_WHERE = {
+    "ArchSpec": "backbone",
+    "Backbone": "backbone",
+    "ZOO_PRESETS": "config",
+    "ZooTrainConfig": "config",
+    "sample_grid_png": "grid",
+    "measure_architecture": "introspect",
+    "QualityReference": "quality",
+    "gate_figures": "quality",
+    "gate_passes": "quality",
+    "image_features": "quality",
+    "MIN_COVERING_N": "specs",
+    "ZOO_FAMILIES": "specs",
+    "GMSpec": "specs",
+    "sample_specs": "specs",
+    "GMBudgetExceeded": "train",
+    "GMResult": "train",
+    "make_gm": "train",
+}
+__all__ = [  # the same names as _WHERE
     "ArchSpec",
     "Backbone",
     "GMBudgetExceeded",
     "GMResult",
     "GMSpec",
+    "MIN_COVERING_N",
     "QualityReference",
+    "ZOO_FAMILIES",
+    "ZOO_PRESETS",
     "ZooTrainConfig",
     "gate_figures",
     "gate_passes",
@@ -33,3 +49,15 @@ __all__ = [
     "sample_grid_png",
     "sample_specs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+#: how a GM's hidden layers get their activation (``sample_specs``'s ``hidden_act``)
+HIDDEN_ACT_MODES: tuple[str, ...] = ("independent", "tied")
+#: how ``sample_specs`` picks each GM's family: "random" (after the first cycle of LOSS_CONFIGS, a
+#: random one: the builds before 2026-12, ~5/14 GANs and 1/14 diffusion) or "balanced" (specs.FAMILY_SHARES)
+FAMILY_MIXES: tuple[str, ...] = ("random", "balanced")
+
 #: per-family learning-rate multipliers of ``lr`` (few-step training wants fast GANs/VAEs)
 FAMILY_LR_SCALE: tuple[tuple[str, float], ...] = (
     ("gan", 2.0), ("vae", 3.0), ("autoencoder", 4.0), ("diffusion", 4.0), ("autoregressive", 4.0),

@@ -17,6 +17,7 @@ import numpy as np
 from gmparse.data_pipeline.schema import DISCRETE, DISCRETE_NAMES, FAMILIES, LOSS_TYPES, NONLINEARITIES
 
 from .backbone import POOLING, ArchSpec, stage_count
+from .config import FAMILY_MIXES, HIDDEN_ACT_MODES  # noqa: F401  (torch-free, for BuildConfig)
 from .generators import ALL_IMPLEMENTATIONS, IMPLEMENTATIONS, RESTRICTIONS
 from .layers import HIDDEN_ACTS
 
@@ -140,11 +141,6 @@ def _sample_arch(family: str, disc: dict[str, str], image_size: int, rng: np.ran
     )
 
 
-#: how a GM's hidden layers get their activation (``sample_specs``'s ``hidden_act``)
-HIDDEN_ACT_MODES: tuple[str, ...] = ("independent", "tied")
-#: how ``sample_specs`` picks each GM's family: "random" (after the first cycle of LOSS_CONFIGS, a
-#: random one: the builds before 2026-12, ~5/14 GANs and 1/14 diffusion) or "balanced" (FAMILY_SHARES)
-FAMILY_MIXES: tuple[str, ...] = ("random", "balanced")
 #: the "balanced" mix's share of each family, fixed by design: GANs a little more, as they carry five
 #: of the ten loss types; every prefix of the sequence is within one GM of these shares
 FAMILY_SHARES: tuple[tuple[str, float], ...] = (

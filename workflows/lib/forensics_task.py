@@ -5,7 +5,7 @@ the same optimizer settings and epochs (so the comparison is "same budget, same 
 
 - ``fen``: :class:`models.heads.DetectionAttributionModel` (one FEN shared by a detection head
   and an attribution head over the training GMs + real), trained with the fingerprint
-  constraints (detection weights, PAPER.md).
+  constraints (detection weights, docs/method.md).
 - ``cnn``: :class:`models.forensics.PlainCNN`, a small conv net on raw pixels: no FEN, no constraints.
 
 ``HeadsTask`` is what the one training loop (``workflows.lib.train_loop``) trains for forensics: a
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gmparse.models.constraints import ConstraintWeights
+from gmparse.models.config import ConstraintWeights
 from gmparse.models.forensics import (
     PERTURBATIONS,
     TRAIN_COLUMNS,

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gmparse.data_pipeline.build import build_config, ensure_collection
 from gmparse.data_pipeline.collection import Collection, CollectionError, open_collection
 from gmparse.data_pipeline.folds import FoldError
 from gmparse.workflows.lib.runtime import (
@@ -58,6 +57,8 @@ def open_or_build(collection: str | None, preset: str, seed: int) -> Collection:
     """The given collection, else the preset's zoo collection (built on first use, then reused)."""
     if collection:
         return open_collection(collection)
+    from gmparse.data_pipeline.build import build_config, ensure_collection  # the zoo (torch): only to build
+
     return ensure_collection(build_config(preset, seed=seed))
 
 

@@ -12,8 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-from gmparse.models.config import ModelConfig
-from gmparse.models.constraints import ConstraintWeights
+from gmparse.models.config import ConstraintWeights, ModelConfig
 
 CHECKPOINT_POLICIES = ("best", "last")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -28,7 +27,7 @@ class JobConfig:
     preset: str = "default"
     collection_preset: str = "default"  # data_pipeline.build preset used when --collection is not given
     model: ModelConfig = ModelConfig.preset("default")  # the network (FEN + PN), its image size included
-    weights: ConstraintWeights = ConstraintWeights()  # the four constraint weights (PAPER.md, parsing)
+    weights: ConstraintWeights = ConstraintWeights()  # the four constraint weights (docs/method.md, parsing)
     fit_mode: str = "tile"  # images of another size: resize | crop | tile (data_pipeline.preprocess.fit_to_size;
     #                         tile measured best, benchmarks/bench_fit_mode.py)
     epochs: int = 12

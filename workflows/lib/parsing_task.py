@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gmparse.models.config import ModelConfig
-from gmparse.models.constraints import ConstraintWeights
+from gmparse.models.config import ConstraintWeights, ModelConfig
 from gmparse.workflows.lib.train_loop import LoopConfig, fit
 
 if TYPE_CHECKING:

@@ -5,6 +5,14 @@ images [N, H, W, 3] and returns one row of named hyperparameters per image; ``gm
 fake probability per image, ``gm-attributor`` the nearest known GM too. Each model is logged
 with the project's code (``code_paths``: a ``gmparse/`` folder holding the three packages), so it
 loads without this checkout or an installed gmparse.
+
+Models from code, not pickles: MLflow rebuilds each pyfunc by running a short file of this
+package (``pyfunc_parser.py`` / ``pyfunc_forensic.py``, MLflow's models-from-code) and the
+weights are plain tensors read with ``torch.load(weights_only=True)``. Nothing a registry holds
+is unpickled on load, so write access to a shared registry does not mean running code on every
+machine that loads ``gm-parser@champion``. Models registered before this (2026-12-02) carry a
+``python_model.pkl``: :func:`check_no_pickle` refuses them with a message, and ``parse.py`` and
+``score_collection.py`` still read their weights (they never unpickle).
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ class ParserPyfunc(mlflow.pyfunc.PythonModel):
 
         self.parser = Parser.load(context.artifacts["parser"])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> pd.DataFrame:
         rows = self.parser.describe(self.parser.predict_fitted(as_images(model_input)))
         return pd.DataFrame([flatten_prediction(r) for r in rows])
 
@@ -80,17 +88,24 @@ class ForensicPyfunc(mlflow.pyfunc.PythonModel):
     role 'detector': fake_prob; role 'attributor': source, source_prob, fake_prob.
     """
 
+    ROLES = ("detector", "attributor")
+
     def __init__(self, role: str = "detector") -> None:
-        if role not in ("detector", "attributor"):
+        self.role = self._checked(role)
+
+    @classmethod
+    def _checked(cls, role: str) -> str:
+        if role not in cls.ROLES:
             raise ValueError(f"role must be detector or attributor, got {role!r}")
-        self.role = role
+        return role
 
     def load_context(self, context) -> None:
         from gmparse.models.forensics import ForensicModel
 
+        self.role = self._checked((context.model_config or {}).get("role", self.role))  # the role it was logged as
         self.model = ForensicModel.load(context.artifacts["forensic"])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> pd.DataFrame:
         out = self.model.predict(as_images(model_input))
         df = pd.DataFrame({"fake_prob": out["fake_prob"].astype(np.float64)})
         if self.role == "attributor":
@@ -113,13 +128,37 @@ def package_tree(folder: Path) -> Path:
     return root
 
 
+#: the models-from-code files MLflow runs to rebuild each pyfunc (each calls mlflow.models.set_model)
+MODEL_CODE = {"parser": Path(__file__).with_name("pyfunc_parser.py"),
+              "forensic": Path(__file__).with_name("pyfunc_forensic.py")}
+
+
+class PickledModelError(RuntimeError):
+    """A logged model whose pyfunc is a pickled Python object (loading it would run that pickle)."""
+
+
+def check_no_pickle(model_dir: str | Path) -> None:
+    """Refuse a downloaded MLflow model whose pyfunc is a pickled Python object (the models this
+    project registered before 2026-12-02), with what to do instead."""
+    import yaml
+
+    conf = yaml.safe_load((Path(model_dir) / "MLmodel").read_text()).get("flavors", {}).get("python_function", {})
+    if conf.get("python_model") and not conf.get("model_code_path"):
+        raise PickledModelError(
+            f"{model_dir}: this model's pyfunc is a pickled Python object ({conf['python_model']}); loading it "
+            "with mlflow.pyfunc.load_model would run that pickle. Read its weights instead (workflows/parse.py "
+            "and workflows/score_collection.py do, with torch.load(weights_only=True)), or register it again "
+            "from code (retrain, or log_parser(Parser.load(<its artifacts/parser>)))")
+
+
 def _log_and_register(wrapper: mlflow.pyfunc.PythonModel, loaded: str, model: Any, bundle_name: str, size: int,
                       name: str, register_as: str | None, alias: str, tags: dict[str, str],
-                      any_size: bool = False) -> tuple[str, str | None]:
-    """Save ``model`` (it has ``save(dir)``), log ``wrapper`` over it into the active run with the
-    project's code, an example and a signature measured on that example; register it with
-    ``tags`` and point ``alias`` at the new version. ``loaded`` is the attribute ``load_context``
-    sets. Returns (model_uri, version or None)."""
+                      any_size: bool = False, model_config: dict[str, Any] | None = None) -> tuple[str, str | None]:
+    """Save ``model`` (it has ``save(dir)``), log it into the active run as a model from code (the
+    file ``MODEL_CODE[bundle_name]`` rebuilds ``wrapper``'s class, ``model_config`` its settings)
+    with the project's code, an example and a signature measured on that example by ``wrapper``;
+    register it with ``tags`` and point ``alias`` at the new version. ``loaded`` is the attribute
+    ``load_context`` sets. Returns (model_uri, version or None)."""
     import torch
 
     example = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
@@ -129,7 +168,8 @@ def _log_and_register(wrapper: mlflow.pyfunc.PythonModel, loaded: str, model: An
         output = wrapper.predict(None, example)
         delattr(wrapper, loaded)
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=wrapper, artifacts={bundle_name: str(bundle)},
+            name=name, python_model=str(MODEL_CODE[bundle_name]), model_config=model_config,
+            artifacts={bundle_name: str(bundle)},
             signature=(any_size_signature if any_size else mlflow.models.infer_signature)(example, output),
             input_example=example,
             code_paths=[str(package_tree(Path(tmp) / "code"))],
@@ -164,4 +204,4 @@ def log_forensic_model(model, role: str, register_as: str | None, alias: str = C
     (artifact name = role), register it and point ``alias`` at the new version."""
     return _log_and_register(ForensicPyfunc(role), "model", model, "forensic", model.image_size, role, register_as,
                              alias, {"role": role, "kind": model.spec.kind, "sources": json.dumps(model.sources),
-                                     **(tags or {})})
+                                     **(tags or {})}, model_config={"role": role})
