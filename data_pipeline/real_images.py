@@ -109,8 +109,8 @@ def load_lfw_faces() -> PhotoPool:
     in the Wild, 25x25 grey, shipped in the wheel), as RGB.
 
     RED116's GMs were mostly trained on one domain each (faces, CIFAR, MNIST), so a zoo can be
-    too. At the default preset's training budget it did not make the GMs more real (README, "The
-    GM collection"). The faces are smaller than the collection's 32px, so every crop is a whole
+    too. At the default preset's training budget it did not make the GMs more real (docs/decisions.md,
+    2026-11-24: ``--real-source faces``). The faces are smaller than the collection's 32px, so every crop is a whole
     face, bicubically enlarged, flipped at random.
     """
     import skimage.data

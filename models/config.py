@@ -36,16 +36,16 @@ class ModelConfig:
     #: branch, models.pn.SpectralBranch); see models.parser.ParsingModel
     pn_input: str = "fingerprint"
     #: with pn_input="branch": the spectral branch also reads the input image's high-pass residual
-    #: (image minus its 3x3 box blur), not only the fingerprint (not in the paper, see the README)
+    #: (image minus its 3x3 box blur), not only the fingerprint (not in the paper: docs/method.md)
     spectral_residual: bool = False
     #: also give the PN a position-aware linear branch over the fingerprint and the image's
-    #: high-pass residual, pixel by pixel (models.pn.SpatialBranch; not in the paper, see the README)
+    #: high-pass residual, pixel by pixel (models.pn.SpatialBranch; not in the paper: docs/method.md)
     spatial_branch: bool = False
     #: also give the PN the input image's pixel-value statistics (models.pn.ImageStatsBranch;
-    #: not in the paper, see the README)
+    #: not in the paper: docs/method.md)
     image_stats: bool = False
     #: train this many FEN+PN networks side by side, each from its own initialization and with
-    #: its own loss, and predict with their average (a deep ensemble; not in the paper, see the README)
+    #: its own loss, and predict with their average (a deep ensemble; not in the paper: docs/method.md)
     ensemble: int = 1
 
     @classmethod

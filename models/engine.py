@@ -63,7 +63,7 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
 
     On this machine's CPU (AVX-512 with BF16) bf16 autocast ran the default preset's training step
     1.4x faster than fp32 (both channels-last; benchmarks/bench_step.py), with pooled results within seed noise
-    (README "What differs from the paper")."""
+    (docs/decisions.md, 2026-11-24: the ensemble and ``--precision auto``)."""
     kind = torch.device(device).type
     auto_bf16 = precision == "auto" and (kind == "cuda" or (kind == "cpu" and cpu_has_bf16()))
     return torch.bfloat16 if precision == "bf16" or auto_bf16 else None

@@ -20,8 +20,8 @@ from .pn import ImageStatsBranch, SpectralBranch
 class ShallowHead(nn.Module):
     """Two strided conv+ReLU layers, global average pool, linear to ``n_out`` logits.
 
-    ``spectral_size`` > 0 (not in the paper; the parser's default fix, README "What differs from
-    the paper"): the pooled features also get a :class:`~models.pn.SpectralBranch` over the
+    ``spectral_size`` > 0 (not in the paper; the parser's default fix, docs/method.md "What differs
+    from the paper"): the pooled features also get a :class:`~models.pn.SpectralBranch` over the
     fingerprint's spectrum and an :class:`~models.pn.ImageStatsBranch` over the image's values.
     """
 

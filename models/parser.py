@@ -66,7 +66,7 @@ class ParsingModel(nn.Module):
     image's high-pass residual's spectrum too). ``image_stats`` adds an
     :class:`~models.pn.ImageStatsBranch` over the input's values, ``spatial_branch`` a
     :class:`~models.pn.SpatialBranch` over the fingerprint and residual pixel by pixel. All beyond
-    the paper, see the README.
+    the paper: docs/method.md, "What differs from the paper".
     """
 
     def __init__(self, config: ModelConfig | None = None) -> None:

@@ -182,3 +182,14 @@ def test_every_relative_link_in_the_docs_resolves():
             if not (md.parent / target).exists():
                 missing.append(f"{md.relative_to(REPO_ROOT)} -> {target}")
     assert missing == []
+
+
+def test_readme_is_a_front_page():
+    """At most 200 lines and no MLflow run ids or collection keys (8+ hex characters): those belong
+    in docs/decisions.md with their dates."""
+    import re
+
+    text = (REPO_ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    ids = [t for t in re.findall(r"\b[0-9a-f]{8,}\b", text) if re.search(r"\d", t) and re.search(r"[a-f]", t)]
+    assert ids == []

@@ -58,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-mode", default="tile", choices=["resize", "crop", "tile"],
                    help="how an image of another size than the parser's reaches it (data_pipeline.preprocess."
                         "fit_to_size): tile (default) averages every native-resolution tile, crop takes the centre "
-                        "one, resize low-passes the image (README: measured)")
+                        "one, resize low-passes the image (docs/decisions.md: measured)")
     p.add_argument("--ray-threshold", type=int, default=None,
                    help="more images than this go through Ray Data (default: none; in process measured faster "
                         "up to 4,096 files on 2 cores, benchmarks/RESULTS.md)")

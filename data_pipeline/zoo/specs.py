@@ -179,8 +179,8 @@ def sample_specs(n: int, seed: int, image_size: int, implementations: tuple[str,
     layer, as real GM code does (one activation per network); a Tanh or Sigmoid last block keeps the
     hidden activation drawn on its own (builds default to it: ``BuildConfig.hidden_act``). Drawn
     independently (this function's default, the builds before 2026-11-24), the last-block label is one
-    layer among many of another activation, and a collection can tie the two by chance (README,
-    "Why last-block non-linearity stays at chance"). The RNG draws are the same either way, so only
+    layer among many of another activation, and a collection can tie the two by chance (docs/decisions.md,
+    2026-11-24: ``--hidden-act tied``). The RNG draws are the same either way, so only
     the hidden activation of the GMs it ties changes.
 
     ``family_mix="balanced"`` gives each family its share of FAMILY_SHARES at every prefix
