@@ -122,7 +122,7 @@ def main() -> None:
                  "CPU ratio; GM training times differ by family, so few GMs on 2 CPUs can leave one idle.")
     section = common.Section(
         name="build",
-        title="4. Collection build (build_collection, one Ray task per GM)",
+        title="Collection build (build_collection, one Ray task per GM)",
         how="Builds into a scratch folder; the same GMs (same seed) for every num_cpus; Ray start-up excluded "
             "(shown in its own column).",
         columns=["preset", "GMs", "Ray num_cpus", "seconds", "GMs/min", "images/s per core", "speed-up",

@@ -113,7 +113,7 @@ def main() -> None:
     ]
     section = common.Section(
         name="build_cost",
-        title="4b. Cost per GM by family and phase (CPU seconds, one core; before: default zoo, after: wide zoo)",
+        title="Cost per GM by family and phase (CPU seconds, one core; before: default zoo, after: wide zoo)",
         how=__doc__.split("\n\n")[1].replace("\n", " "),
         columns=["family", "GMs", "CPU-s before", "CPU-s after", "speed-up", "GMs/core-h before", "GMs/core-h after",
                  "train", "gate", "sample", "realism", "encode+grid+write", "setup", "kept before", "kept after",

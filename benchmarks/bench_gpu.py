@@ -13,7 +13,7 @@ channels-last, uint8 batches normalized on the device by ``models.inputs.model_i
 - ``--compile``: the plain loop again under ``torch.compile``, its compile time reported;
 - the ``large`` collection preset's GMs on the GPU (what its build runs, ``BuildConfig.gpus_per_gm``):
   one GM of each family trained, gated and sampled (1,000 images) by ``zoo.make_gm`` on CUDA,
-  one at a time, beside the one-core CPU seconds of benchmarks/RESULTS.md section 4.
+  one at a time, beside the one-core CPU seconds of benchmarks/RESULTS.md section 7.
 
 Steady state excludes the first epoch. GPU utilisation is ``nvidia-smi``'s, sampled every 0.5 s
 during each run (mean); peak memory is ``torch.cuda.max_memory_allocated``. The projection is
@@ -193,7 +193,7 @@ def zoo_gm_seconds(device, cuda: bool) -> list[str]:
 
 def not_measured(reason: str) -> common.Section:
     return common.Section(
-        name="gpu", title="6. GPU (paper-size FEN+PN at 64x64)",
+        name="gpu", title="GPU (paper-size FEN+PN at 64x64)",
         how=f"GPU: not measured. {reason} Nothing here is extrapolated from CPU figures.",
         columns=["what", "value"], rows=[["GPU", "not measured"]])
 
@@ -244,7 +244,7 @@ def main() -> None:
     notes.append(("Zoo GMs of the large preset (64 px, 1,000 samples each) on this GPU, one at a time, wall seconds "
                   "to train + gate + sample: " if cuda else "Zoo GM code path on the CPU (smoke settings, 32 px; no GPU "
                   "figure): ") + ", ".join(gm_parts) + (". One CPU core's seconds for the same work: RESULTS.md "
-                  "section 4. The build shares each GPU among four GMs (gpus_per_gm 0.25), not timed here." if cuda else "."))
+                  "section 7. The build shares each GPU among four GMs (gpus_per_gm 0.25), not timed here." if cuda else "."))
     targets = []
     if cuda:
         minutes = total / ray_ips / 60
@@ -257,7 +257,7 @@ def main() -> None:
         notes.append("GPU: not measured. These rows ran the code path on the CPU with a few images; they are no "
                      "GPU figure and nothing is projected from them.")
     section = common.Section(
-        name="gpu", title="6. GPU (paper-size FEN+PN at 64x64)",
+        name="gpu", title="GPU (paper-size FEN+PN at 64x64)",
         how=("The paper's 17x64 FEN + PN at 64x64, bf16 autocast + channels-last on CUDA; images/s in steady state "
              "(first epoch excluded); utilisation = mean of nvidia-smi samples; first step = seconds to the first "
              "optimizer step (with torch.compile: the compilation; Ray: fit() called, workers and data included)."),

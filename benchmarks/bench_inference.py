@@ -104,7 +104,7 @@ def main() -> None:
     notes.append("predict/forward < 1 is the cost of uint8 -> resize/normalize and the named outputs around the model.")
     section = common.Section(
         name="inference",
-        title="3. Inference (Parser.predict on uint8 images)",
+        title="Inference (Parser.predict on uint8 images)",
         how=(f"Randomly initialised parsers (speed does not depend on the weights), images/s of predict on a batch, "
              f"the forward pass alone on float tensors (bench_models.throughput), and single-image latency; "
              f"{min_time:g} s per figure."),

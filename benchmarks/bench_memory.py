@@ -90,7 +90,7 @@ def main() -> None:
     m = cfg.model
     section = common.Section(
         name="memory",
-        title="5. Memory (peak resident, default preset training)",
+        title="Memory (peak resident, default preset training)",
         how=(f"Default JobConfig: FEN {m.fen_depth}x{m.fen_width} at {cfg.image_size}px, batch {cfg.batch_size}, "
              f"{cfg.num_workers} worker(s), {epochs} epoch(s) of the real training loop on "
              f"{common.collection_label(col)} ({n_train} train / {n_val} val images); "

@@ -86,7 +86,7 @@ def main() -> None:
         pass
     section = common.Section(
         name="parse",
-        title="7. parse.py: in process vs Ray Data (files/s, CPU)",
+        title="parse.py: in process vs Ray Data (files/s, CPU)",
         how=(f"workflows.parse.parse_files on N PNG files of {common.collection_label(col)}, the default model "
              f"config (parser only), batch 32, one torch thread per process; Ray rows include starting and "
              f"stopping Ray (ray.init alone: {startup:.1f} s)."),

@@ -256,7 +256,7 @@ def main() -> None:
                          "excluded above", f"{startups[phase]:.1f} s", "", "", ""])
     section = common.Section(
         name="pipeline",
-        title="1. Input pipeline (images/s as normalized float32 torch batches)",
+        title="Input pipeline (images/s as normalized float32 torch batches)",
         how=(f"Full passes over each collection, batch {args.batch}, best of {repeats} interleaved passes after a "
              "warm-up pass. ratio = images/s / best non-Ray contender of the same size and phase (the "
              "loaders that decode every pass). The targets are judged on the training-epoch row of the "

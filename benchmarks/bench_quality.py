@@ -126,7 +126,7 @@ def main() -> None:
             resumed = " (resumed: this invocation only, not the whole job)" if run.data.tags.get("resumed") == "true" else ""
             notes.append(f"main job wall time: {m['wall_seconds']:.0f} s ({m['wall_seconds'] / 60:.1f} min){resumed}; "
                          f"driver peak RSS {m.get('driver_max_rss_mb', float('nan')):.0f} MiB")
-    section = common.Section(name="quality", title=f"6. Quality ({args.preset} preset, cross-fold, unseen GMs)",
+    section = common.Section(name="quality", title=f"Quality ({args.preset} preset, cross-fold, unseen GMs)",
                              how=how, columns=columns, rows=rows, notes=notes)
     common.finish(section, args, t_start)
 

@@ -136,7 +136,7 @@ def main() -> None:
     notes.append(f"Grids, one GM per family (its median GM after): {shown}.")
     section = common.Section(
         name="realism",
-        title="8. Realism of the zoo's GMs (SWD x1e3, lower = more real; C2ST, 0.5 = indistinguishable)",
+        title="Realism of the zoo's GMs (SWD x1e3, lower = more real; C2ST, 0.5 = indistinguishable)",
         how=("data_pipeline.realism.collection_realism: each GM's images against the collection's own real crops "
              "(SWD of 7x7 Laplacian-pyramid patches, 32 per image, 128 projections x 4; C2ST: 5-fold logistic "
              "regression on fixed image statistics), medians per family."),

@@ -78,7 +78,7 @@ def main() -> None:
     rows = [[name, s, s * BATCH, s / base] for (name, *_), s in zip(contenders, best)]
     section = common.Section(
         name="step",
-        title="2b. Training step on the CPU (memory layout, precision, ensemble)",
+        title="Training step on the CPU (memory layout, precision, ensemble)",
         how=(f"Default preset FEN+PN ({single.fen_depth}x{single.fen_width} FEN at {single.image_size}px), batch {BATCH}, "
              f"{cfg.threads} torch threads, in process; {steps} timed steps per contender, {rounds} alternating "
              f"rounds, best kept. oneDNN bf16 on this CPU: {'yes' if cpu_has_bf16() else 'no'}."),

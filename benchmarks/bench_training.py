@@ -220,7 +220,7 @@ def main() -> None:
     n_train = len(images)
     section = common.Section(
         name="training",
-        title="2. Training (FEN+PN steps/s, steady state)",
+        title="Training (FEN+PN steps/s, steady state)",
         how=(f"Default preset model {task.model.fen_depth}x{task.model.fen_width} FEN at "
              f"{task.model.image_size}px, batch {loop.batch_size}, {n_train} training images ({len(gms)} GMs) of "
              f"{common.collection_label(col)}; {epochs} epochs per run, the first excluded; best of {repeats} "

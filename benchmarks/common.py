@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -35,7 +36,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
 
 #: order of the sections in RESULTS.md
+#: the sections of RESULTS.md in order; ``render`` numbers them 1, 2, ... in this order (a script's
+#: title carries no number, so the numbers never collide or run out of order)
 SECTION_ORDER = ["pipeline", "training", "step", "memory", "inference", "parse", "build", "build_cost", "gpu", "realism", "quality"]
+_TITLE_NUMBER = re.compile(r"^\d+[a-z]?\.\s+")
 
 
 # --- machine facts ---------------------------------------------------------------------------
@@ -314,6 +318,8 @@ def read_sections(path: Path = RESULTS) -> dict[str, Section]:
 def render(sections: dict[str, Section], command: str, quick: bool | None = None) -> str:
     mach, vers = machine(), versions()
     order = [n for n in SECTION_ORDER if n in sections] + [n for n in sections if n not in SECTION_ORDER]
+    sections = {n: dataclasses.replace(sections[n], title=f"{i}. {_TITLE_NUMBER.sub('', sections[n].title)}")
+                for i, n in enumerate(order, 1)}
     lines = [
         "# gmparse benchmarks",
         "",

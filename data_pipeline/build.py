@@ -115,7 +115,7 @@ def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train
     }
 
 
-#: families by their measured cost per GM, costliest first (benchmarks/RESULTS.md section 4b): the
+#: families by their measured cost per GM, costliest first (benchmarks/RESULTS.md section 8): the
 #: order a build submits its GM tasks in
 SUBMIT_ORDER = {"autoregressive": 0, "gan": 1, "vae": 2, "diffusion": 3, "autoencoder": 4}
 

@@ -118,7 +118,7 @@ BUILD_PRESETS: dict[str, BuildConfig] = {
     ),
     # wide: hundreds of GMs at the default's size and gate, every family at a fixed share
     # (zoo.specs.FAMILY_SHARES) and every implementation; its zoo preset trains at batch 16 (1.77x
-    # cheaper a GM than the default's 32; benchmarks/RESULTS.md section 4b). Grows by its tail:
+    # cheaper a GM than the default's 32; benchmarks/RESULTS.md section 8). Grows by its tail:
     # --n-gms 704 reuses these. 352 GMs, as ~7% of them fail the gate: 320 or more are kept.
     "wide": BuildConfig(
         preset="wide", n_gms=352, images_per_gm=256, image_size=32, real_images=4096, train_crops=4096,

@@ -193,3 +193,12 @@ def test_readme_is_a_front_page():
     assert len(text.splitlines()) <= 200
     ids = [t for t in re.findall(r"\b[0-9a-f]{8,}\b", text) if re.search(r"\d", t) and re.search(r"[a-f]", t)]
     assert ids == []
+
+
+def test_results_sections_are_numbered_in_order():
+    """benchmarks/RESULTS.md's sections run 1, 2, 3, ... (common.render numbers them; once they ran
+    1, 2, 2b, 5, 3, 7, 4, 6, 8, 6)."""
+    import re
+
+    numbers = re.findall(r"^## (\d+[a-z]?)\. ", (REPO_ROOT / "benchmarks" / "RESULTS.md").read_text(), flags=re.M)
+    assert numbers == [str(i) for i in range(1, len(numbers) + 1)] and len(numbers) >= 10

@@ -22,7 +22,7 @@ FAMILY_STEP_SCALE: tuple[tuple[str, float], ...] = (
     ("gan", 2.5), ("vae", 1.0), ("autoencoder", 1.0), ("diffusion", 2.0), ("autoregressive", 3.0),
 )  # fmt: skip
 #: the scales before realism was measured: smoke (plumbing runs, seconds a GM) and large (its
-#: per-GM cost was measured with these, benchmarks/RESULTS.md section 4) keep them
+#: per-GM cost was measured with these, benchmarks/RESULTS.md section 7) keep them
 PLAIN_STEP_SCALE: tuple[tuple[str, float], ...] = (
     ("gan", 1.0), ("vae", 1.0), ("autoencoder", 1.0), ("diffusion", 2.0), ("autoregressive", 1.0),
 )  # fmt: skip
@@ -101,7 +101,7 @@ ZOO_PRESETS: dict[str, ZooTrainConfig] = {
     # Measured per training step on one core at batch 64 (GAN 0.38 s, VAE 0.20, diffusion 0.12,
     # autoregressive 0.70; sampling 1,000 autoregressive images 105 s), the old budget of 1,500
     # steps (cap 900 s) cost ~560 s a GM: ~4 h for 400 GMs on 16 cores. Batch 32, 400 steps and a
-    # 120 s cap brought a GM to ~40-225 s (benchmarks/RESULTS.md, section 4); the cap is now a guard.
+    # 120 s cap brought a GM to ~40-225 s (benchmarks/RESULTS.md, section 7); the cap is now a guard.
     "large": ZooTrainConfig(steps=400, batch_size=32, retry_steps=200, max_retries=2, max_rebuilds=1,
                             max_seconds=1800.0, gate_images=128, min_improvement=2.0, diffusion_sample_steps=20,
                             step_scale=PLAIN_STEP_SCALE),
