@@ -56,3 +56,41 @@ def test_results_home_leaves_rays_per_job_copy(tmp_path, monkeypatch):
     assert runtime.storage_path() == "/shared/runs" and runtime.tracking_uri() == "http://mlflow:5000"
     line = runtime.where_results_go(runtime.storage_path())
     assert "http://mlflow:5000" in line and "/shared/runs" in line
+
+
+def test_a_job_leaves_rays_per_job_copy_before_it_can_vanish(tmp_path, monkeypatch):
+    """Relative paths given inside Ray's copy of the working directory become absolute and the job
+    moves to the results home; a copy already deleted under the job makes a relative path an error
+    that says what to do (once, MLflow failed later in os.getcwd())."""
+    import argparse
+    import os
+    import shutil
+
+    import pytest
+
+    from gmparse.workflows.lib.job import leave_ray_job_copy
+    from gmparse.workflows.lib.runtime import SetupError
+
+    monkeypatch.setenv("GMPARSE_HOME", str(tmp_path / "home"))
+    copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_ab12"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    args = argparse.Namespace(collection="data/col", storage_path="s3://bucket/runs", config="best.json",
+                              test_collection=str(tmp_path / "abs"), out=None, epochs=3)
+    leave_ray_job_copy(args)
+    assert args.collection == str(copy / "data/col") and args.config == str(copy / "best.json")
+    assert args.storage_path == "s3://bucket/runs" and args.test_collection == str(tmp_path / "abs")
+    assert args.out is None and args.epochs == 3
+    assert os.getcwd() == str(tmp_path / "home")
+    # the copy removed under a running job
+    monkeypatch.chdir(copy)
+    shutil.rmtree(copy)
+    with pytest.raises(SetupError, match="give an absolute path"):
+        leave_ray_job_copy(argparse.Namespace(collection="data/col"))
+    leave_ray_job_copy(argparse.Namespace(collection=str(tmp_path / "abs")))  # absolute: fine
+    assert os.getcwd() == str(tmp_path / "home")
+    # outside a Ray job nothing moves
+    monkeypatch.chdir(tmp_path)
+    a = argparse.Namespace(collection="rel")
+    leave_ray_job_copy(a)
+    assert a.collection == "rel" and os.getcwd() == str(tmp_path)

@@ -17,7 +17,8 @@ def parser_dir(smoke_collection, tmp_path):
     from gmparse.models.parser import Parser
 
     torch.manual_seed(0)
-    return Parser.from_config(ModelConfig.preset("smoke"), smoke_collection.ranges).save(tmp_path / "parser")
+    # the default preset's architecture: what make run registers (an ensemble with side branches)
+    return Parser.from_config(ModelConfig.preset("default"), smoke_collection.ranges).save(tmp_path / "parser")
 
 
 def test_registered_parser_scores_a_collection(smoke_collection, parser_dir, sqlite_tracking, capsys):

@@ -137,3 +137,23 @@ def test_stopped_trials_get_their_last_epoch_and_are_closed(tmp_path):
     assert stopped.data.metrics["val_score"] == 0.4 and "config/lr" not in stopped.data.metrics
     assert client.get_run(runs["errored"]).data.tags["stopped_by"] == "error"
     assert client.get_run(runs["done"]).info.status == "FINISHED"  # left alone
+
+
+def test_a_sweeps_best_config_feeds_the_main_job(tmp_path):
+    """What tune_sweep.py writes to --out (the swept weights and learning rate) is what
+    ``cv_folds.py --config`` reads: on the default preset, those fields change and the network
+    (the default champion's architecture) does not."""
+    import json
+
+    from gmparse.workflows import cv_folds
+    from gmparse.workflows.lib.cli import flat_fields, load_overrides, resolve
+    from gmparse.workflows.lib.job_config import job_config
+    from gmparse.workflows.tune_sweep import DEFAULT_SPACE
+
+    best = {k: float(lo * 1.5) for k, (lo, _) in DEFAULT_SPACE.items()}  # as tune_sweep.report writes it
+    (tmp_path / "best.json").write_text(json.dumps(best))
+    args = cv_folds.get_args_parser().parse_args(["--preset", "default", "--config", str(tmp_path / "best.json")])
+    cfg = resolve(job_config("default"), args, load_overrides(args.config))
+    flat = flat_fields(cfg)
+    assert {k: flat[k] for k in best} == best
+    assert cfg.model == job_config("default").model and cfg.epochs == job_config("default").epochs

@@ -41,7 +41,7 @@ from gmparse.workflows.lib.image_parsing import (
     parse_files,
     write_report,
 )
-from gmparse.workflows.lib.runtime import die
+from gmparse.workflows.lib.runtime import die, quiet_console
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,6 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=1, help="Ray Data actor pool size")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are skipped")
     p.add_argument("--min-side", type=int, default=MIN_SIDE, help="smaller images are skipped")
+    p.add_argument("--verbose", action="store_true", help="show MLflow's and Ray's own log lines and download bars")
     return p
 
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.batch_size < 1:
         die("--batch-size must be >= 1")
+    quiet_console(not args.verbose)
     paths = expand_paths(args.paths)
     if not paths:
         die(f"no files found under {args.paths}")

@@ -9,13 +9,16 @@ GPU detection, the storage folder (printed), and the stable base of the run's na
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gmparse.data_pipeline.collection import Collection, CollectionError, open_collection
 from gmparse.data_pipeline.folds import FoldError
+from gmparse.data_pipeline.paths import in_ray_job_copy, results_home
 from gmparse.workflows.lib.runtime import (
     SetupError,
     die,
@@ -48,6 +51,34 @@ def run_base(prefix: str, cfg: Any, build_key: str) -> str:
     return f"{prefix}-{cfg.preset}-{build_key[:8]}-{cfg.key()}"
 
 
+#: the options that name a file or folder: made absolute before a job leaves Ray's per-job copy
+PATH_OPTIONS = ("collection", "test_collection", "storage_path", "out", "config")
+
+
+def leave_ray_job_copy(args: argparse.Namespace) -> None:
+    """Inside ``ray job submit --working-dir``, the entry point starts in Ray's copy of that folder,
+    which Ray deletes when no process on the node holds it any more (seen with several nodes on one
+    machine: MLflow's ``log_model`` then failed in ``os.getcwd()``). The package is imported from its
+    install, not from the copy; here the relative paths the user gave are made absolute and the
+    process moves to the results home, so nothing the job writes or reads later depends on the copy."""
+    if not in_ray_job_copy():
+        return
+    try:
+        here = Path.cwd()
+    except FileNotFoundError:
+        here = None
+    for name in PATH_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+            if here is None:
+                raise SetupError(f"--{name.replace('_', '-')} {value} is relative to Ray's copy of the working "
+                                 "directory, which no longer exists: give an absolute path")
+            setattr(args, name, str(here / value))
+    home = results_home()
+    home.mkdir(parents=True, exist_ok=True)
+    os.chdir(home)
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM (``ray job stop``, a scheduler) unwinds like Ctrl-C, so MLflow runs end as KILLED/FAILED."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
@@ -71,11 +102,13 @@ def start_job(args: argparse.Namespace, cfg: Any, prefix: str,
     unreachable service exits with code 2 and one line."""
     stop_on_sigterm()
     try:
+        leave_ray_job_copy(args)
         given = open_collection(args.collection) if args.collection else None
         if given is not None:
             validate(given)
-        init_mlflow(args.experiment)
-        init_ray(quiet=not getattr(args, "verbose", False))
+        quiet = not getattr(args, "verbose", False)
+        init_mlflow(args.experiment, quiet=quiet)
+        init_ray(quiet=quiet)
         col = given or open_or_build(None, cfg.collection_preset, cfg.seed)
         if given is None:
             validate(col)

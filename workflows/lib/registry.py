@@ -17,10 +17,12 @@ machine that loads ``gm-parser@champion``. Models registered before this (2026-1
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,27 @@ def check_no_pickle(model_dir: str | Path) -> None:
             "from code (retrain, or log_parser(Parser.load(<its artifacts/parser>)))")
 
 
+@contextlib.contextmanager
+def _event_lines_off() -> Iterator[None]:
+    """MLflow prints "Successfully registered model ..." and "Created version ..." through its event
+    stream, not a logger; keep them off the console when MLflow's logging level is WARNING or
+    above (``runtime.quiet_console``; ``--verbose`` keeps them). The job prints its own line."""
+    import os
+
+    from mlflow.utils import logging_utils
+
+    if os.environ.get("MLFLOW_LOGGING_LEVEL", "INFO").upper() not in ("WARNING", "ERROR", "CRITICAL"):
+        yield
+        return
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    was = stream.enabled
+    stream.enabled = False
+    try:
+        yield
+    finally:
+        stream.enabled = was
+
+
 def _log_and_register(wrapper: mlflow.pyfunc.PythonModel, loaded: str, model: Any, bundle_name: str, size: int,
                       name: str, register_as: str | None, alias: str, tags: dict[str, str],
                       any_size: bool = False, model_config: dict[str, Any] | None = None) -> tuple[str, str | None]:
@@ -178,7 +201,8 @@ def _log_and_register(wrapper: mlflow.pyfunc.PythonModel, loaded: str, model: An
         )
     version = None
     if register_as:
-        mv = mlflow.register_model(info.model_uri, register_as)
+        with _event_lines_off():
+            mv = mlflow.register_model(info.model_uri, register_as)
         client = mlflow.MlflowClient()
         for k, v in {"schema_version": SCHEMA_VERSION, **tags}.items():
             client.set_model_version_tag(register_as, mv.version, k, str(v))

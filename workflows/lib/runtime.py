@@ -23,6 +23,49 @@ class SetupError(RuntimeError):
     """A service the job needs is missing or unreachable."""
 
 
+#: lines Ray's driver repeats from the raylet that ask nothing of the user here: a local Ray
+#: over-declares logical CPUs on purpose (init_ray), so the raylet starts more Python workers at
+#: once than the machine has cores, and says so. They stay in Ray's session logs.
+BENIGN_RAY_LINES = ("PYTHON worker processes have been started",)
+
+
+def quiet_console(quiet: bool = True) -> None:
+    """The terminal shows gmparse's own lines (stage lines, progress bars, tables) unless ``--verbose``:
+    MLflow's and alembic's INFO lines (store creation, input-example validation), MLflow's download
+    bars, Ray's token-authentication notice and the raylet's worker-startup warnings are kept off it.
+    Warnings and errors that ask something of the user still show."""
+    if not quiet:
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # this process and the ones it starts
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # "Token authentication is enabled for this Ray cluster": the secure default of a local Ray
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    if "ray" in sys.modules:  # (init_ray calls this again once Ray is imported; parse.py may never need it)
+        _filter_ray_driver_lines(BENIGN_RAY_LINES)
+
+
+def _filter_ray_driver_lines(benign: tuple[str, ...]) -> None:
+    """Drop ``benign`` lines from what Ray's driver prints on behalf of its raylet and workers (Ray
+    prints them from a background thread whatever ``log_to_driver`` says)."""
+    try:
+        import ray._private.worker as ray_worker
+    except ImportError:  # pragma: no cover - Ray is a dependency
+        return
+    print_lines = ray_worker.print_to_stdstream
+    if getattr(print_lines, "gmparse_filtered", False):
+        return
+
+    def filtered(data: dict, ignore_prefix: bool) -> None:
+        lines = [ln for ln in data.get("lines", []) if not any(b in ln for b in benign)]
+        if lines:
+            print_lines({**data, "lines": lines}, ignore_prefix)
+
+    filtered.gmparse_filtered = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = filtered
+
+
 def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
     """Connect to RAY_ADDRESS if set, else start a local Ray with over-declared CPUs.
 
@@ -31,6 +74,7 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
     import ray
 
     if quiet:
+        quiet_console()
         quiet_ray_data()
     if ray.is_initialized():
         return
@@ -78,8 +122,9 @@ def where_results_go(storage: str) -> str:
     return f"results: MLflow {tracking_uri()}, checkpoints {storage}{note}"
 
 
-def init_mlflow(experiment: str, timeout_s: float = 10.0) -> str:
+def init_mlflow(experiment: str, timeout_s: float = 10.0, quiet: bool = True) -> str:
     """Point MLflow at the tracking store, failing fast and clearly if a server is unreachable."""
+    quiet_console(quiet)
     import mlflow
 
     uri = tracking_uri()
