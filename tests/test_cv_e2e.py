@@ -180,17 +180,86 @@ def _wait_http(url: str, timeout: float = 90) -> None:
     raise TimeoutError(url)
 
 
-def test_ray_job_submit_against_mlflow_server(smoke_collection, tmp_path):
-    """`ray job submit` to a real head on 127.0.0.1, tracking to a real `mlflow server`."""
-    from mlflow import MlflowClient, pyfunc
-
-    port = free_port()
-    server = subprocess.Popen(
+def _start_mlflow_server(port: int, tmp_path: Path) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:``port`` over a SQLite store and an artifact folder of ``tmp_path``
+    (the same ones every time: a restart keeps what was logged)."""
+    return subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True,
     )
+
+
+def _stop_mlflow_server(server: subprocess.Popen) -> None:
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, 15)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # a loaded machine: the server's workers were slow to stop
+        os.killpg(server.pid, 9)
+        server.wait(timeout=30)
+
+
+def test_the_tracking_server_restarts_mid_fold(smoke_collection, tmp_path):
+    """The MLflow server stops during fold 0 and starts again 15 s later on the same port and store:
+    the job keeps running (MLflow's HTTP retries, set by the job), the metrics logged after the
+    restart arrive, nothing logged before is lost, every run ends FINISHED and the parser is registered."""
+    from mlflow import MlflowClient
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start_mlflow_server(port, tmp_path)
+    epochs = 3
+    log = open(tmp_path / "job.log", "w")  # a file, not a pipe
+    proc = None
+    try:
+        _wait_http(f"{uri}/health")
+        proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "workflows" / "cv_folds.py"), *SMOKE_ARGS,
+                                 "--collection", smoke_collection.path, "--storage-path", str(tmp_path / "runs"),
+                                 "--epochs", str(epochs)], env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        client = MlflowClient(uri)
+        deadline = time.time() + 600
+        while time.time() < deadline:  # fold 0 has logged its first epoch
+            time.sleep(2)
+            assert proc.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+            exp = client.get_experiment_by_name("gmparse-cv")
+            fold0 = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("fold") == "fold-0"] if exp else []
+            if fold0 and client.get_metric_history(fold0[0].info.run_id, "epoch"):
+                break
+        else:
+            pytest.fail("fold 0 never logged an epoch:\n" + (tmp_path / "job.log").read_text()[-3000:])
+        before = {m.step for m in client.get_metric_history(fold0[0].info.run_id, "epoch")}
+        _stop_mlflow_server(server)
+        time.sleep(15)
+        assert proc.poll() is None, "the job did not ride out the server's absence:\n" + (tmp_path / "job.log").read_text()[-3000:]
+        server = _start_mlflow_server(port, tmp_path)
+        _wait_http(f"{uri}/health")
+        rc = proc.wait(timeout=900)
+        assert rc == 0, (tmp_path / "job.log").read_text()[-4000:]
+        runs = _runs(client)
+        assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 4, [(r.info.run_name, r.info.status) for r in runs]
+        for r in runs:
+            if "fold" in r.data.tags:
+                steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "epoch"))
+                assert steps == list(range(epochs)), (r.data.tags["fold"], steps)
+        assert before <= {m.step for m in client.get_metric_history(fold0[0].info.run_id, "epoch")}
+        assert client.get_model_version_by_alias("gm-parser", "champion").run_id in {r.info.run_id for r in runs}
+    finally:
+        log.close()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        _stop_mlflow_server(server)
+
+
+def test_ray_job_submit_against_mlflow_server(smoke_collection, tmp_path):
+    """`ray job submit` to a real head on 127.0.0.1, tracking to a real `mlflow server`."""
+    from mlflow import MlflowClient, pyfunc
+
+    port = free_port()
+    server = _start_mlflow_server(port, tmp_path)
     uri = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{uri}/health")
@@ -217,12 +286,7 @@ def test_ray_job_submit_against_mlflow_server(smoke_collection, tmp_path):
         pred = model.predict(np.zeros((1, 32, 32, 3), dtype=np.uint8))
         assert list(pred.columns[:9]) == list(schema.CONTINUOUS)
     finally:
-        os.killpg(server.pid, 15)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # a loaded machine: the server's workers were slow to stop
-            os.killpg(server.pid, 9)
-            server.wait(timeout=30)
+        _stop_mlflow_server(server)
 
 
 def test_ray_job_submit_with_defaults_leaves_results_where_it_says(smoke_collection, tmp_path):

@@ -23,6 +23,14 @@ class SetupError(RuntimeError):
     """A service the job needs is missing or unreachable."""
 
 
+#: how a job rides out a tracking server that goes away for a while (restarted for an upgrade): MLflow's
+#: own HTTP retries of every call, waits of 2, 4, 8, ... s (at most 120 s each) over 7 retries, about
+#: 4 minutes in all; a call still failing after that fails the job with the server's address in the
+#: error, and ``--resume`` continues it. Set for the driver and every Ray worker it starts; a value
+#: already in the environment wins.
+TRACKING_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
 #: lines Ray's driver repeats from the raylet that ask nothing of the user here: a local Ray
 #: over-declares logical CPUs on purpose (init_ray), so the raylet starts more Python workers at
 #: once than the machine has cores, and says so. They stay in Ray's session logs.
@@ -78,7 +86,7 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
         quiet_ray_data()
     if ray.is_initialized():
         return
-    env = {"MLFLOW_TRACKING_URI": tracking_uri()}
+    env = {"MLFLOW_TRACKING_URI": tracking_uri(), **{k: os.environ.get(k, v) for k, v in TRACKING_RETRIES.items()}}
     runtime_env = {"env_vars": env}
     level = logging.WARNING if quiet else logging.INFO
     if os.environ.get("RAY_ADDRESS"):
@@ -142,6 +150,8 @@ def init_mlflow(experiment: str, timeout_s: float = 10.0, quiet: bool = True) ->
                 "MLFLOW_TRACKING_URI to use the local SQLite store"
             ) from None
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    for k, v in TRACKING_RETRIES.items():  # this process, and the local Ray it starts next, inherit them
+        os.environ.setdefault(k, v)
     mlflow.set_tracking_uri(uri)
     if default and mlflow.get_experiment_by_name(experiment) is None:
         # a SQLite store keeps artifacts under ./mlruns of the working directory unless told: put
