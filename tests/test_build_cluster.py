@@ -423,10 +423,12 @@ def _train_worker_nodes(cluster: Cluster) -> set[str]:
             and any(procs[p][2].startswith(TRAIN_WORKER_TITLE) for p in node.pids(procs))}
 
 
-def _submit_main_job(cluster: Cluster, collection: str, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
-    """The README's cluster command for the main job (two training workers), tracked in a SQLite
-    store of this test; stdout of ``ray job submit`` (it follows the job's logs) to a file."""
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+def _submit_main_job(cluster: Cluster, collection: str, tmp_path: Path, *extra: str,
+                     tracking: str | None = None) -> tuple[subprocess.Popen, Path]:
+    """The README's cluster command for the main job (two training workers), tracked to ``tracking``
+    (default: a SQLite store of this test); stdout of ``ray job submit`` (it follows the job's logs) to
+    a file."""
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking or f"sqlite:///{tmp_path / 'mlflow.db'}",
                                 "GMPARSE_HOME": str(tmp_path / "home"), "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
                                 "TQDM_DISABLE": "1"}}
     log = tmp_path / "job.log"
@@ -441,12 +443,12 @@ def _submit_main_job(cluster: Cluster, collection: str, tmp_path: Path, *extra: 
     return proc, log
 
 
-def _check_job_runs(tmp_path: Path) -> dict[str, float]:
+def _check_job_runs(tmp_path: Path, tracking: str | None = None) -> dict[str, float]:
     """Every MLflow run FINISHED (parent, two folds, final), every epoch of every training run logged
     exactly once, the parser registered by the parent -> the parent's pooled metrics."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking or f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("gmparse-cv").experiment_id])
     assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 4, [(r.info.run_name, r.info.status) for r in runs]
     for r in runs:
@@ -474,20 +476,43 @@ UNDISTURBED: dict[str, float] = {}  # the first job's pooled metrics, for the no
 
 
 def test_main_job_submitted_to_the_cluster_trains_on_the_worker_nodes(smoke_collection, two_workers, tmp_path):
-    """``ray job submit --working-dir`` of the README's main job, two training workers: they run on
-    the worker nodes (the head has no CPU), the job SUCCEEDS and every MLflow run is FINISHED, the
-    parser registered."""
-    proc, log = _submit_main_job(two_workers, smoke_collection.path, tmp_path)
+    """``ray job submit --working-dir`` of the README's main job, two training workers, tracking to a
+    real ``mlflow server``: the workers run on the worker nodes (the head has no CPU), the job
+    SUCCEEDS, every MLflow run is FINISHED, and the registered parser loads from the server (a model
+    from code) and parses."""
+    import numpy as np
+    from conftest import free_port
+    from mlflow import MlflowClient, pyfunc
+    from mlflow_server import start_mlflow_server, stop_mlflow_server, wait_http
+
+    from gmparse.data_pipeline import schema
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    server = start_mlflow_server(int(uri.rsplit(":", 1)[1]), tmp_path)
     try:
-        seen = _watch(proc, two_workers)
-        rc = proc.poll()
+        wait_http(f"{uri}/health")
+        proc, log = _submit_main_job(two_workers, smoke_collection.path, tmp_path, tracking=uri)
+        try:
+            seen = _watch(proc, two_workers)
+            rc = proc.poll()
+        finally:
+            _kill_group(proc)
+        text = log.read_text()
+        assert rc == 0, text[-5000:]
+        assert "succeeded" in text.lower() and "Pooled over all" in text, text[-3000:]
+        assert seen and seen <= {"a", "b"}, seen  # training workers on the worker nodes, never the head
+        UNDISTURBED.update(_check_job_runs(tmp_path, uri))
+        version = MlflowClient(uri).get_model_version_by_alias("gm-parser", "champion")
+        assert version.tags["schema_version"] == schema.SCHEMA_VERSION
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        try:
+            model = pyfunc.load_model("models:/gm-parser@champion")
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        pred = model.predict(np.zeros((1, 32, 32, 3), dtype=np.uint8))
+        assert list(pred.columns[:9]) == list(schema.CONTINUOUS)
     finally:
-        _kill_group(proc)
-    text = log.read_text()
-    assert rc == 0, text[-5000:]
-    assert "succeeded" in text.lower() and "Pooled over all" in text, text[-3000:]
-    assert seen and seen <= {"a", "b"}, seen  # training workers on the worker nodes, never the head
-    UNDISTURBED.update(_check_job_runs(tmp_path))
+        stop_mlflow_server(server)
 
 
 def test_a_worker_node_lost_mid_epoch_resumes_the_job_from_its_checkpoint(smoke_collection, two_workers, tmp_path):

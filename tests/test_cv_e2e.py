@@ -10,12 +10,12 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, free_port
+from mlflow_server import start_mlflow_server, stop_mlflow_server, wait_http
 from ray_head import BIN, local_head
 
 from gmparse.data_pipeline import schema
@@ -169,39 +169,6 @@ def test_interrupt_leaves_no_running_mlflow_run(smoke_collection, tmp_path):
     assert proc.returncode != 0
 
 
-def _wait_http(url: str, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def _start_mlflow_server(port: int, tmp_path: Path) -> subprocess.Popen:
-    """`mlflow server` on 127.0.0.1:``port`` over a SQLite store and an artifact folder of ``tmp_path``
-    (the same ones every time: a restart keeps what was logged)."""
-    return subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True,
-    )
-
-
-def _stop_mlflow_server(server: subprocess.Popen) -> None:
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, 15)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:  # a loaded machine: the server's workers were slow to stop
-        os.killpg(server.pid, 9)
-        server.wait(timeout=30)
-
-
 def test_the_tracking_server_restarts_mid_fold(smoke_collection, tmp_path):
     """The MLflow server stops during fold 0 and starts again 15 s later on the same port and store:
     the job keeps running (MLflow's HTTP retries, set by the job), the metrics logged after the
@@ -210,12 +177,12 @@ def test_the_tracking_server_restarts_mid_fold(smoke_collection, tmp_path):
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = _start_mlflow_server(port, tmp_path)
-    epochs = 3
+    server = start_mlflow_server(port, tmp_path)
+    epochs = 6  # ~1 s each after the first here: the server goes while fold 0 still trains
     log = open(tmp_path / "job.log", "w")  # a file, not a pipe
     proc = None
     try:
-        _wait_http(f"{uri}/health")
+        wait_http(f"{uri}/health")
         proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "workflows" / "cv_folds.py"), *SMOKE_ARGS,
                                  "--collection", smoke_collection.path, "--storage-path", str(tmp_path / "runs"),
                                  "--epochs", str(epochs)], env={**os.environ, "MLFLOW_TRACKING_URI": uri},
@@ -232,13 +199,16 @@ def test_the_tracking_server_restarts_mid_fold(smoke_collection, tmp_path):
         else:
             pytest.fail("fold 0 never logged an epoch:\n" + (tmp_path / "job.log").read_text()[-3000:])
         before = {m.step for m in client.get_metric_history(fold0[0].info.run_id, "epoch")}
-        _stop_mlflow_server(server)
+        assert len(before) < epochs, "fold 0 was over before the server went"  # really during a fold
+        stop_mlflow_server(server)
         time.sleep(15)
         assert proc.poll() is None, "the job did not ride out the server's absence:\n" + (tmp_path / "job.log").read_text()[-3000:]
-        server = _start_mlflow_server(port, tmp_path)
-        _wait_http(f"{uri}/health")
+        server = start_mlflow_server(port, tmp_path)
+        wait_http(f"{uri}/health")
         rc = proc.wait(timeout=900)
-        assert rc == 0, (tmp_path / "job.log").read_text()[-4000:]
+        text = (tmp_path / "job.log").read_text()
+        assert rc == 0, text[-4000:]
+        assert "View run" not in text and "INFO mlflow" not in text  # a quiet console with a server too
         runs = _runs(client)
         assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 4, [(r.info.run_name, r.info.status) for r in runs]
         for r in runs:
@@ -251,42 +221,7 @@ def test_the_tracking_server_restarts_mid_fold(smoke_collection, tmp_path):
         log.close()
         if proc is not None and proc.poll() is None:
             proc.kill()
-        _stop_mlflow_server(server)
-
-
-def test_ray_job_submit_against_mlflow_server(smoke_collection, tmp_path):
-    """`ray job submit` to a real head on 127.0.0.1, tracking to a real `mlflow server`."""
-    from mlflow import MlflowClient, pyfunc
-
-    port = free_port()
-    server = _start_mlflow_server(port, tmp_path)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{uri}/health")
-        with local_head() as head:
-            runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": uri, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
-            r = subprocess.run(
-                [str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--working-dir", str(REPO_ROOT),
-                 "--runtime-env-json", json.dumps(runtime_env), "--", "python", "workflows/cv_folds.py", *SMOKE_ARGS,
-                 "--collection", smoke_collection.path, "--storage-path", str(tmp_path / "runs"), "--epochs", "1"],
-                env=head.env, capture_output=True, text=True, timeout=900,
-            )
-            assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-            assert "succeeded" in (r.stdout + r.stderr).lower()
-            assert "Pooled over all" in r.stdout
-        client = MlflowClient(uri)
-        runs = _runs(client)
-        assert {x.info.status for x in runs} == {"FINISHED"} and len(runs) == 4  # parent, 2 folds, final
-        assert client.get_model_version_by_alias("gm-parser", "champion").tags["schema_version"] == schema.SCHEMA_VERSION
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-        try:
-            model = pyfunc.load_model("models:/gm-parser@champion")
-        finally:
-            os.environ.pop("MLFLOW_TRACKING_URI")
-        pred = model.predict(np.zeros((1, 32, 32, 3), dtype=np.uint8))
-        assert list(pred.columns[:9]) == list(schema.CONTINUOUS)
-    finally:
-        _stop_mlflow_server(server)
+        stop_mlflow_server(server)
 
 
 def test_ray_job_submit_with_defaults_leaves_results_where_it_says(smoke_collection, tmp_path):

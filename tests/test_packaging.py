@@ -202,3 +202,17 @@ def test_results_sections_are_numbered_in_order():
 
     numbers = re.findall(r"^## (\d+[a-z]?)\. ", (REPO_ROOT / "benchmarks" / "RESULTS.md").read_text(), flags=re.M)
     assert numbers == [str(i) for i in range(1, len(numbers) + 1)] and len(numbers) >= 10
+
+
+def test_every_test_the_docs_name_exists():
+    """cluster/README.md's fault table (and any page) names tests as ``tests/x.py::test_name``: each
+    must be a test function of that file."""
+    import re
+
+    missing = []
+    for md in [REPO_ROOT / "README.md", *(REPO_ROOT / "docs").glob("*.md"), REPO_ROOT / "cluster" / "README.md"]:
+        for path, name in re.findall(r"(tests/[\w/]+\.py)::(\w+)", md.read_text()):
+            f = REPO_ROOT / path
+            if not f.exists() or f"def {name}(" not in f.read_text():
+                missing.append(f"{md.name}: {path}::{name}")
+    assert missing == []

@@ -40,12 +40,13 @@ BENIGN_RAY_LINES = ("PYTHON worker processes have been started",)
 def quiet_console(quiet: bool = True) -> None:
     """The terminal shows gmparse's own lines (stage lines, progress bars, tables) unless ``--verbose``:
     MLflow's and alembic's INFO lines (store creation, input-example validation), MLflow's download
-    bars, Ray's token-authentication notice and the raylet's worker-startup warnings are kept off it.
+    bars and "View run ... at" links (the job prints its run id), Ray's token-authentication notice and the raylet's worker-startup warnings are kept off it.
     Warnings and errors that ask something of the user still show."""
     if not quiet:
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # this process and the ones it starts
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ... at: http://..."
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # "Token authentication is enabled for this Ray cluster": the secure default of a local Ray
