@@ -205,7 +205,7 @@ def test_results_sections_are_numbered_in_order():
 
 
 def test_every_test_the_docs_name_exists():
-    """cluster/README.md's fault table (and any page) names tests as ``tests/x.py::test_name``: each
+    """cluster/README.md's fault table (and any page) names tests as ``tests/<file>.py::<test>``: each
     must be a test function of that file."""
     import re
 
