@@ -7,8 +7,7 @@ GM, in one Ray task each. The names below load on first use (PEP 562), so the to
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from gmparse.data_pipeline.lazy_exports import lazy_exports
 
 #: public name -> the submodule that defines it
 _WHERE = {
@@ -51,13 +50,4 @@ __all__ = [  # the same names as _WHERE
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())
