@@ -8,6 +8,7 @@ it). Cluster: ``RAY_ADDRESS``, ``MLFLOW_TRACKING_URI`` and ``GMPARSE_STORAGE`` a
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import sys
@@ -167,14 +168,32 @@ def die(msg: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+def storage_entries(storage: Path | str) -> list[str]:
+    """The names of the folders directly under ``storage``: a local path, or any URI pyarrow's
+    filesystems open (``s3://``, ``gs://``, ``file://``; credentials and endpoint from the
+    environment, as Ray's own storage). A storage that does not exist yet holds nothing."""
+    if "://" not in str(storage):
+        root = Path(storage)
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root_path = pafs.FileSystem.from_uri(str(storage))
+        infos = fs.get_file_info(pafs.FileSelector(root_path, allow_not_found=True))
+    except (OSError, ValueError) as e:
+        raise SetupError(f"cannot list the storage {storage} to resume: {e}") from None
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
 def resumable_run_name(base: str, storage: Path | str, resume: bool) -> str:
     """``base-<timestamp>``; with ``resume``, the newest earlier run of ``base`` under ``storage``
-    (its Ray Train folders ``<name>-fold-0`` or ``<name>-final``), so its trainers pick up their
-    checkpoints. Remote storage (``s3://``...) cannot be listed here: a new name is used."""
-    if resume and "://" not in str(storage):
-        previous = sorted(Path(storage).glob(f"{base}-*-fold-0")) + sorted(Path(storage).glob(f"{base}-*-final"))
+    (local or an object store: its Ray Train folders ``<name>-fold-0`` or ``<name>-final``), so its
+    trainers pick up their checkpoints."""
+    if resume:
+        entries = storage_entries(storage)
+        previous = [e for e in entries if fnmatch.fnmatch(e, f"{base}-*-fold-0") or fnmatch.fnmatch(e, f"{base}-*-final")]
         if previous:
-            names = {p.name.rsplit("-fold-", 1)[0].rsplit("-final", 1)[0] for p in previous}
+            names = {e.rsplit("-fold-", 1)[0].rsplit("-final", 1)[0] for e in previous}
             return max(names)  # the timestamps sort as text
         print(f"nothing to resume under {storage} for {base}; starting a new run", flush=True)
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
