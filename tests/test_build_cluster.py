@@ -80,7 +80,7 @@ OBJECT_STORE_BYTES = 256 * 1024**2  # the smoke build moves a few MB; Ray's defa
 
 # --- /proc ---------------------------------------------------------------------------------------
 def _procs() -> dict[int, tuple[int, int, str]]:
-    """pid -> (ppid, session id, command line) of every process (psutil is not installed)."""
+    """pid -> (ppid, session id, command line) of every live process (psutil is not installed)."""
     out = {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -91,6 +91,8 @@ def _procs() -> dict[int, tuple[int, int, str]]:
         except OSError:  # gone meanwhile
             continue
         fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp session ...
+        if fields[0] in ("Z", "X"):  # dead: a zombie nobody has reaped yet (this sandbox's init may not)
+            continue
         out[int(p.name)] = (int(fields[1]), int(fields[3]), cmd)
     return out
 
