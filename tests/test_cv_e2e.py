@@ -52,8 +52,10 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
     assert rc == 0
     captured = capfd.readouterr()
     out = captured.out
-    noise = [n for n in CONSOLE_NOISE if n in captured.out + captured.err]
-    assert not noise, (noise, captured.err[-3000:])
+    # (Ray's report of the worker this test kills on purpose is a fault the user should see: it stays)
+    noisy = [ln for ln in (captured.out + captured.err).splitlines()
+             if any(n in ln for n in CONSOLE_NOISE) and "A worker died or was killed" not in ln]
+    assert not noisy, noisy[:5]
     assert "Per fold" in out and "continuous/l1" in out and "loss/auc" in out
     # the console follows training: a line per epoch of every fold and of the final model (not a
     # terminal here), a line per evaluated fold, and none of Ray Data's INFO blocks
