@@ -22,13 +22,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: the folders that install as ``gmparse.<name>`` (pyproject.toml's package-dir)
 PACKAGES = ("data_pipeline", "models", "workflows")
 HOME_ENV = "GMPARSE_HOME"
+#: set by a job that started in Ray's per-job copy and left it (workflows.lib.job.leave_ray_job_copy)
+LEFT_COPY_ENV = "GMPARSE_STARTED_IN_RAY_JOB_COPY"
 #: the folder Ray unpacks a job's ``working_dir`` into (ray._private.runtime_env.working_dir)
 RAY_JOB_COPY_DIR = "working_dir_files"
 
 
 def in_ray_job_copy(root: Path | None = None) -> bool:
     """True when ``root`` (default: the working directory) is Ray's per-job copy of a submitted
-    working directory. A working directory that no longer exists counts as such a copy."""
+    working directory. A working directory that no longer exists counts as such a copy, and so does
+    one that a job moved to after leaving the copy (``LEFT_COPY_ENV``)."""
+    if root is None and os.environ.get(LEFT_COPY_ENV):
+        return True
     if root is None:
         try:
             root = Path.cwd()

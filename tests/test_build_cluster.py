@@ -425,24 +425,30 @@ def _train_worker_nodes(cluster: Cluster) -> set[str]:
             and any(procs[p][2].startswith(TRAIN_WORKER_TITLE) for p in node.pids(procs))}
 
 
-def _submit_main_job(cluster: Cluster, collection: str, tmp_path: Path, *extra: str,
-                     tracking: str | None = None) -> tuple[subprocess.Popen, Path]:
-    """The README's cluster command for the main job (two training workers), tracked to ``tracking``
-    (default: a SQLite store of this test); stdout of ``ray job submit`` (it follows the job's logs) to
-    a file."""
+def _submit(cluster: Cluster, tmp_path: Path, script: str, *args: str, tracking: str | None = None,
+            log_name: str = "job.log") -> tuple[subprocess.Popen, Path]:
+    """``ray job submit --working-dir <checkout> -- python workflows/<script> <args>``, as the README
+    says, tracked to ``tracking`` (default: a SQLite store of this test); the output of ``ray job
+    submit`` (it follows the job's logs) to a file."""
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking or f"sqlite:///{tmp_path / 'mlflow.db'}",
                                 "GMPARSE_HOME": str(tmp_path / "home"), "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
                                 "TQDM_DISABLE": "1"}}
-    log = tmp_path / "job.log"
+    log = tmp_path / log_name
     with open(log, "w") as f:
         proc = subprocess.Popen(
             [str(RAY), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO_ROOT),
-             "--runtime-env-json", json.dumps(runtime_env), "--", "python", "workflows/cv_folds.py", "--preset",
-             "smoke", "--num-workers", "2", "--collection", collection, "--storage-path", str(tmp_path / "runs"),
-             "--epochs", str(JOB_EPOCHS), *extra],
+             "--runtime-env-json", json.dumps(runtime_env), "--", "python", f"workflows/{script}", *args],
             env=dict(cluster.env, RAY_ADDRESS=cluster.dashboard_url), cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT,
             start_new_session=True)
     return proc, log
+
+
+def _submit_main_job(cluster: Cluster, collection: str, tmp_path: Path, *extra: str,
+                     tracking: str | None = None) -> tuple[subprocess.Popen, Path]:
+    """The README's cluster command for the main job, two training workers."""
+    return _submit(cluster, tmp_path, "cv_folds.py", "--preset", "smoke", "--num-workers", "2", "--collection",
+                   collection, "--storage-path", str(tmp_path / "runs"), "--epochs", str(JOB_EPOCHS), *extra,
+                   tracking=tracking)
 
 
 def _check_job_runs(tmp_path: Path, tracking: str | None = None) -> dict[str, float]:
@@ -570,3 +576,44 @@ def test_a_worker_node_lost_mid_epoch_resumes_the_job_from_its_checkpoint(smoke_
     if UNDISTURBED:  # the same job undisturbed (previous test): the same table within seed noise
         for k in ("pooled.fen_pn.continuous.l1", "pooled.fen_pn.discrete.acc"):
             assert abs(pooled[k] - UNDISTURBED[k]) <= 0.1, (k, pooled[k], UNDISTURBED[k])
+
+
+def test_a_build_and_a_tune_sweep_submitted_to_the_cluster(smoke_collection, two_workers, tmp_path):
+    """The other two entry points through ``ray job submit``: a collection build (its GM tasks on the
+    worker nodes; the same files as the in-process build) and a Tune sweep (its trials train on the
+    worker nodes; every trial's MLflow run ends, the best config is written)."""
+    from mlflow import MlflowClient
+
+    cluster = two_workers
+    out = tmp_path / "col"
+    proc, log = _submit(cluster, tmp_path, "build_collection.py", "--preset", "smoke", "--out", str(out),
+                        log_name="build.log")
+    try:
+        rc = proc.wait(timeout=BUILD_TIMEOUT_S)
+    finally:
+        _kill_group(proc)
+    assert rc == 0, log.read_text()[-4000:]
+    col = open_collection(out)
+    nodes = _nodes_used(col)
+    assert cluster.head.node_id not in nodes and set(nodes) <= {cluster.workers["a"].node_id,
+                                                               cluster.workers["b"].node_id}, nodes
+    assert_same_collection_files(col, smoke_collection)
+
+    best = tmp_path / "best.json"
+    proc, log = _submit(cluster, tmp_path, "tune_sweep.py", "--preset", "smoke", "--collection", smoke_collection.path,
+                        "--storage-path", str(tmp_path / "tune"), "--num-samples", "2", "--epochs", "1", "--search",
+                        "random", "--out", str(best), log_name="tune.log")
+    try:
+        seen = _watch(proc, cluster)
+        rc = proc.poll()
+    finally:
+        _kill_group(proc)
+    text = log.read_text()
+    assert rc == 0, text[-4000:]
+    assert seen and seen <= {"a", "b"}, seen  # the trials' training workers on the worker nodes
+    assert best.exists() and json.loads(best.read_text())
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("gmparse-tune").experiment_id])
+    trials = [r for r in runs if "trial_id" in r.data.tags]
+    assert len(trials) == 2 and all(r.info.status in ("FINISHED", "KILLED") for r in runs), \
+        [(r.info.run_name, r.info.status) for r in runs]

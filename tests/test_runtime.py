@@ -71,10 +71,13 @@ def test_a_job_leaves_rays_per_job_copy_before_it_can_vanish(tmp_path, monkeypat
 
     import pytest
 
+    from gmparse.data_pipeline import paths
     from gmparse.workflows.lib.job import leave_ray_job_copy
     from gmparse.workflows.lib.runtime import SetupError
 
     monkeypatch.setenv("GMPARSE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(paths.LEFT_COPY_ENV, "")  # (restored to unset after the test)
+    monkeypatch.delenv(paths.LEFT_COPY_ENV)
     copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_ab12"
     copy.mkdir(parents=True)
     monkeypatch.chdir(copy)
@@ -85,6 +88,12 @@ def test_a_job_leaves_rays_per_job_copy_before_it_can_vanish(tmp_path, monkeypat
     assert args.storage_path == "s3://bucket/runs" and args.test_collection == str(tmp_path / "abs")
     assert args.out is None and args.epochs == 3
     assert os.getcwd() == str(tmp_path / "home")
+    # still a job from the copy: results go where they went before it moved (not into a checkout)
+    assert paths.in_ray_job_copy() and paths.results_home() == tmp_path / "home"
+    monkeypatch.delenv("GMPARSE_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert paths.results_home() == tmp_path / "xdg" / "gmparse"
+    monkeypatch.setenv("GMPARSE_HOME", str(tmp_path / "home"))
     # the copy removed under a running job
     monkeypatch.chdir(copy)
     shutil.rmtree(copy)
@@ -93,6 +102,7 @@ def test_a_job_leaves_rays_per_job_copy_before_it_can_vanish(tmp_path, monkeypat
     leave_ray_job_copy(argparse.Namespace(collection=str(tmp_path / "abs")))  # absolute: fine
     assert os.getcwd() == str(tmp_path / "home")
     # outside a Ray job nothing moves
+    monkeypatch.delenv(paths.LEFT_COPY_ENV)
     monkeypatch.chdir(tmp_path)
     a = argparse.Namespace(collection="rel")
     leave_ray_job_copy(a)

@@ -18,7 +18,7 @@ from typing import Any
 
 from gmparse.data_pipeline.collection import Collection, CollectionError, open_collection
 from gmparse.data_pipeline.folds import FoldError
-from gmparse.data_pipeline.paths import in_ray_job_copy, results_home
+from gmparse.data_pipeline.paths import LEFT_COPY_ENV, in_ray_job_copy, results_home
 from gmparse.workflows.lib.runtime import (
     SetupError,
     die,
@@ -76,6 +76,7 @@ def leave_ray_job_copy(args: argparse.Namespace) -> None:
             setattr(args, name, str(here / value))
     home = results_home()
     home.mkdir(parents=True, exist_ok=True)
+    os.environ[LEFT_COPY_ENV] = str(here or "")  # the job still counts as one from the copy (where results go)
     os.chdir(home)
 
 
