@@ -76,7 +76,7 @@ def leave_ray_job_copy(args: argparse.Namespace) -> None:
             setattr(args, name, str(here / value))
     home = results_home()
     home.mkdir(parents=True, exist_ok=True)
-    os.environ[LEFT_COPY_ENV] = str(here or "")  # the job still counts as one from the copy (where results go)
+    os.environ[LEFT_COPY_ENV] = str(here or "(removed)")  # still a job from the copy (where results go)
     os.chdir(home)
 
 

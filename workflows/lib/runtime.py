@@ -41,8 +41,9 @@ BENIGN_RAY_LINES = ("PYTHON worker processes have been started",)
 def quiet_console(quiet: bool = True) -> None:
     """The terminal shows gmparse's own lines (stage lines, progress bars, tables) unless ``--verbose``:
     MLflow's and alembic's INFO lines (store creation, input-example validation), MLflow's download
-    bars and "View run ... at" links (the job prints its run id), Ray's token-authentication notice and the raylet's worker-startup warnings are kept off it.
-    Warnings and errors that ask something of the user still show."""
+    bars and "View run ... at" links (the job prints its run id), Ray's token-authentication notice
+    and the raylet's worker-startup warnings are kept off it. Warnings and errors that ask something
+    of the user still show."""
     if not quiet:
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # this process and the ones it starts
