@@ -32,9 +32,9 @@ def in_ray_job_copy(root: Path | None = None) -> bool:
     """True when ``root`` (default: the working directory) is Ray's per-job copy of a submitted
     working directory. A working directory that no longer exists counts as such a copy, and so does
     one that a job moved to after leaving the copy (``LEFT_COPY_ENV``)."""
-    if root is None and os.environ.get(LEFT_COPY_ENV):
-        return True
     if root is None:
+        if os.environ.get(LEFT_COPY_ENV):
+            return True
         try:
             root = Path.cwd()
         except FileNotFoundError:  # Ray removed the job's copy under it

@@ -19,6 +19,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fold_runs(client, fold: str | None = None, experiment: str = "gmparse-cv") -> list:
+    """The main job's per-fold MLflow runs (only ``fold``'s when given); none before the job has
+    made its experiment."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return [r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("fold") and fold in (None, r.data.tags["fold"])]
+
+
 def assert_same_collection_files(a, b) -> None:
     """Two collections with the same gms.parquet, image shards and grids (byte for byte), and the
     same rejected GMs: what an interrupted, grown or multi-node build must end with."""

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, assert_same_collection_files
+from conftest import REPO_ROOT, assert_same_collection_files, fold_runs
 
 from gmparse.data_pipeline.collection import open_collection
 
@@ -480,6 +480,17 @@ def _watch(proc: subprocess.Popen, cluster: Cluster, until=None) -> set[str]:
     return seen
 
 
+def _watch_to_end(proc: subprocess.Popen, cluster: Cluster, log: Path) -> tuple[int | None, str, set[str]]:
+    """Follow a submitted job to its end, then kill what is left of its ``ray job submit`` ->
+    (exit status, its output, the nodes its training workers ran on)."""
+    try:
+        seen = _watch(proc, cluster)
+        rc = proc.poll()
+    finally:
+        _kill_group(proc)
+    return rc, log.read_text(), seen
+
+
 UNDISTURBED: dict[str, float] = {}  # the first job's pooled metrics, for the node-loss job to match
 
 
@@ -500,12 +511,7 @@ def test_main_job_submitted_to_the_cluster_trains_on_the_worker_nodes(smoke_coll
     try:
         wait_http(f"{uri}/health")
         proc, log = _submit_main_job(two_workers, smoke_collection.path, tmp_path, tracking=uri)
-        try:
-            seen = _watch(proc, two_workers)
-            rc = proc.poll()
-        finally:
-            _kill_group(proc)
-        text = log.read_text()
+        rc, text, seen = _watch_to_end(proc, two_workers, log)
         assert rc == 0, text[-5000:]
         assert "succeeded" in text.lower() and "Pooled over all" in text, text[-3000:]
         assert seen and seen <= {"a", "b"}, seen  # training workers on the worker nodes, never the head
@@ -539,8 +545,7 @@ def test_a_worker_node_lost_mid_epoch_resumes_the_job_from_its_checkpoint(smoke_
             return 0
         try:
             client = MlflowClient(f"sqlite:///{db}")
-            exp = client.get_experiment_by_name("gmparse-cv")
-            runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("fold") == "fold-0"] if exp else []
+            runs = fold_runs(client, "fold-0")
             return len(client.get_metric_history(runs[0].info.run_id, "epoch")) if runs else 0
         except Exception:  # the job is writing: read again
             return 0
@@ -586,13 +591,9 @@ def test_a_build_and_a_tune_sweep_submitted_to_the_cluster(smoke_collection, two
 
     cluster = two_workers
     out = tmp_path / "col"
-    proc, log = _submit(cluster, tmp_path, "build_collection.py", "--preset", "smoke", "--out", str(out),
-                        log_name="build.log")
-    try:
-        rc = proc.wait(timeout=BUILD_TIMEOUT_S)
-    finally:
-        _kill_group(proc)
-    assert rc == 0, log.read_text()[-4000:]
+    rc, text = _finish(*_submit(cluster, tmp_path, "build_collection.py", "--preset", "smoke", "--out", str(out),
+                                log_name="build.log"))
+    assert rc == 0, text[-4000:]
     col = open_collection(out)
     nodes = _nodes_used(col)
     assert cluster.head.node_id not in nodes and set(nodes) <= {cluster.workers["a"].node_id,
@@ -603,12 +604,7 @@ def test_a_build_and_a_tune_sweep_submitted_to_the_cluster(smoke_collection, two
     proc, log = _submit(cluster, tmp_path, "tune_sweep.py", "--preset", "smoke", "--collection", smoke_collection.path,
                         "--storage-path", str(tmp_path / "tune"), "--num-samples", "2", "--epochs", "1", "--search",
                         "random", "--out", str(best), log_name="tune.log")
-    try:
-        seen = _watch(proc, cluster)
-        rc = proc.poll()
-    finally:
-        _kill_group(proc)
-    text = log.read_text()
+    rc, text, seen = _watch_to_end(proc, cluster, log)
     assert rc == 0, text[-4000:]
     assert seen and seen <= {"a", "b"}, seen  # the trials' training workers on the worker nodes
     assert best.exists() and json.loads(best.read_text())

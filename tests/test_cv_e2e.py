@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, free_port
+from conftest import REPO_ROOT, fold_runs, free_port
 from mlflow_server import start_mlflow_server, stop_mlflow_server, wait_http
 from ray_head import BIN, local_head
 
@@ -155,8 +155,7 @@ def test_interrupt_leaves_no_running_mlflow_run(smoke_collection, tmp_path):
     try:
         while time.time() < deadline:  # wait until a fold's run exists, then Ctrl-C
             time.sleep(2)
-            exp = client.get_experiment_by_name("gmparse-cv") if (tmp_path / "mlflow.db").exists() else None
-            if exp and any(r.data.tags.get("fold") for r in client.search_runs([exp.experiment_id])):
+            if (tmp_path / "mlflow.db").exists() and fold_runs(client):
                 break
         else:
             pytest.fail("the job never started a fold")
@@ -194,8 +193,7 @@ def test_the_tracking_server_restarts_mid_fold(smoke_collection, tmp_path):
         while time.time() < deadline:  # fold 0 has logged its first epoch
             time.sleep(2)
             assert proc.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
-            exp = client.get_experiment_by_name("gmparse-cv")
-            fold0 = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("fold") == "fold-0"] if exp else []
+            fold0 = fold_runs(client, "fold-0")
             if fold0 and client.get_metric_history(fold0[0].info.run_id, "epoch"):
                 break
         else:

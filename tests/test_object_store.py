@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, free_port
+from conftest import REPO_ROOT, fold_runs, free_port
 from mlflow_server import wait_http
 
 pytestmark = pytest.mark.slow
@@ -82,8 +82,7 @@ def test_main_job_on_s3_is_interrupted_and_resumes_from_there(smoke_collection, 
     client = MlflowClient(uri)
 
     def fold0_runs():
-        exp = client.get_experiment_by_name("gmparse-cv") if (tmp_path / "mlflow.db").exists() else None
-        return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("fold") == "fold-0"] if exp else []
+        return fold_runs(client, "fold-0") if (tmp_path / "mlflow.db").exists() else []
 
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as log:

@@ -4,9 +4,10 @@
         [--detector models:/gm-detector@champion | DIR] [--attributor models:/gm-attributor@champion | DIR]
         [--json] [--report DIR] [--batch-size N]
 
-PATHs are image files or folders (searched recursively). Every entry gets a line, ok or skipped with its
-reason: missing, empty, unreadable, truncated, tiny or huge files, dangling symlinks, symlink loops, hidden
-or symlinked folders (listed, not searched) are reported and skipped, never fatal. Images run in this process: measured on 2 cores it was faster than
+PATHs are image files or folders (searched recursively). Every entry gets a line, ok or skipped
+with its reason: missing, empty, unreadable, truncated, tiny or huge files, dangling symlinks,
+symlink loops, hidden or symlinked folders (listed, not searched) are reported and skipped, never
+fatal. Images run in this process: measured on 2 cores it was faster than
 Ray Data batch inference at every size up to 4,096 files (``benchmarks/bench_parse.py``, Ray's
 start-up and per-task costs outweigh the second core). ``--ray-threshold N`` sends more than N
 images through Ray Data with an actor pool (``--actors``), for a cluster's cores or GPUs.

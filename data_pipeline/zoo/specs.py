@@ -17,7 +17,7 @@ import numpy as np
 from gmparse.data_pipeline.schema import DISCRETE, DISCRETE_NAMES, FAMILIES, LOSS_TYPES, NONLINEARITIES
 
 from .backbone import POOLING, ArchSpec, stage_count
-from .config import FAMILY_MIXES, HIDDEN_ACT_MODES  # noqa: F401  (torch-free, for BuildConfig)
+from .config import FAMILY_MIXES, HIDDEN_ACT_MODES
 from .generators import ALL_IMPLEMENTATIONS, IMPLEMENTATIONS, RESTRICTIONS
 from .layers import HIDDEN_ACTS
 

@@ -103,12 +103,11 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
 
 
 def quiet_ray_data() -> None:
-    """Ray Data in this process: no progress bars (nor the warning that they are off), no INFO lines;
-    MLflow: no artifact download bars."""
+    """Ray Data in this process: no progress bars (nor the warning that they are off), no INFO lines
+    (MLflow's download bars: ``quiet_console``, which ``init_ray`` calls first)."""
     from ray.data import DataContext
     from ray.util.debug import log_once
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # and no MLflow download bars
     DataContext.get_current().enable_progress_bars = False
     log_once("ray_data_progress_manager_disabled")  # spends the one-time "progress bars disabled" warning
     logging.getLogger("ray.data").setLevel(logging.WARNING)
