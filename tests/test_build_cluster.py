@@ -272,6 +272,15 @@ class Cluster:
                 if n.resource:
                     assert info["Resources"].get(n.resource) == 1, info
 
+    def restart(self) -> None:
+        """A new cluster in place of this one (every node killed first): a new head, two workers."""
+        for node in [*self.workers.values(), self.head]:
+            if node is not None:
+                node.kill()
+        self.head, self.workers = None, {}
+        self.start_head()
+        self.ensure_workers()
+
     # stopping
     def stop(self) -> None:
         """SIGKILL every process of every node this cluster started, workers first."""
@@ -444,11 +453,26 @@ def _submit(cluster: Cluster, tmp_path: Path, script: str, *args: str, tracking:
 
 
 def _submit_main_job(cluster: Cluster, collection: str, tmp_path: Path, *extra: str,
-                     tracking: str | None = None) -> tuple[subprocess.Popen, Path]:
+                     tracking: str | None = None, log_name: str = "job.log") -> tuple[subprocess.Popen, Path]:
     """The README's cluster command for the main job, two training workers."""
     return _submit(cluster, tmp_path, "cv_folds.py", "--preset", "smoke", "--num-workers", "2", "--collection",
                    collection, "--storage-path", str(tmp_path / "runs"), "--epochs", str(JOB_EPOCHS), *extra,
-                   tracking=tracking)
+                   tracking=tracking, log_name=log_name)
+
+
+def _fold0_epochs(tmp_path: Path) -> int:
+    """How many epochs fold 0 has logged to the job's SQLite store (0 before it exists)."""
+    from mlflow import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    if not db.exists():
+        return 0
+    try:
+        client = MlflowClient(f"sqlite:///{db}")
+        runs = fold_runs(client, "fold-0")
+        return len(client.get_metric_history(runs[0].info.run_id, "epoch")) if runs else 0
+    except Exception:  # the job is writing: read again
+        return 0
 
 
 def _check_job_runs(tmp_path: Path, tracking: str | None = None) -> dict[str, float]:
@@ -534,29 +558,15 @@ def test_a_worker_node_lost_mid_epoch_resumes_the_job_from_its_checkpoint(smoke_
     Train restarts the worker group from the last checkpoint on the surviving node and the node that
     joins in the lost one's place (as an autoscaler does); the job
     SUCCEEDS with no epoch lost or repeated and the pooled table of an undisturbed run."""
-    from mlflow import MlflowClient
-
     cluster = two_workers
     proc, log = _submit_main_job(cluster, smoke_collection.path, tmp_path, "--max-failures", "3")
-    db = tmp_path / "mlflow.db"
-
-    def fold0_epochs() -> int:
-        if not db.exists():
-            return 0
-        try:
-            client = MlflowClient(f"sqlite:///{db}")
-            runs = fold_runs(client, "fold-0")
-            return len(client.get_metric_history(runs[0].info.run_id, "epoch")) if runs else 0
-        except Exception:  # the job is writing: read again
-            return 0
-
     try:
         victim = None
 
         def mid_epoch() -> bool:  # a worker node running a training worker, fold 0 past its first epoch
             nonlocal victim
             nodes = sorted(_train_worker_nodes(cluster) & {"a", "b"})
-            if nodes and fold0_epochs() >= 1:
+            if nodes and _fold0_epochs(tmp_path) >= 1:
                 victim = nodes[0]
                 return True
             return False
@@ -613,3 +623,51 @@ def test_a_build_and_a_tune_sweep_submitted_to_the_cluster(smoke_collection, two
     trials = [r for r in runs if "trial_id" in r.data.tags]
     assert len(trials) == 2 and all(r.info.status in ("FINISHED", "KILLED") for r in runs), \
         [(r.info.run_name, r.info.status) for r in runs]
+
+
+def test_the_head_node_lost_stops_the_job_and_resume_continues_it_on_a_new_cluster(smoke_collection, two_workers,
+                                                                                   tmp_path):
+    """The head node is lost whole during fold 0 (its GCS, raylet and dashboard, and with them the
+    job's driver): Ray cannot recover that, and the job stops. A new cluster, on the same storage and
+    tracking store, runs the same command with ``--resume``: it finds the run, closes the MLflow runs
+    the lost driver left RUNNING, continues fold 0 from its last checkpoint (no epoch lost or
+    repeated) and registers the parser. Last in the module: it leaves a new cluster behind."""
+    import re
+
+    from mlflow import MlflowClient
+
+    cluster = two_workers
+    proc, log = _submit_main_job(cluster, smoke_collection.path, tmp_path)
+    try:
+        _watch(proc, cluster, until=lambda: _fold0_epochs(tmp_path) >= 1)
+        assert proc.poll() is None and _fold0_epochs(tmp_path) < JOB_EPOCHS, "fold 0 was over before the head went"
+        cluster.head.kill()
+        try:
+            rc = proc.wait(timeout=240)  # `ray job submit` follows the job's logs through the head
+        except subprocess.TimeoutExpired:
+            rc = None
+    finally:
+        _kill_group(proc)
+    text = log.read_text()
+    print(f"ray job submit after the head was lost: exit {rc}\n{text[-1500:]}")
+    assert "Pooled over all" not in text, text[-3000:]
+    name = re.search(r"; run (\S+)\n", text).group(1)
+
+    cluster.restart()
+    proc, log = _submit_main_job(cluster, smoke_collection.path, tmp_path, "--resume", log_name="resume.log")
+    rc, text, seen = _watch_to_end(proc, cluster, log)
+    assert rc == 0, text[-5000:]
+    assert f"; run {name}\n" in text and "Pooled over all" in text, text[-3000:]
+    assert seen and seen <= {"a", "b"}, seen
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("gmparse-cv").experiment_id])
+    lost = [r for r in runs if r.data.tags.get("gmparse.closed_by") == "resume"]
+    assert {r.info.status for r in runs} <= {"FINISHED", "FAILED"}, [(r.info.run_name, r.info.status) for r in runs]
+    assert lost and {r.info.status for r in lost} == {"FAILED"}  # the lost driver's parent and fold-0 runs
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("resumed")]
+    children = {r.data.tags["fold"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"fold-0", "fold-1", "final"} and {r.info.status for r in children.values()} == {"FINISHED"}
+    for label, r in children.items():
+        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "epoch"))
+        assert steps == list(range(JOB_EPOCHS)), (label, steps)  # none lost, none repeated
+    assert client.get_model_version_by_alias("gm-parser", "champion").run_id == children["final"].info.run_id

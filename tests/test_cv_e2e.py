@@ -224,6 +224,66 @@ def test_the_tracking_server_restarts_mid_fold(smoke_collection, tmp_path):
         stop_mlflow_server(server)
 
 
+def test_the_tracking_server_stays_down_and_resume_continues(smoke_collection, tmp_path):
+    """The MLflow server stops during fold 0 and stays down past MLflow's retries (a short wait set
+    through the environment, which the job's defaults leave alone): the job stops with one line that
+    names the server and says to rerun with --resume; with the server back, --resume finishes the
+    same run from its checkpoints, every epoch of fold 0 in MLflow once, and closes the runs the first
+    invocation could not."""
+    from mlflow import MlflowClient
+
+    from gmparse.workflows.lib.runtime import TRACKING_LOST_EXIT
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(port, tmp_path)
+    epochs = 4
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    args = [sys.executable, str(REPO_ROOT / "workflows" / "cv_folds.py"), *SMOKE_ARGS, "--collection",
+            smoke_collection.path, "--storage-path", str(tmp_path / "runs"), "--epochs", str(epochs),
+            "--final-model", "false", "--max-failures", "1"]
+    log = open(tmp_path / "job.log", "w")
+    proc = None
+    try:
+        wait_http(f"{uri}/health")
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        client = MlflowClient(uri)
+        deadline = time.time() + 600
+        while time.time() < deadline:  # fold 0 has logged an epoch
+            time.sleep(1)
+            assert proc.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+            fold0 = fold_runs(client, "fold-0")
+            if fold0 and client.get_metric_history(fold0[0].info.run_id, "epoch"):
+                break
+        else:
+            pytest.fail("fold 0 never logged an epoch:\n" + (tmp_path / "job.log").read_text()[-3000:])
+        stop_mlflow_server(server)
+        rc = proc.wait(timeout=600)
+        text = (tmp_path / "job.log").read_text()
+        assert rc == TRACKING_LOST_EXIT, text[-4000:]
+        last = text.strip().splitlines()[-1]
+        assert last.startswith(f"error: the MLflow tracking server {uri} stopped answering"), text[-4000:]
+        assert "--resume" in last
+        name = re.search(r"; run (\S+)\n", text).group(1)
+
+        server = start_mlflow_server(port, tmp_path)
+        wait_http(f"{uri}/health")
+        second = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        assert f"; run {name}\n" in second.stdout and "Pooled over all" in second.stdout
+        resumed = max(fold_runs(client, "fold-0"), key=lambda r: r.info.start_time)
+        assert resumed.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "epoch")) == list(range(epochs))
+        left = [r for r in _runs(client) if r.info.status == "RUNNING"]  # the first invocation's: closed by --resume
+        assert left == [], [(r.info.run_name, r.data.tags.get("fold")) for r in left]
+    finally:
+        log.close()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        stop_mlflow_server(server)
+
+
 def test_ray_job_submit_with_defaults_leaves_results_where_it_says(smoke_collection, tmp_path):
     """As the README says, with no tracking URI or storage path set: the job runs in Ray's per-job
     copy of the checkout, yet its MLflow run, registered model and checkpoints outlive it and the head."""

@@ -107,3 +107,31 @@ def test_a_job_leaves_rays_per_job_copy_before_it_can_vanish(tmp_path, monkeypat
     a = argparse.Namespace(collection="rel")
     leave_ray_job_copy(a)
     assert a.collection == "rel" and os.getcwd() == str(tmp_path)
+
+
+def test_a_ctrl_c_dropped_in_a_finalizer_is_delivered_again():
+    """Python drops a KeyboardInterrupt raised inside a finalizer ("Exception ignored"): a job would go
+    on training after Ctrl-C. With the job's hook the interrupt comes again, outside the finalizer."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, time
+if sys.argv[1] == "hook":
+    from gmparse.workflows.lib.job import redeliver_lost_interrupts
+    redeliver_lost_interrupts()
+class Finalized:
+    def __del__(self):
+        raise KeyboardInterrupt  # as Ctrl-C landing while garbage collection runs this
+Finalized()
+try:
+    time.sleep(5)
+    print("went on")
+except KeyboardInterrupt:
+    print("stopped")
+"""
+    runs = {mode: subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=60)
+            for mode in ("hook", "plain")}
+    assert runs["hook"].stdout.strip() == "stopped", runs["hook"].stderr
+    assert "Exception ignored" not in runs["hook"].stderr
+    assert runs["plain"].stdout.strip() == "went on"  # what Python does alone: the interrupt is lost

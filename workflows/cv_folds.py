@@ -32,7 +32,7 @@ from gmparse.workflows.lib.cli import add_dataclass_args, flat_fields, load_over
 from gmparse.workflows.lib.job import Job, start_job
 from gmparse.workflows.lib.job_config import JOB_PRESETS, JobConfig, job_config
 from gmparse.workflows.lib.progress import FoldProgress
-from gmparse.workflows.lib.runtime import SetupError, die
+from gmparse.workflows.lib.runtime import SetupError, die, tracking_server_outage
 
 EXPERIMENT = "gmparse-cv"
 SUMMARY_METRICS = [  # the per-group rows of the cross-fold table (GM level, as the paper reports)
@@ -283,22 +283,44 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     # a resumed run's wall_seconds counts this invocation only (the folds done before are reused)
     tags = {"preset": cfg.preset, "collection": col.path, **({"resumed": "true"} if args.resume else {})}
-    with mlflow.start_run(run_name=run_name, tags=tags) as parent:
-        mlflow.log_params(flat_params(cfg))
-        mlflow.log_params({"collection": col.path, "gms": len(col.fake_gms), "storage_path": job.storage,
-                           "gpu_used": job.use_gpu})
-        mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
-        mlflow.log_dict({"ranges": col.ranges.to_dict(), "schema_version": col.manifest["schema_version"]}, "collection.json")
-        ids = (parent.info.experiment_id, parent.info.run_id, mlflow.get_tracking_uri())
-        report_cv(train_folds(job, folds, cfg, run_name, fault_marker, ids), cfg)
-        if cfg.final_model:
-            final_parser(job, cfg, run_name, ids, args.test_collection)
-        mlflow.log_metric("wall_seconds", time.time() - t0)
-        mlflow.log_metric("driver_max_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        print(f"done in {time.time() - t0:.0f} s; MLflow run {parent.info.run_id} "
-              f"(mlflow server --backend-store-uri {mlflow.get_tracking_uri()}); "
-              f"checkpoints {job.storage}/{run_name}-*")
+    with tracking_server_outage(job.storage):  # a server gone past MLflow's retries: one line, then --resume
+        if args.resume:
+            close_lost_runs(args.experiment, run_name)
+        with mlflow.start_run(run_name=run_name, tags=tags) as parent:
+            mlflow.log_params(flat_params(cfg))
+            mlflow.log_params({"collection": col.path, "gms": len(col.fake_gms), "storage_path": job.storage,
+                               "gpu_used": job.use_gpu})
+            mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
+            mlflow.log_dict({"ranges": col.ranges.to_dict(), "schema_version": col.manifest["schema_version"]}, "collection.json")
+            ids = (parent.info.experiment_id, parent.info.run_id, mlflow.get_tracking_uri())
+            report_cv(train_folds(job, folds, cfg, run_name, fault_marker, ids), cfg)
+            if cfg.final_model:
+                final_parser(job, cfg, run_name, ids, args.test_collection)
+            mlflow.log_metric("wall_seconds", time.time() - t0)
+            mlflow.log_metric("driver_max_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            print(f"done in {time.time() - t0:.0f} s; MLflow run {parent.info.run_id} "
+                  f"(mlflow server --backend-store-uri {mlflow.get_tracking_uri()}); "
+                  f"checkpoints {job.storage}/{run_name}-*")
     return 0
+
+
+def close_lost_runs(experiment: str, run_name: str) -> None:
+    """``--resume``: the MLflow runs of ``run_name`` an earlier invocation left RUNNING (its driver
+    was lost with the head node, or could not reach the tracking server to close them) end FAILED,
+    tagged ``gmparse.closed_by=resume``; the resumed invocation opens runs of its own."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return
+    running = "attributes.status = 'RUNNING'"
+    for parent in client.search_runs([exp.experiment_id], f"attributes.run_name = '{run_name}' and {running}"):
+        children = client.search_runs([exp.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and {running}")
+        for run in [*children, parent]:
+            client.set_tag(run.info.run_id, "gmparse.closed_by", "resume")
+            client.set_terminated(run.info.run_id, "FAILED")
 
 
 def train_folds(job: Job, folds: list[Fold], cfg: JobConfig, run_name: str, fault_marker: str | None,

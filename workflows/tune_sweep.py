@@ -31,7 +31,7 @@ from gmparse.data_pipeline.folds import gm_folds
 from gmparse.workflows.lib.cli import add_dataclass_args, flat_fields, load_overrides, resolve, with_overrides
 from gmparse.workflows.lib.job import start_job
 from gmparse.workflows.lib.job_config import JOB_PRESETS, JobConfig, job_config
-from gmparse.workflows.lib.runtime import die
+from gmparse.workflows.lib.runtime import die, tracking_server_outage
 
 EXPERIMENT = "gmparse-tune"
 WEIGHTS = ("magnitude", "spectrum", "repetitive", "symmetry")
@@ -240,22 +240,23 @@ def main(argv: list[str] | None = None) -> int:
     parent_ctx = (mlflow.start_run(run_id=previous[0].info.run_id) if resuming and previous
                   else mlflow.start_run(run_name=sweep_name, tags={"sweep": sweep_name}))
     t0 = time.time()
-    with parent_ctx as parent:
-        setup = SweepSetup(cfg, col.path, tuple(train_gms), tuple(val_gms), parent.info.run_id, exp.experiment_id,
-                           sweep_name, storage, bool(use_gpu), mlflow.get_tracking_uri())
-        if not resuming:
-            mlflow.log_params({"num_samples": args.num_samples, "search": args.search, "ablation": args.ablation,
-                               "train_gms": len(train_gms), "val_gms": len(val_gms), "collection": col.path})
-            mlflow.log_dict({k: list(v) for k, v in space.items()}, "search_space.json")
-        tuner = make_tuner(args, space, setup, sweep_path if resuming else None)
-        grid = tuner.fit()
-        expected = len(ABLATIONS) if args.ablation else args.num_samples
-        if len(grid) < expected:  # Ctrl-C: Tune saved its state and returned early
-            print(f"sweep interrupted after {len(grid)} of {expected} trials; continue it with --resume")
-            return 130
-        report_sweep(args, cfg, space, grid, client, exp.experiment_id, parent.info.run_id)
-        mlflow.log_metric("wall_seconds", time.time() - t0)
-        print(f"sweep {sweep_name}: MLflow run {parent.info.run_id}, Tune results {sweep_path}")
+    with tracking_server_outage(storage):  # a server gone past MLflow's retries: one line, then --resume
+        with parent_ctx as parent:
+            setup = SweepSetup(cfg, col.path, tuple(train_gms), tuple(val_gms), parent.info.run_id, exp.experiment_id,
+                               sweep_name, storage, bool(use_gpu), mlflow.get_tracking_uri())
+            if not resuming:
+                mlflow.log_params({"num_samples": args.num_samples, "search": args.search, "ablation": args.ablation,
+                                   "train_gms": len(train_gms), "val_gms": len(val_gms), "collection": col.path})
+                mlflow.log_dict({k: list(v) for k, v in space.items()}, "search_space.json")
+            tuner = make_tuner(args, space, setup, sweep_path if resuming else None)
+            grid = tuner.fit()
+            expected = len(ABLATIONS) if args.ablation else args.num_samples
+            if len(grid) < expected:  # Ctrl-C: Tune saved its state and returned early
+                print(f"sweep interrupted after {len(grid)} of {expected} trials; continue it with --resume")
+                return 130
+            report_sweep(args, cfg, space, grid, client, exp.experiment_id, parent.info.run_id)
+            mlflow.log_metric("wall_seconds", time.time() - t0)
+            print(f"sweep {sweep_name}: MLflow run {parent.info.run_id}, Tune results {sweep_path}")
     return 0
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,8 +83,29 @@ def leave_ray_job_copy(args: argparse.Namespace) -> None:
 
 
 def stop_on_sigterm() -> None:
-    """SIGTERM (``ray job stop``, a scheduler) unwinds like Ctrl-C, so MLflow runs end as KILLED/FAILED."""
+    """SIGTERM (``ray job stop``, a scheduler) unwinds like Ctrl-C, so MLflow runs end as KILLED/FAILED;
+    and neither is lost in a finalizer (``redeliver_lost_interrupts``)."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
+    redeliver_lost_interrupts()
+
+
+def redeliver_lost_interrupts() -> None:
+    """A Ctrl-C that lands while Python runs a finalizer or a weakref callback (garbage collection
+    runs them at any moment) is printed as "Exception ignored" and dropped, and the job went on
+    training (seen once in ``test_interrupt_leaves_no_running_mlflow_run``). Such an interrupt is sent
+    again a moment later, outside the finalizer, so the job stops as asked."""
+    previous = sys.unraisablehook
+    if getattr(previous, "redelivers_interrupts", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+            return
+        previous(unraisable)
+
+    hook.redelivers_interrupts = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def open_or_build(collection: str | None, preset: str, seed: int) -> Collection:

@@ -8,6 +8,7 @@ it). Cluster: ``RAY_ADDRESS``, ``MLFLOW_TRACKING_URI`` and ``GMPARSE_STORAGE`` a
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from gmparse.data_pipeline.paths import in_ray_job_copy, results_home
@@ -26,8 +28,8 @@ class SetupError(RuntimeError):
 
 #: how a job rides out a tracking server that goes away for a while (restarted for an upgrade): MLflow's
 #: own HTTP retries of every call, waits of 2, 4, 8, ... s (at most 120 s each) over 7 retries, about
-#: 4 minutes in all; a call still failing after that fails the job with the server's address in the
-#: error, and ``--resume`` continues it. Set for the driver and every Ray worker it starts; a value
+#: 4 minutes in all; a call still failing after that fails the job with one line that names the
+#: server (``tracking_server_outage``), and ``--resume`` continues it. Set for the driver and every Ray worker it starts; a value
 #: already in the environment wins.
 TRACKING_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
                     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
@@ -142,15 +144,10 @@ def init_mlflow(experiment: str, timeout_s: float = 10.0, quiet: bool = True) ->
     if default:
         results_home().mkdir(parents=True, exist_ok=True)
     if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
-                if r.status != 200:
-                    raise SetupError(f"MLflow server {uri} answered HTTP {r.status} on /health")
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            raise SetupError(
-                f"MLflow tracking server {uri} is unreachable ({e}); start it (mlflow server ...) or unset "
-                "MLFLOW_TRACKING_URI to use the local SQLite store"
-            ) from None
+        problem = server_problem(uri, timeout_s)
+        if problem:
+            raise SetupError(f"MLflow tracking server {uri} is unreachable ({problem}); start it (mlflow server "
+                             "...) or unset MLFLOW_TRACKING_URI to use the local SQLite store")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     for k, v in TRACKING_RETRIES.items():  # this process, and the local Ray it starts next, inherit them
         os.environ.setdefault(k, v)
@@ -161,6 +158,40 @@ def init_mlflow(experiment: str, timeout_s: float = 10.0, quiet: bool = True) ->
         mlflow.create_experiment(experiment, artifact_location=(results_home() / "mlruns").as_uri())
     mlflow.set_experiment(experiment)
     return uri
+
+
+def server_problem(uri: str, timeout_s: float = 10.0) -> str | None:
+    """Why the MLflow server at ``uri`` does not answer its ``/health``, or None when it does."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            return None if r.status == 200 else f"HTTP {r.status} on /health"
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        return str(e)
+
+
+#: the exit status of a job stopped by a tracking server that stayed away (``--resume`` continues it)
+TRACKING_LOST_EXIT = 3
+
+
+@contextlib.contextmanager
+def tracking_server_outage(storage: str) -> Iterator[None]:
+    """A job that fails while its MLflow server is down (past ``TRACKING_RETRIES``) says so in one
+    line, naming the server and how to continue, instead of the traceback of whichever call gave up
+    first (the driver's, or the Ray Train controller's, wrapped). Any other failure passes unchanged."""
+    try:
+        yield
+    except Exception as e:
+        uri = tracking_uri()
+        problem = server_problem(uri) if uri.startswith(("http://", "https://")) else None
+        if problem is None:
+            raise
+        retries = {k: os.environ.get(k, v) for k, v in TRACKING_RETRIES.items()}
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        die(f"the MLflow tracking server {uri} stopped answering ({problem}) and did not come back within "
+            f"MLflow's retries ({retries['MLFLOW_HTTP_REQUEST_MAX_RETRIES']} retries, backoff factor "
+            f"{retries['MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR']}). The checkpoints are kept under {storage}: start "
+            f"the server again and rerun the same command with --resume. (The call that gave up: "
+            f"{type(e).__name__}: {first})", TRACKING_LOST_EXIT)
 
 
 def die(msg: str, code: int = 2) -> None:

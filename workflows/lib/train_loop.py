@@ -4,8 +4,9 @@ What is trained is a *task* (``TrainTask``: build the models, train them for an 
 them); how it runs is a frozen ``LoopConfig``. The loop owns everything else, once: resume
 from the newest checkpoint, ``prepare_model``, an EMA of the weights when asked, evaluation on
 rank 0, the kept state of every model (its best epoch by the task's score, or the last) inside
-each checkpoint, ``ray.train.report``, MLflow per epoch, the console's progress events and
-fault injection. The places where Ray enters are marked ``# Ray``, as in Ray's TorchTrainer
+each checkpoint, ``ray.train.report``, MLflow per epoch (logged by the controller once the epoch's
+checkpoint is registered, so an interrupted run neither repeats nor loses an epoch in MLflow), the
+console's progress events and fault injection. The places where Ray enters are marked ``# Ray``, as in Ray's TorchTrainer
 examples; the rest follows torchvision's ``train_one_epoch`` / ``evaluate`` split.
 """
 
@@ -49,7 +50,7 @@ class LoopConfig:
     plan: EpochPlan = EpochPlan()  # how each epoch is drawn from a worker's shard (data_pipeline.ray_data.epoch_plan)
     prefetch_batches: int = 1  # batches fetched ahead onto the device
     compile: bool = False  # torch.compile each model (after prepare_model); the first step then compiles
-    mlflow_run_id: str | None = None  # the run each epoch's metrics go to (rank 0)
+    mlflow_run_id: str | None = None  # the run each epoch's metrics go to (EpochsToMlflow)
     tracking_uri: str | None = None  # explicit: workers may have started before MLFLOW_TRACKING_URI was set
     fault_marker: str | None = None  # fault injection (tests): a file that says the kill happened
     kill_after_epoch: int = -1  # SIGKILL rank 0 once after this epoch
@@ -93,6 +94,8 @@ def fit(task: TrainTask, cfg: LoopConfig, name: str, datasets: dict[str, Any], *
     """Run the loop on a TorchTrainer; the same (storage_path, name) resumes. ``datasets``: ``train``
     is split across workers, the others are read whole by rank 0 (the task's ``evaluate``)."""
 
+    if cfg.mlflow_run_id:  # first: Tune's callback may stop the trial once it has the epoch
+        callbacks = [epochs_to_mlflow(cfg.mlflow_run_id, cfg.tracking_uri), *(callbacks or [])]
     result = torch_trainer(functools.partial(run_worker, task, cfg), name, datasets, storage_path=storage_path,
                            num_workers=num_workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
                            keep_checkpoints=keep_checkpoints, max_failures=max_failures, callbacks=callbacks).fit()
@@ -150,6 +153,8 @@ def run_worker(task: TrainTask, cfg: LoopConfig) -> None:
     torch.manual_seed(cfg.seed * 1000 + rank)
     models = task.build()
     state, history = _restore()
+    if rank == 0 and history:  # epochs checkpointed but not logged (the run was cut off in between)
+        log_missing_epochs(cfg.mlflow_run_id, history, cfg.tracking_uri)
     if state:
         for n, m in models.items():
             m.load_state_dict(state["models"][n])
@@ -196,9 +201,8 @@ def run_worker(task: TrainTask, cfg: LoopConfig) -> None:
             _keep(kept, kept_models, metrics, task, epoch, cfg.keep)
         history.append({k: float(v) for k, v in metrics.items()})
         _report(metrics, history, rank, epoch, raw, optims, emas, kept)
-        if rank == 0:  # after report(): a worker lost before its checkpoint is registered logs nothing twice
+        if rank == 0:
             progress.epoch_done(epoch, {**console, "val_score": task.score(metrics, next(iter(models)))})
-            log_epoch_to_mlflow(cfg.mlflow_run_id, metrics, epoch, cfg.tracking_uri)
             _maybe_inject_fault(cfg, epoch)
 
 
@@ -258,6 +262,34 @@ def _maybe_inject_fault(cfg: LoopConfig, epoch: int) -> None:
     # Wait a few polls so the injected fault is "after epoch N" for real.
     time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
     os.kill(os.getpid(), signal.SIGKILL)  # recovered by FailureConfig
+
+
+def epochs_to_mlflow(run_id: str, tracking_uri: str | None):
+    """A Ray Train callback, run by the controller: rank 0's metrics of each epoch go to MLflow once
+    the epoch's checkpoint is registered (Ray's checkpoint manager handles a report before the user
+    callbacks). Logged from the worker instead, an epoch reported just before the run was cut off
+    reached MLflow without reaching the run's checkpoint list, and the resumed run logged it again."""
+    import ray.train
+
+    class EpochsToMlflow(ray.train.UserCallback):  # Ray
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if metrics and "epoch" in metrics[0]:
+                log_epoch_to_mlflow(run_id, metrics[0], int(metrics[0]["epoch"]), tracking_uri)
+
+    return EpochsToMlflow()
+
+
+def log_missing_epochs(run_id: str | None, history: list[dict[str, float]], tracking_uri: str | None) -> None:
+    """Log the epochs of a checkpoint's ``history`` that the run lacks (a run cut off between the
+    checkpoint's registration and its MLflow call)."""
+    if not run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    logged = {m.step for m in MlflowClient(tracking_uri).get_metric_history(run_id, "epoch")}
+    for metrics in history:
+        if int(metrics["epoch"]) not in logged:
+            log_epoch_to_mlflow(run_id, metrics, int(metrics["epoch"]), tracking_uri)
 
 
 def log_epoch_to_mlflow(run_id: str | None, metrics: Mapping[str, float], epoch: int,
