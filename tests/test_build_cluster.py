@@ -13,7 +13,10 @@ own and its own temp dir and ports (one free block per node, on loopback). Then:
 * the main job (``cv_folds.py --preset smoke --num-workers 2``) submitted with ``ray job submit
   --working-dir`` trains on the worker nodes only, registers its parser and ends SUCCEEDED with
   every MLflow run FINISHED (it once crashed registering the model: MLflow's ``os.getcwd()`` in a
-  per-job copy Ray had removed).
+  per-job copy Ray had removed);
+* a worker node lost mid-epoch: the job recovers from its checkpoint and ends as an undisturbed one;
+* the head node lost mid-epoch (last: it takes the cluster with it): the job stops, and on a new
+  cluster ``--resume`` continues it from its checkpoints.
 
 How a node is told apart from the others on one machine: each ``ray start`` runs in a new session
 (``start_new_session``), and every process of that node (raylet, agents, log monitor, the workers

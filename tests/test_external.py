@@ -32,6 +32,24 @@ EXPECTED = {
 }
 
 
+#: how a variant measures unlike its paper's architecture (widths and losses change no count)
+VARIANT = {"ext-dcgan-x1": {"conv": 5}, "ext-dcgan-x2": {"conv": 6}, "ext-dcgan-nobn-wgan-gp": {"norm_type": "none"}}
+
+
+def test_the_external_collection_spans_each_paper_at_several_settings() -> None:
+    ids = [g.gm_id for g in EXTERNAL_GMS]
+    assert len(ids) == len(set(ids)) >= 24
+    assert {g.base for g in EXTERNAL_GMS} == set(EXPECTED) and all(g.gm_id.startswith(g.base) for g in EXTERNAL_GMS)
+    for base in EXPECTED:  # every paper architecture has variants, and GAN losses vary within an architecture
+        assert sum(g.base == base for g in EXTERNAL_GMS) >= 3, base
+    assert len({g.loss_types for g in EXTERNAL_GMS if g.base == "ext-dcgan"}) >= 4
+    labels = {}
+    for g in EXTERNAL_GMS:  # no variant has its paper architecture's labels: each is another point to parse
+        lab = measure_architecture(g.build().net, g.loss_types)
+        labels[g.gm_id] = (tuple(lab.continuous_vector()), tuple(sorted(lab.discrete.items())), lab.loss_types)
+    assert all(labels[g.gm_id] != labels[g.base] for g in EXTERNAL_GMS if g.gm_id != g.base)
+
+
 @pytest.mark.parametrize("gm", EXTERNAL_GMS, ids=lambda g: g.gm_id)
 def test_external_gm_trains_samples_and_measures_as_its_paper(gm) -> None:
     torch.manual_seed(0)
@@ -43,7 +61,7 @@ def test_external_gm_trains_samples_and_measures_as_its_paper(gm) -> None:
     out = model.generate(4, torch.Generator().manual_seed(0))
     assert out.shape == (4, 3, 32, 32) and out.min() >= -1 and out.max() <= 1
     labels = measure_architecture(model.net, gm.loss_types)
-    want = EXPECTED[gm.gm_id]
+    want = {**EXPECTED[gm.base], **VARIANT.get(gm.gm_id, {})}
     for k in ("norm_type", "last_layer_nonlinearity", "upsampling", "downsampling", "skip_connection"):
         assert labels.discrete[k] == cls(k, want[k]), (gm.gm_id, k)
     assert labels.continuous["num_fc_layers"] == want["fc"] and labels.continuous["num_conv_layers"] == want["conv"]

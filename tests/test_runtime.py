@@ -135,3 +135,24 @@ except KeyboardInterrupt:
     assert runs["hook"].stdout.strip() == "stopped", runs["hook"].stderr
     assert "Exception ignored" not in runs["hook"].stderr
     assert runs["plain"].stdout.strip() == "went on"  # what Python does alone: the interrupt is lost
+
+
+def test_a_failure_while_the_tracking_server_is_down_names_it(monkeypatch, capsys):
+    """Any error raised while the MLflow server does not answer becomes one line that names the server
+    and says to --resume (exit status 3); with the server up, or a local store, errors pass unchanged."""
+    import pytest
+    from conftest import free_port
+
+    from gmparse.workflows.lib.runtime import TRACKING_LOST_EXIT, tracking_server_outage
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(SystemExit) as exit_info, tracking_server_outage("/runs"):
+        raise ConnectionError("log_batch gave up")
+    assert exit_info.value.code == TRACKING_LOST_EXIT
+    err = capsys.readouterr().err
+    assert f"the MLflow tracking server {uri} stopped answering" in err and "--resume" in err and "/runs" in err
+    assert "log_batch gave up" in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
+    with pytest.raises(ValueError, match="unrelated"), tracking_server_outage("/runs"):
+        raise ValueError("unrelated")

@@ -187,11 +187,12 @@ def tracking_server_outage(storage: str) -> Iterator[None]:
             raise
         retries = {k: os.environ.get(k, v) for k, v in TRACKING_RETRIES.items()}
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        wait = ", ".join(f"{k}={retries[k]}" for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"))
         die(f"the MLflow tracking server {uri} stopped answering ({problem}) and did not come back within "
-            f"MLflow's retries ({retries['MLFLOW_HTTP_REQUEST_MAX_RETRIES']} retries, backoff factor "
-            f"{retries['MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR']}). The checkpoints are kept under {storage}: start "
-            f"the server again and rerun the same command with --resume. (The call that gave up: "
-            f"{type(e).__name__}: {first})", TRACKING_LOST_EXIT)
+            f"MLflow's retries ({wait}). The checkpoints are kept under {storage}: start the server again and "
+            f"rerun the same command with --resume. (The call that gave up: {type(e).__name__}: {first})",
+            TRACKING_LOST_EXIT)
 
 
 def die(msg: str, code: int = 2) -> None:

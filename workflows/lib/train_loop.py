@@ -6,8 +6,9 @@ from the newest checkpoint, ``prepare_model``, an EMA of the weights when asked,
 rank 0, the kept state of every model (its best epoch by the task's score, or the last) inside
 each checkpoint, ``ray.train.report``, MLflow per epoch (logged by the controller once the epoch's
 checkpoint is registered, so an interrupted run neither repeats nor loses an epoch in MLflow), the
-console's progress events and fault injection. The places where Ray enters are marked ``# Ray``, as in Ray's TorchTrainer
-examples; the rest follows torchvision's ``train_one_epoch`` / ``evaluate`` split.
+console's progress events and fault injection. The places where Ray enters are marked ``# Ray``,
+as in Ray's TorchTrainer examples; the rest follows torchvision's ``train_one_epoch`` /
+``evaluate`` split.
 """
 
 from __future__ import annotations
@@ -280,8 +281,9 @@ def epochs_to_mlflow(run_id: str, tracking_uri: str | None):
 
 
 def log_missing_epochs(run_id: str | None, history: list[dict[str, float]], tracking_uri: str | None) -> None:
-    """Log the epochs of a checkpoint's ``history`` that the run lacks (a run cut off between the
-    checkpoint's registration and its MLflow call)."""
+    """Log the epochs of a restored checkpoint's ``history`` that the run lacks: a resumed
+    invocation's new run gets the epochs trained before, and a run cut off between a checkpoint's
+    registration and its MLflow call gets that epoch."""
     if not run_id:
         return
     from mlflow.tracking import MlflowClient
