@@ -182,9 +182,9 @@ def test_the_tracking_server_restarts_then_stays_down_and_resume_continues(smoke
        every fold once, and the runs the first invocation could not close end FAILED.
 
     The retries are shortened through the environment (a value already there wins over the job's
-    defaults): 6 retries, backoff factor 1, waits of 0, 2, 4, 8, 16 and 32 s (a minute: the server's
-    own start-up on a loaded machine is part of the outage); ``--max-failures 0``, so the one call
-    that gives up stops the job at once."""
+    defaults): 7 retries, backoff factor 1, waits of 0, 2, 4, ... 64 s (two minutes: the server's own
+    start-up on a loaded machine is part of the outage); ``--max-failures 0``, so the one call that
+    gives up stops the job, and the calls that end its runs then fail at once."""
     from mlflow import MlflowClient
 
     from gmparse.workflows.lib.runtime import TRACKING_LOST_EXIT
@@ -193,7 +193,7 @@ def test_the_tracking_server_restarts_then_stays_down_and_resume_continues(smoke
     uri = f"http://127.0.0.1:{port}"
     server = start_mlflow_server(port, tmp_path)
     epochs = 6  # ~2 s each after the first here: the server goes while a fold still trains
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",
            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     args = [sys.executable, str(REPO_ROOT / "workflows" / "cv_folds.py"), *SMOKE_ARGS, "--collection",
             smoke_collection.path, "--storage-path", str(tmp_path / "runs"), "--epochs", str(epochs),

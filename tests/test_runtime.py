@@ -3,6 +3,7 @@ results go by default (the checkout, or a per-user folder inside Ray's per-job c
 
 from __future__ import annotations
 
+import os
 import re
 
 from gmparse.workflows.lib.runtime import resumable_run_name
@@ -143,16 +144,22 @@ def test_a_failure_while_the_tracking_server_is_down_names_it(monkeypatch, capsy
     import pytest
     from conftest import free_port
 
+    from gmparse.workflows.lib import runtime
     from gmparse.workflows.lib.runtime import TRACKING_LOST_EXIT, tracking_server_outage
 
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    monkeypatch.setattr(runtime, "_GAVE_UP", {})
     with pytest.raises(SystemExit) as exit_info, tracking_server_outage("/runs"):
+        with pytest.raises(ConnectionError), tracking_server_outage():  # inner: passes it on, stops the waits
+            raise ConnectionError("log_batch gave up")
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"  # ending the runs fails at once
         raise ConnectionError("log_batch gave up")
     assert exit_info.value.code == TRACKING_LOST_EXIT
     err = capsys.readouterr().err
     assert f"the MLflow tracking server {uri} stopped answering" in err and "--resume" in err and "/runs" in err
-    assert "log_batch gave up" in err
+    assert "log_batch gave up" in err and "MLFLOW_HTTP_REQUEST_MAX_RETRIES=3" in err  # the wait that was given
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
     with pytest.raises(ValueError, match="unrelated"), tracking_server_outage("/runs"):
         raise ValueError("unrelated")

@@ -131,9 +131,10 @@ def run_fold(col: Collection, fold: Fold, cfg: JobConfig, run_name: str, storage
                         "split.json")
         loop = dataclasses.replace(loop, mlflow_run_id=run.info.run_id)
         t0 = time.time()
-        res = fit_fold(f"{run_name}-{label}", task, loop, train_ds, val_ds, storage_path=storage_path,
-                       num_workers=cfg.num_workers, use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker,
-                       keep_checkpoints=cfg.keep_checkpoints, max_failures=cfg.max_failures, eval_ds=eval_ds)
+        with tracking_server_outage():  # the server gone: end this run and the parent without new waits
+            res = fit_fold(f"{run_name}-{label}", task, loop, train_ds, val_ds, storage_path=storage_path,
+                           num_workers=cfg.num_workers, use_gpu=use_gpu, cpus_per_worker=cfg.cpus_per_worker,
+                           keep_checkpoints=cfg.keep_checkpoints, max_failures=cfg.max_failures, eval_ds=eval_ds)
         mlflow.log_metrics({"train_seconds": time.time() - t0, "best_epoch": res.best_epoch})
         mlflow.log_dict(res.history, "history.json")
         log_figure(learning_curves(res.history, f"{label}: learning curves"), "figures/learning_curves.png")

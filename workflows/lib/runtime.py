@@ -174,10 +174,15 @@ TRACKING_LOST_EXIT = 3
 
 
 @contextlib.contextmanager
-def tracking_server_outage(storage: str) -> Iterator[None]:
+def tracking_server_outage(storage: str | None = None) -> Iterator[None]:
     """A job that fails while its MLflow server is down (past ``TRACKING_RETRIES``) says so in one
     line, naming the server and how to continue, instead of the traceback of whichever call gave up
-    first (the driver's, or the Ray Train controller's, wrapped). Any other failure passes unchanged."""
+    first (the driver's, or the Ray Train controller's, wrapped). Any other failure passes unchanged.
+
+    ``storage`` given: the entry point's outermost guard, which prints the line and exits. Not
+    given: an inner guard (around a fold's training), which only makes the calls left in this
+    process, ending the MLflow runs on the way out, fail at once instead of waiting through the
+    retries again, and lets the failure go on to the outer guard."""
     try:
         yield
     except Exception as e:
@@ -185,14 +190,21 @@ def tracking_server_outage(storage: str) -> Iterator[None]:
         problem = server_problem(uri) if uri.startswith(("http://", "https://")) else None
         if problem is None:
             raise
-        retries = {k: os.environ.get(k, v) for k, v in TRACKING_RETRIES.items()}
+        wait = _GAVE_UP.setdefault("retries", ", ".join(
+            f"{k}={os.environ.get(k, TRACKING_RETRIES[k])}"
+            for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")))
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # MLflow reads it on every call
+        if storage is None:
+            raise
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        wait = ", ".join(f"{k}={retries[k]}" for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-                                                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"))
         die(f"the MLflow tracking server {uri} stopped answering ({problem}) and did not come back within "
             f"MLflow's retries ({wait}). The checkpoints are kept under {storage}: start the server again and "
             f"rerun the same command with --resume. (The call that gave up: {type(e).__name__}: {first})",
             TRACKING_LOST_EXIT)
+
+
+#: the retry settings in force when a guard gave up on the server (then set to none, to leave fast)
+_GAVE_UP: dict[str, str] = {}
 
 
 def die(msg: str, code: int = 2) -> None:
