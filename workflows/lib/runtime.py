@@ -196,10 +196,15 @@ def tracking_server_outage(storage: str | None = None) -> Iterator[None]:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # MLflow reads it on every call
         if storage is None:
             raise
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        first: BaseException = e  # the call that gave up first: the chain's end (later ones failed ending runs)
+        seen = {id(e)}
+        while (earlier := first.__cause__ or first.__context__) is not None and id(earlier) not in seen:
+            first = earlier
+            seen.add(id(earlier))
+        said = " ".join(str(first).split())[:300]
         die(f"the MLflow tracking server {uri} stopped answering ({problem}) and did not come back within "
             f"MLflow's retries ({wait}). The checkpoints are kept under {storage}: start the server again and "
-            f"rerun the same command with --resume. (The call that gave up: {type(e).__name__}: {first})",
+            f"rerun the same command with --resume. (The call that gave up: {type(first).__name__}: {said})",
             TRACKING_LOST_EXIT)
 
 
