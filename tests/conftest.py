@@ -19,6 +19,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def logged_epochs(db: Path, fold: str | None = None) -> dict[str, list[int]]:
+    """Fold run id -> the epochs it has logged, read from a job's SQLite store while the job runs,
+    through a read-only connection: an MlflowClient there would run MLflow's schema migrations
+    alongside the job's own first ones, and the job then failed ("duplicate column name: step")."""
+    import sqlite3
+
+    if not db.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            runs = con.execute("SELECT run_uuid FROM tags WHERE key = 'fold'" + (" AND value = ?" if fold else ""),
+                               (fold,) if fold else ()).fetchall()
+            return {r: sorted(step for (step,) in con.execute(
+                "SELECT step FROM metrics WHERE run_uuid = ? AND key = 'epoch'", (r,))) for (r,) in runs}
+    except sqlite3.Error:  # no tables yet, or locked for a moment: nothing logged yet, as far as we know
+        return {}
+
+
 def fold_runs(client, fold: str | None = None, experiment: str = "gmparse-cv") -> list:
     """The main job's per-fold MLflow runs (only ``fold``'s when given); none before the job has
     made its experiment."""

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, assert_same_collection_files, fold_runs
+from conftest import REPO_ROOT, assert_same_collection_files, logged_epochs
 
 from gmparse.data_pipeline.collection import open_collection
 
@@ -465,17 +465,7 @@ def _submit_main_job(cluster: Cluster, collection: str, tmp_path: Path, *extra: 
 
 def _fold0_epochs(tmp_path: Path) -> int:
     """How many epochs fold 0 has logged to the job's SQLite store (0 before it exists)."""
-    from mlflow import MlflowClient
-
-    db = tmp_path / "mlflow.db"
-    if not db.exists():
-        return 0
-    try:
-        client = MlflowClient(f"sqlite:///{db}")
-        runs = fold_runs(client, "fold-0")
-        return len(client.get_metric_history(runs[0].info.run_id, "epoch")) if runs else 0
-    except Exception:  # the job is writing: read again
-        return 0
+    return max((len(v) for v in logged_epochs(tmp_path / "mlflow.db", "fold-0").values()), default=0)
 
 
 def _check_job_runs(tmp_path: Path, tracking: str | None = None) -> dict[str, float]:
