@@ -3,8 +3,8 @@
 
 The main job reads its collection from ``s3://``, writes its Ray Train checkpoints there
 (``--storage-path``), is interrupted during fold 0 and continued with ``--resume``, which finds the
-run by listing the bucket: no epoch lost, repeated or trained twice. Credentials come from the environment only,
-and none of them is written to a file, a log or an MLflow param.
+run by listing the bucket: no epoch lost, repeated or trained twice. Credentials come from the
+environment only, and none of them is written to a file, a log or an MLflow param.
 """
 
 from __future__ import annotations
@@ -81,9 +81,6 @@ def test_main_job_on_s3_is_interrupted_and_resumes_from_there(smoke_collection, 
             "--final-model", "false"]
     client = MlflowClient(uri)
 
-    def fold0_runs():
-        return fold_runs(client, "fold-0") if (tmp_path / "mlflow.db").exists() else []
-
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as log:
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -113,7 +110,7 @@ def test_main_job_on_s3_is_interrupted_and_resumes_from_there(smoke_collection, 
     assert {f"{name}-fold-0", f"{name}-fold-1"} <= set(entries), entries
     # fold 0: the interrupted invocation's run logged only checkpointed epochs, the resumed one every
     # epoch once, those from the checkpoint as they were (a retrained epoch has its own images/s)
-    first_run, resumed_run = sorted(fold0_runs(), key=lambda r: r.info.start_time)
+    first_run, resumed_run = sorted(fold_runs(client, "fold-0"), key=lambda r: r.info.start_time)
     speed = {r: {m.step: m.value for m in client.get_metric_history(r.info.run_id, "train.images_per_s")}
              for r in (first_run, resumed_run)}
     before = [m.step for m in client.get_metric_history(first_run.info.run_id, "epoch")]

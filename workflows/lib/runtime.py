@@ -29,8 +29,8 @@ class SetupError(RuntimeError):
 #: how a job rides out a tracking server that goes away for a while (restarted for an upgrade): MLflow's
 #: own HTTP retries of every call, waits of 2, 4, 8, ... s (at most 120 s each) over 7 retries, about
 #: 4 minutes in all; a call still failing after that fails the job with one line that names the
-#: server (``tracking_server_outage``), and ``--resume`` continues it. Set for the driver and every Ray worker it starts; a value
-#: already in the environment wins.
+#: server (``tracking_server_outage``), and ``--resume`` continues it. Set for the driver and every
+#: Ray worker it starts; a value already in the environment wins.
 TRACKING_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
                     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
