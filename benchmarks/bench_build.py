@@ -1,4 +1,4 @@
-"""4. Collection build: GMs per minute and images/s per core, scaling from 1 to 2 Ray workers.
+"""Collection build: GMs per minute and images/s per core, scaling from 1 to 2 Ray workers.
 
 ``data_pipeline.build.build_collection`` (one Ray task per GM) into a scratch folder, for the
 smoke preset and the default and large (64x64) presets with fewer GMs (``n_gms`` reduced so it ends in minutes;

@@ -1,4 +1,4 @@
-"""4b. What one GM of a build costs, by family and phase, before and after the wide preset's cut.
+"""What one GM of a build costs, by family and phase, before and after the wide preset's cut.
 
 Runs the build's own per-GM task (``data_pipeline.build._make_gm_task``: train, gate, sample,
 realism, PNG encoding, grid) in this process on one torch thread, then persists the GM as a

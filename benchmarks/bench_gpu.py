@@ -1,4 +1,4 @@
-"""6. GPU: paper-size FEN+PN training at 64x64 through Ray Data -> Ray Train, beside a plain loop.
+"""GPU: paper-size FEN+PN training at 64x64 through Ray Data -> Ray Train, beside a plain loop.
 
 The paper's network (``ModelConfig.preset("paper")``: 17x64 FEN + PN) at 64x64, the paper
 preset's batch 16 and learning rate scaled together by ``--batch-scale`` (16: batch 256), the

@@ -1,4 +1,4 @@
-"""3. Inference: ``models.parser.Parser.predict`` on uint8 images, batch throughput and latency.
+"""Inference: ``models.parser.Parser.predict`` on uint8 images, batch throughput and latency.
 
 For the default preset's network (ModelConfig.preset("default"), the architecture `make run` registers as
 gm-parser@champion) and the paper's, at 64 and 128 px: images/s of ``predict`` on a batch of

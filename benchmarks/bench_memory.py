@@ -1,4 +1,4 @@
-"""5. Memory: peak resident memory of a training worker and of the driver, default preset.
+"""Memory: peak resident memory of a training worker and of the driver, default preset.
 
 A short training run as ``workflows/cv_folds.py --preset default`` does one fold: this process is
 the driver (``image_dataset`` train/val splits, ``materialize()`` as with ``cache_decoded``, one

@@ -1,4 +1,4 @@
-"""7. parse.py's two paths: files/s in process vs through Ray Data, by number of files.
+"""parse.py's two paths: files/s in process vs through Ray Data, by number of files.
 
 ``workflows.parse.parse_files`` - what ``parse.py`` runs after loading its models - on N PNG files
 of the collection (the default model config at the collection's size, the parser alone), each N

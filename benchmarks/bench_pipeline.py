@@ -1,4 +1,4 @@
-"""1. Input pipeline: images/s delivered as normalized float32 torch batches [B,3,S,S].
+"""Input pipeline: images/s delivered as normalized float32 torch batches [B,3,S,S].
 
 Contenders, run side by side (interleaved, best of N full passes over the collection):
 

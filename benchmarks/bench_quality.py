@@ -1,4 +1,4 @@
-"""6. Quality: the default preset's pooled GM-level table (FEN+PN, classical baseline, random ground
+"""Quality: the default preset's pooled GM-level table (FEN+PN, classical baseline, random ground
 truth, p-values), copied from the main job's MLflow parent run, with the per-fold spread below it.
 
 Looks up the newest finished parent run (no parent of its own) of the preset's own job (its

@@ -1,4 +1,4 @@
-"""8. How real the zoo's GMs look: one collection, or a build before and after a change.
+"""How real the zoo's GMs look: one collection, or a build before and after a change.
 
 Per GM, ``data_pipeline.realism`` against the collection's own held-out real crops: SWD x1e3 of
 Laplacian-pyramid patches (lower = more real) and C2ST, the accuracy of a linear real-vs-GM

@@ -1,4 +1,4 @@
-"""2b. The training step on the CPU: memory layout, precision and the ensemble, side by side.
+"""The training step on the CPU: memory layout, precision and the ensemble, side by side.
 
 One optimizer step of the default preset's FEN+PN (``models.engine.train_one_epoch``'s step:
 forward and ``compute_loss`` under the chosen autocast, backward, Adam) on batches of 64 images

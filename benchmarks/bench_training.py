@@ -1,4 +1,4 @@
-"""2. Training: FEN+PN steps/s under Ray Train (1 and 2 workers) vs a plain PyTorch loop.
+"""Training: FEN+PN steps/s under Ray Train (1 and 2 workers) vs a plain PyTorch loop.
 
 The model and batches are the default preset's (``workflows.lib.job_config.job_config("default")``:
 FEN 6x24 at 32x32, batch 64, Adam, ``models.losses.compute_loss`` with the paper's constraint
