@@ -477,6 +477,57 @@ def test_bf16_autocast_step_trains_the_default_model() -> None:
     assert np.isfinite(losses["bf16"]) and abs(losses["bf16"] - losses["fp32"]) < 0.05 * abs(losses["fp32"])
 
 
+def test_ensemble_members_trained_in_threads_take_the_sequential_steps() -> None:
+    """The CPU ensemble's members train side by side in threads (``engine.member_threads``): the
+    same weights and logged losses as one member after the other, and the caller's thread count back."""
+    import copy
+
+    from gmparse.models.constraints import ConstraintWeights
+    from gmparse.models.engine import member_threads, train_one_epoch
+    from gmparse.models.losses import targets_to_tensors
+    from gmparse.models.parser import ParsingModel
+    from gmparse.workflows.lib.job_config import job_config
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        model = ParsingModel(job_config("default").model)  # two members
+        threads = member_threads(model, "cpu")
+        assert threads is not None and threads.pool._max_workers == 2
+        assert threads.pool.submit(torch.get_num_threads).result() == 1  # a thread each ...
+        assert torch.get_num_threads() == 2  # ... and this thread's count untouched
+        threads.close()
+        assert member_threads(model.members[0], "cpu") is None  # one network: nothing to split
+        assert member_threads(torch.nn.parallel.DistributedDataParallel.__new__(
+            torch.nn.parallel.DistributedDataParallel), "cpu") is None  # DDP: members would sync twice
+        batches = []
+        for seed in range(3):
+            b = targets_to_tensors(_targets(8, seed), np.arange(8))
+            b["image"] = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+            batches.append(b)
+        runs = {}
+        for parallel in (False, True):
+            m = copy.deepcopy(model)
+            opt = torch.optim.SGD(m.parameters(), lr=0.0)  # the same weights at every step: gradients comparable
+            log = train_one_epoch(m, opt, batches, ConstraintWeights(), parallel_members=parallel)
+            runs[parallel] = (m, log)
+            assert torch.get_num_threads() == 2
+        (seq, seq_log), (par, par_log) = runs[False], runs[True]
+        grads = [(p.grad, q.grad) for p, q in zip(seq.parameters(), par.parameters())]  # of the last batch
+        assert all(g is not None and bool(g.abs().sum() > 0) for _, g in grads)  # every parameter of both members
+        for g_seq, g_par in grads:
+            torch.testing.assert_close(g_par, g_seq, rtol=1e-4, atol=1e-4 * float(g_seq.abs().max()))
+        for p, q in zip(seq.state_dict().values(), par.state_dict().values()):  # BN's running statistics
+            torch.testing.assert_close(q, p)
+        assert seq_log.keys() == par_log.keys()
+        for k in seq_log:
+            if k not in ("images_per_s",):
+                assert par_log[k] == pytest.approx(seq_log[k], rel=1e-4, abs=1e-6), k
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_ensemble_averages_members_trains_each_and_roundtrips(tmp_path: Path) -> None:
     """``ensemble=K``: K networks from their own initializations; the prediction is their average
     (probabilities, not logits), each member gets its own loss (the total is their sum) and
