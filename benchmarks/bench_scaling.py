@@ -15,6 +15,11 @@ costs in proportion to its GMs. The classical baseline and the image-blind prior
 same GMs. Sizes up to ``--small`` run ``--seeds`` seeds (another draw of training GMs and another
 initialization), the rest one.
 
+Transfer: with the external collection (``--external``; by default the one ``build_collection.py
+--external`` writes, when it is there), each point also trains one parser on ``size`` GMs drawn the
+same way from the whole collection and scores it on every external GM, beside a classical baseline
+and a prior learned from the same GMs (``evaluation.external_table``): a second CSV and PNG.
+
 Resumable: each point is an MLflow run (experiment ``gmparse-scaling``, tagged with its key); a
 point whose run finished is read back, not retrained, and a point already in the CSV is kept. The
 CSV (one row per point, parser and metric: pooled value, spread over folds, paired p against the
@@ -88,6 +93,41 @@ def run_point(data, col, folds, cfg, size: int | str, seed: int, args) -> dict:
                          "p_fen_pn_vs_classical": float(r["p_fen_pn_vs_classical"]), "p_vs_random": p_rnd,
                          "wall_s": round(wall, 1)})
     return {"rows": rows, "wall_s": wall, "train_gms": sizes}
+
+
+def external_point(data, col, ext_col, cfg, size: int | str, seed: int, args, index: int) -> dict:
+    """Train one parser on ``size`` GMs of the whole collection and score it on every GM of
+    ``ext_col`` -> the point's rows (see FIELDS; ``fold_std`` is 0: one parser, no folds)."""
+    import mlflow
+    from diagnose_parsing import run_fold
+
+    from gmparse.data_pipeline.folds import Fold, subsample_gms
+    from gmparse.models.parser import Parser
+    from gmparse.workflows.lib.evaluation import external_table
+
+    t0 = time.time()
+    n = 10**9 if size == "all" else int(size)
+    every = tuple(col.fake_gms["gm_id"])
+    sub = subsample_gms(col.gms, every, n, seed=cfg.seed + 1000 * seed + index)
+    print(f"[size {size}, seed {seed}] external: a parser on {len(sub)} of {len(every)} GMs", flush=True)
+    fold_args = argparse.Namespace(init_seed=seed, eval_per_gm=args.eval_per_gm, images_per_gm=args.images_per_gm,
+                                   baseline_per_gm=args.baseline_per_gm)
+    trained = run_fold(data, col, Fold(index, sub, ()), cfg, fold_args, mlflow.active_run().info.run_id, curves=False)
+    parser = Parser(trained["model"].eval(), col.ranges)
+    table, _ = external_table(parser, col, ext_col, fit_mode=cfg.fit_mode, baseline_images_per_gm=args.baseline_per_gm,
+                              seed=cfg.seed, n_shuffles=args.shuffles, train_gms=sub)
+    wall = time.time() - t0
+    rows = []
+    for r in table:
+        for parser_name in PARSERS:
+            p_rnd = {"fen_pn": r["p_fen_pn_vs_random"], "classical": r["p_classical_vs_random"]}.get(parser_name, "")
+            rows.append({"collection": ext_col.manifest.get("key", ext_col.path), "size": size, "seed": seed,
+                         "train_gms": float(len(sub)), "test_gms": int(r["gms"]), "metric": str(r["metric"]),
+                         "parser": parser_name, "value": float(r[parser_name]),
+                         "fold_std": float(r["random_std"]) if parser_name == "random" else 0.0,
+                         "p_fen_pn_vs_classical": float(r["p_fen_pn_vs_classical"]), "p_vs_random": p_rnd,
+                         "wall_s": round(wall, 1)})
+    return {"rows": rows, "wall_s": wall}
 
 
 def finished_runs(experiment_id: str) -> dict[str, str]:
@@ -210,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=None, help="GM-disjoint folds (default: the default job's, 4)")
     ap.add_argument("--job-preset", default="default", help="the job whose model and step are trained")
     ap.add_argument("--out", default=str(HERE / "scaling"), help="folder of the CSV and the PNG")
+    ap.add_argument("--external", default="auto",
+                    help="external collection to score a parser of each size on (auto: build_collection.py "
+                         "--external's, when built; none: skip)")
     args = ap.parse_args(argv)
     cfg = job_config(args.job_preset)
     cfg = replace(cfg, epochs=args.epochs or cfg.epochs, folds=args.folds or cfg.folds, checkpoint="last")
@@ -229,52 +272,95 @@ def main(argv: list[str] | None = None) -> int:
               for seed in range(args.seeds if s != "all" and int(s) <= args.small else 1)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = out / f"scaling_{ckey}.csv", out / f"scaling_{ckey}.png"
-    rows = read_csv(csv_path)
+    ext_col = external_collection(args.external)
+    curves = {"folds": Curve(out / f"scaling_{ckey}.csv", f"{ckey}: {cfg.folds} folds, unseen GMs pooled; "
+                                                          f"{cfg.epochs} epochs x {args.images_per_gm} images per GM")}
+    if ext_col is not None:
+        ekey = ext_col.manifest.get("key", Path(str(ext_col.path)).name)
+        curves["external"] = Curve(out / f"scaling_{ckey}_on_{ekey}.csv",
+                                   f"trained on {ckey}, scored on {ekey} ({len(ext_col.fake_gms)} GMs written elsewhere)")
     init_mlflow(EXPERIMENT)
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
     done = finished_runs(exp.experiment_id)
     t_start, data = time.time(), None
     for size, seed in points:
-        key = point_key(ckey, size, seed, cfg, args)
-        if any(r["key"] == key for r in rows):
-            print(f"[size {size}, seed {seed}] in {csv_path.name} already ({key})", flush=True)
-            continue
-        if key in done:
-            got = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=done[key], artifact_path="rows.json",
-                                                                     dst_path=str(out / ".mlflow"))).read_text())
-            print(f"[size {size}, seed {seed}] read back from MLflow run {done[key]}", flush=True)
-        else:
-            if data is None:
-                t0 = time.time()
-                data = load_images(col, list(col.fake_gms["gm_id"]), cfg.image_size)
-                print(f"{len(data.images)} images of {len(col.fake_gms)} GMs decoded in {time.time() - t0:.0f} s",
-                      flush=True)
-            with mlflow.start_run(run_name=f"size-{size}-seed-{seed}",
-                                  tags={"bench": "scaling-point", "point_key": key}) as run:
-                mlflow.log_params({"size": size, "seed": seed, "collection": ckey, "folds": cfg.folds,
-                                   "epochs": cfg.epochs, "images_per_gm": args.images_per_gm,
-                                   "budget": "same image-steps per GM", "job_key": cfg.key()})
-                res = run_point(data, col, folds, cfg, size, seed, args)
-                got = [{**r, "key": key} for r in res["rows"]]
-                for r in got:
-                    mlflow.log_metric(f"{r['parser']}.{r['metric'].replace('/', '.')}", r["value"])
-                mlflow.log_metric("wall_s", res["wall_s"])
-                mlflow.log_dict(got, "rows.json")
-                print(f"[size {size}, seed {seed}] {res['wall_s']:.0f} s, run {run.info.run_id}", flush=True)
-        rows = [r for r in rows if r["key"] != key] + [{**r, "key": key} for r in got]
-        write_csv(csv_path, rows)
-        draw(rows, png_path, f"{ckey}: {cfg.folds} folds, unseen GMs pooled; {cfg.epochs} epochs x "
-                             f"{args.images_per_gm} images per GM")
-    print(table(rows), flush=True)
+        for kind, curve in curves.items():
+            key = point_key(ckey if kind == "folds" else f"{ckey}|on|{ekey}", size, seed, cfg, args)
+            name = f"[size {size}, seed {seed}]" + ("" if kind == "folds" else " external")
+            if any(r["key"] == key for r in curve.rows):
+                print(f"{name} in {curve.csv.name} already ({key})", flush=True)
+                continue
+            if key in done:
+                got = json.loads(Path(mlflow.artifacts.download_artifacts(
+                    run_id=done[key], artifact_path="rows.json", dst_path=str(out / ".mlflow"))).read_text())
+                print(f"{name} read back from MLflow run {done[key]}", flush=True)
+            else:
+                if data is None:
+                    t0 = time.time()
+                    data = load_images(col, list(col.fake_gms["gm_id"]), cfg.image_size)
+                    print(f"{len(data.images)} images of {len(col.fake_gms)} GMs decoded in {time.time() - t0:.0f} s",
+                          flush=True)
+                run_name = f"size-{size}-seed-{seed}" + ("" if kind == "folds" else "-external")
+                with mlflow.start_run(run_name=run_name, tags={"bench": "scaling-point", "point_key": key,
+                                                               "curve": kind}) as run:
+                    mlflow.log_params({"size": size, "seed": seed, "collection": ckey, "folds": cfg.folds,
+                                       "epochs": cfg.epochs, "images_per_gm": args.images_per_gm,
+                                       "budget": "same image-steps per GM", "job_key": cfg.key(), "curve": kind})
+                    res = (run_point(data, col, folds, cfg, size, seed, args) if kind == "folds" else
+                           external_point(data, col, ext_col, cfg, size, seed, args, index=len(folds)))
+                    got = [{**r, "key": key} for r in res["rows"]]
+                    for r in got:
+                        if r["metric"] in METRICS:
+                            mlflow.log_metric(f"{r['parser']}.{r['metric'].replace('/', '.')}", r["value"])
+                    mlflow.log_metric("wall_s", res["wall_s"])
+                    mlflow.log_dict(got, "rows.json")
+                    print(f"{name} {res['wall_s']:.0f} s, run {run.info.run_id}", flush=True)
+            curve.add(key, got)
     with mlflow.start_run(run_name="curve", tags={"bench": "scaling-curve", "collection": ckey}):
         mlflow.log_params({"sizes": args.sizes, "seeds": args.seeds, "cfg": json.dumps(asdict(cfg), default=str)[:5000]})
-        mlflow.log_artifact(str(csv_path))
-        mlflow.log_artifact(str(png_path))
-        mlflow.log_text(table(rows), "table.md")
+        for kind, curve in curves.items():
+            if not curve.rows:
+                continue
+            print(f"\n{curve.title}\n{table(curve.rows)}\n{curve.csv}\n{curve.png}", flush=True)
+            mlflow.log_artifact(str(curve.csv))
+            mlflow.log_artifact(str(curve.png))
+            mlflow.log_text(table(curve.rows), f"table_{kind}.md")
         mlflow.log_metric("wall_s_this_call", time.time() - t_start)
-    print(f"{csv_path}\n{png_path}\n{time.time() - t_start:.0f} s this call", flush=True)
+    print(f"{time.time() - t_start:.0f} s this call", flush=True)
     return 0
+
+
+class Curve:
+    """One curve's rows, kept in its CSV (rewritten, and its PNG redrawn, after every point)."""
+
+    def __init__(self, csv_path: Path, title: str) -> None:
+        self.csv, self.png, self.title = csv_path, csv_path.with_suffix(".png"), title
+        self.rows = read_csv(csv_path)
+
+    def add(self, key: str, rows: list[dict]) -> None:
+        self.rows = [r for r in self.rows if r["key"] != key] + [{**r, "key": key} for r in rows]
+        write_csv(self.csv, self.rows)
+        draw(self.rows, self.png, self.title)
+
+
+def external_collection(spec: str):
+    """``--external``: a path, ``none``, or ``auto`` (build_collection.py --external's folder, when built)."""
+    from gmparse.data_pipeline.collection import open_collection
+
+    if spec == "none":
+        return None
+    if spec == "auto":
+        from gmparse.data_pipeline.external_gms import ExternalConfig
+        from gmparse.data_pipeline.paths import collections_root
+
+        e = ExternalConfig()
+        path = collections_root() / f"external-s{e.seed}-{e.key()}"
+        if not (path / "manifest.json").exists():
+            print(f"no external collection at {path}: the transfer curve is skipped "
+                  "(python workflows/build_collection.py --external builds it)", flush=True)
+            return None
+        spec = str(path)
+    return open_collection(spec)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
              curves: bool = True) -> dict:
     """Train and score one fold. ``curves=False`` (the scaling curve) scores nothing per epoch and
     keeps the last epoch's model: no epoch is picked, and the per-epoch evaluation, which costs
-    more than training at a few GMs, is skipped."""
+    more than training at a few GMs, is skipped. A fold with no test GMs (a parser for another
+    collection) is only trained: the result holds the kept ``model`` and no ``gm`` tables."""
     import mlflow
 
     # --init-seed changes the network's initialization and image sampling, not the folds (cfg.seed)
@@ -76,7 +77,7 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
     seen_idx = per_gm_subset(data, np.flatnonzero(fit_rows & held), args.eval_per_gm, rng)
     valgm_idx = per_gm_subset(data, data.of_gms(val_gms), args.eval_per_gm, rng) if val_gms else None
     test_all = data.of_gms(fold.test_gms)
-    test_idx = per_gm_subset(data, test_all, args.eval_per_gm, rng)
+    test_idx = per_gm_subset(data, test_all, args.eval_per_gm, rng) if len(test_all) else test_all
 
     model = ParsingModel(cfg.model).to(memory_format=torch.channels_last)  # as the training loop does
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -109,6 +110,8 @@ def run_fold(data: ImageArrays, col: Collection, fold, cfg: JobConfig, args, par
                 f"{k}={row[k]:.3f}" for k in ("train/parsing", "seen/score", "valgm/score", "unseen/score",
                                                "unseen/discrete/acc/upsampling") if k in row)
                 + f" ({tr['images_per_s']:.0f} img/s)", flush=True)
+        if not len(fold.test_gms):
+            return {"model": kept, "history": history, "best_epoch": best_epoch}
         last_pred, _ = predict_batches(kept, data.batches(test_all, 256))
         if curves:
             kept.load_state_dict(best_state)

@@ -60,10 +60,10 @@ def log_pooled(rows: list[dict[str, Any]], text: str) -> None:
 
 
 def external_table(parser, train_col, test_col, *, fit_mode: str, baseline_images_per_gm: int, seed: int,
-                   n_shuffles: int) -> tuple[list[dict[str, Any]], str]:
+                   n_shuffles: int, train_gms: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Train once, test anywhere: the trained parser and a classical baseline trained on every GM
-    of ``train_col`` score every GM of ``test_col``, pooled, beside random ground truth and the
-    training collection's image-blind prior.
+    of ``train_col`` (or on ``train_gms``, those the parser trained on) score every GM of
+    ``test_col``, pooled, beside random ground truth and the training GMs' image-blind prior.
 
     Images of another resolution reach the model through ``preprocess.fit_to_size(fit_mode)``
     (views of one GM are averaged); continuous labels are put on the training collection's
@@ -79,11 +79,12 @@ def external_table(parser, train_col, test_col, *, fit_mode: str, baseline_image
     views, owner = fit_views(test.images, size, fit_mode)
     view_gms = test.gm_ids[owner]
     ids, fen = parser.predict_arrays(views).aggregate(view_gms)
-    train = load_images(train_col, list(train_col.fake_gms["gm_id"]), size, per_gm=baseline_images_per_gm, seed=seed)
+    trained_on = list(train_gms) if train_gms is not None else list(train_col.fake_gms["gm_id"])
+    train = load_images(train_col, trained_on, size, per_gm=baseline_images_per_gm, seed=seed)
     _, classical = SpectralBaseline(seed=seed).fit(train.images, train.targets).predict(views).aggregate(view_gms)
     t = test_col.targets(ids)
     cont = train_col.ranges.normalize(test_col.ranges.denormalize(np.asarray(t.continuous)))
     targets = TargetArrays(cont, np.asarray(t.discrete), np.asarray(t.loss), np.asarray(t.group))
-    prior = Predictions.prior(train_col.targets(list(train_col.fake_gms["gm_id"])), len(ids))
+    prior = Predictions.prior(train_col.targets(trained_on), len(ids))
     rows = pooled_table(fen, classical, targets, n_shuffles=n_shuffles, seed=seed, prior=prior)
     return rows, format_pooled(rows)

@@ -1,0 +1,45 @@
+"""The scaling curve's one command (benchmarks/bench_scaling.py) on the smoke collection: both curves
+(unseen GMs of the folds; a collection written elsewhere) written, and a rerun trains nothing."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+PARSERS = {"fen_pn", "classical", "prior", "random"}
+METRICS = {"continuous/l1", "discrete/acc", "discrete/f1", "loss/auc"}
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_scaling_curve_writes_both_curves_and_a_rerun_trains_nothing(smoke_collection, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_scaling.py"), "--collection", smoke_collection.path,
+           "--job-preset", "smoke", "--sizes", "3,all", "--seeds", "1", "--epochs", "1", "--folds", "2",
+           "--images-per-gm", "16", "--eval-per-gm", "8", "--baseline-per-gm", "16", "--shuffles", "20",
+           "--external", smoke_collection.path, "--out", str(out)]  # the smoke zoo stands in for GMs written elsewhere
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TQDM_DISABLE": "1"}
+    first = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    key = Path(str(smoke_collection.path)).name  # a collection without a "key" in its manifest: its folder
+    folds_csv, ext_csv = out / f"scaling_{key}.csv", out / f"scaling_{key}_on_{key}.csv"
+    for path, sizes in ((folds_csv, {3.0, 8.0}), (ext_csv, {3.0, 16.0})):  # 16 GMs: 8 train per fold; all 16
+        rows = _rows(path)
+        assert path.with_suffix(".png").stat().st_size > 10_000
+        assert {float(r["train_gms"]) for r in rows} == sizes, path.name
+        for n in sizes:  # every parser on every headline metric, at every size
+            got = {(r["parser"], r["metric"]) for r in rows if float(r["train_gms"]) == n}
+            assert {(p, m) for p in PARSERS for m in METRICS} <= got, (path.name, n)
+        assert all(0.0 < float(r["p_fen_pn_vs_classical"]) <= 1.0 for r in rows)
+    before = {p: p.read_bytes() for p in (folds_csv, ext_csv)}
+    again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("already") == 4, again.stdout[-3000:]  # 2 sizes x 2 curves, none trained again
+    assert "decoded" not in again.stdout  # nothing was even loaded
+    assert {p: p.read_bytes() for p in before} == before
