@@ -48,9 +48,9 @@ FIELDS = ("key", "collection", "size", "seed", "train_gms", "test_gms", "metric"
 HERE = Path(__file__).resolve().parent
 
 
-def point_key(collection_key: str, size: int | str, seed: int, cfg, args) -> str:
+def point_key(ckey: str, size: int | str, seed: int, cfg, args) -> str:
     """What a point trains, hashed: the same key means the same numbers (up to thread timing)."""
-    d = {"collection": collection_key, "size": size, "seed": seed, "cfg": cfg.key(),
+    d = {"collection": ckey, "size": size, "seed": seed, "cfg": cfg.key(),
          "images_per_gm": args.images_per_gm, "baseline_per_gm": args.baseline_per_gm, "shuffles": args.shuffles}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -87,7 +87,7 @@ def run_point(data, col, folds, cfg, size: int | str, seed: int, args) -> dict:
             spread = (float(np.std([pf[m] for pf in per_fold[parser]])) if parser in per_fold
                       else float(r["random_std"]))
             p_rnd = {"fen_pn": r["p_fen_pn_vs_random"], "classical": r["p_classical_vs_random"]}.get(parser, "")
-            rows.append({"collection": col.manifest.get("key", col.path), "size": size, "seed": seed,
+            rows.append({"collection": collection_key(col), "size": size, "seed": seed,
                          "train_gms": float(np.mean(sizes)), "test_gms": int(r["gms"]), "metric": m,
                          "parser": parser, "value": float(r[parser]), "fold_std": spread,
                          "p_fen_pn_vs_classical": float(r["p_fen_pn_vs_classical"]), "p_vs_random": p_rnd,
@@ -121,13 +121,22 @@ def external_point(data, col, ext_col, cfg, size: int | str, seed: int, args, in
     for r in table:
         for parser_name in PARSERS:
             p_rnd = {"fen_pn": r["p_fen_pn_vs_random"], "classical": r["p_classical_vs_random"]}.get(parser_name, "")
-            rows.append({"collection": ext_col.manifest.get("key", ext_col.path), "size": size, "seed": seed,
+            rows.append({"collection": collection_key(ext_col), "size": size, "seed": seed,
                          "train_gms": float(len(sub)), "test_gms": int(r["gms"]), "metric": str(r["metric"]),
                          "parser": parser_name, "value": float(r[parser_name]),
                          "fold_std": float(r["random_std"]) if parser_name == "random" else 0.0,
                          "p_fen_pn_vs_classical": float(r["p_fen_pn_vs_classical"]), "p_vs_random": p_rnd,
                          "wall_s": round(wall, 1)})
     return {"rows": rows, "wall_s": wall}
+
+
+def collection_key(col) -> str:
+    """The collection's folder name and its GM table's hash: a rebuild under the same name that kept
+    other GMs (another CPU's arithmetic can move the realism gate) is another collection, whose
+    points go to another CSV instead of mixing with these."""
+    name = col.manifest.get("key") or Path(str(col.path)).name
+    digest = str(col.manifest.get("gms_sha256", ""))[:8]
+    return f"{name}-{digest}" if digest else name
 
 
 def finished_runs(experiment_id: str) -> dict[str, str]:
@@ -259,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(cfg.threads, 1))
     path = args.collection or build_config(args.collection_preset, seed=cfg.seed).default_path()
     col = open_collection(path)
-    ckey = col.manifest.get("key", Path(str(col.path)).name)
+    ckey = collection_key(col)
     folds = gm_folds(col.gms, cfg.folds, cfg.seed)
     most = min(len(f.train_gms) for f in folds)
     sizes: list[int | str] = []
@@ -268,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"size {s} >= the smallest fold's {most} training GMs: it is 'all'", flush=True)
         sizes.append("all" if s == "all" or int(s) >= most else int(s))
     sizes = list(dict.fromkeys(sizes))
+    smallest = min(most if s == "all" else int(s) for s in sizes)
+    if smallest * args.images_per_gm < cfg.batch_size:  # an epoch of no full batch would train nothing
+        ap.error(f"{smallest} GMs x --images-per-gm {args.images_per_gm} images is less than one batch "
+                 f"({cfg.batch_size}): raise --images-per-gm or the smallest size")
     points = [(s, seed) for s in sizes
               for seed in range(args.seeds if s != "all" and int(s) <= args.small else 1)]
     out = Path(args.out)
@@ -276,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     curves = {"folds": Curve(out / f"scaling_{ckey}.csv", f"{ckey}: {cfg.folds} folds, unseen GMs pooled; "
                                                           f"{cfg.epochs} epochs x {args.images_per_gm} images per GM")}
     if ext_col is not None:
-        ekey = ext_col.manifest.get("key", Path(str(ext_col.path)).name)
+        ekey = collection_key(ext_col)
         curves["external"] = Curve(out / f"scaling_{ckey}_on_{ekey}.csv",
                                    f"trained on {ckey}, scored on {ekey} ({len(ext_col.fake_gms)} GMs written elsewhere)")
     init_mlflow(EXPERIMENT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -17,6 +18,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tracking_to(uri: str):
+    """MLflow tracking (and so the registry) at ``uri`` for a block, then back. Through
+    ``mlflow.set_tracking_uri``, not the environment: an earlier test's in-process job may have set
+    that, and it wins over ``MLFLOW_TRACKING_URI`` (a load then read another test's registry)."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def logged_epochs(db: Path, fold: str | None = None) -> dict[str, list[int]]:

@@ -27,7 +27,8 @@ def test_the_scaling_curve_writes_both_curves_and_a_rerun_trains_nothing(smoke_c
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TQDM_DISABLE": "1"}
     first = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    key = Path(str(smoke_collection.path)).name  # a collection without a "key" in its manifest: its folder
+    # bench_scaling.collection_key: the folder's name and the GM table's hash (another build, another CSV)
+    key = f"{Path(str(smoke_collection.path)).name}-{smoke_collection.manifest['gms_sha256'][:8]}"
     folds_csv, ext_csv = out / f"scaling_{key}.csv", out / f"scaling_{key}_on_{key}.csv"
     for path, sizes in ((folds_csv, {3.0, 8.0}), (ext_csv, {3.0, 16.0})):  # 16 GMs: 8 train per fold; all 16
         rows = _rows(path)

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, assert_same_collection_files, logged_epochs
+from conftest import REPO_ROOT, assert_same_collection_files, logged_epochs, tracking_to
 
 from gmparse.data_pipeline.collection import open_collection
 
@@ -538,11 +538,8 @@ def test_main_job_submitted_to_the_cluster_survives_a_lost_worker_node(smoke_col
         _check_job_runs(tmp_path, uri)
         version = MlflowClient(uri).get_model_version_by_alias("gm-parser", "champion")
         assert version.tags["schema_version"] == schema.SCHEMA_VERSION
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-        try:
+        with tracking_to(uri):
             model = pyfunc.load_model("models:/gm-parser@champion")
-        finally:
-            os.environ.pop("MLFLOW_TRACKING_URI")
         pred = model.predict(np.zeros((1, 32, 32, 3), dtype=np.uint8))
         assert list(pred.columns[:9]) == list(schema.CONTINUOUS)
     finally:

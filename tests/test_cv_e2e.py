@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, fold_runs, free_port, logged_epochs
+from conftest import REPO_ROOT, fold_runs, free_port, logged_epochs, tracking_to
 from mlflow_server import start_mlflow_server, stop_mlflow_server, wait_http
 from ray_head import BIN, local_head
 
@@ -295,11 +295,8 @@ def test_ray_job_submit_with_defaults_leaves_results_where_it_says(smoke_collect
     assert done.group(1) in {x.info.run_id for x in runs}
     version = client.get_model_version_by_alias("gm-parser", "champion")
     assert version.run_id in {x.info.run_id for x in runs}
-    os.environ["MLFLOW_TRACKING_URI"] = said.group(1)
-    try:
+    with tracking_to(said.group(1)):
         model = pyfunc.load_model("models:/gm-parser@champion")  # its artifacts outlived the job's copy too
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI")
     assert len(model.predict(np.zeros((1, 32, 32, 3), dtype=np.uint8))) == 1
 
 
