@@ -55,6 +55,12 @@ def point_key(ckey: str, size: int | str, seed: int, cfg, args) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def fold_args_of(seed: int, args) -> argparse.Namespace:
+    """What ``diagnose_parsing.run_fold`` reads of its command line, for a point of seed ``seed``."""
+    return argparse.Namespace(init_seed=seed, eval_per_gm=args.eval_per_gm, images_per_gm=args.images_per_gm,
+                              baseline_per_gm=args.baseline_per_gm)
+
+
 def run_point(data, col, folds, cfg, size: int | str, seed: int, args) -> dict:
     """Train every fold on ``size`` of its training GMs -> the point's rows (see FIELDS)."""
     import mlflow
@@ -65,8 +71,7 @@ def run_point(data, col, folds, cfg, size: int | str, seed: int, args) -> dict:
 
     t0 = time.time()
     n = 10**9 if size == "all" else int(size)
-    fold_args = argparse.Namespace(init_seed=seed, eval_per_gm=args.eval_per_gm, images_per_gm=args.images_per_gm,
-                                   baseline_per_gm=args.baseline_per_gm)
+    fold_args = fold_args_of(seed, args)
     results, sizes = [], []
     for f in folds:
         sub = Fold(f.index, subsample_gms(col.gms, f.train_gms, n, seed=cfg.seed + 1000 * seed + f.index), f.test_gms)
@@ -80,18 +85,9 @@ def run_point(data, col, folds, cfg, size: int | str, seed: int, args) -> dict:
     per_fold = {k: [metrics_of(*r["gm"][k if k != "fen_pn" else "last"]) for r in results]
                 for k in ("fen_pn", "classical", "prior")}
     wall = time.time() - t0
-    rows = []
-    for r in pooled:
-        m = str(r["metric"])
-        for parser in PARSERS:
-            spread = (float(np.std([pf[m] for pf in per_fold[parser]])) if parser in per_fold
-                      else float(r["random_std"]))
-            p_rnd = {"fen_pn": r["p_fen_pn_vs_random"], "classical": r["p_classical_vs_random"]}.get(parser, "")
-            rows.append({"collection": collection_key(col), "size": size, "seed": seed,
-                         "train_gms": float(np.mean(sizes)), "test_gms": int(r["gms"]), "metric": m,
-                         "parser": parser, "value": float(r[parser]), "fold_std": spread,
-                         "p_fen_pn_vs_classical": float(r["p_fen_pn_vs_classical"]), "p_vs_random": p_rnd,
-                         "wall_s": round(wall, 1)})
+    rows = point_rows(pooled, collection_key(col), size, seed, float(np.mean(sizes)), wall,
+                      lambda parser, r: (float(np.std([pf[str(r["metric"])] for pf in per_fold[parser]]))
+                                         if parser in per_fold else float(r["random_std"])))
     return {"rows": rows, "wall_s": wall, "train_gms": sizes}
 
 
@@ -110,24 +106,31 @@ def external_point(data, col, ext_col, cfg, size: int | str, seed: int, args, in
     every = tuple(col.fake_gms["gm_id"])
     sub = subsample_gms(col.gms, every, n, seed=cfg.seed + 1000 * seed + index)
     print(f"[size {size}, seed {seed}] external: a parser on {len(sub)} of {len(every)} GMs", flush=True)
-    fold_args = argparse.Namespace(init_seed=seed, eval_per_gm=args.eval_per_gm, images_per_gm=args.images_per_gm,
-                                   baseline_per_gm=args.baseline_per_gm)
+    fold_args = fold_args_of(seed, args)
     trained = run_fold(data, col, Fold(index, sub, ()), cfg, fold_args, mlflow.active_run().info.run_id, curves=False)
     parser = Parser(trained["model"].eval(), col.ranges)
     table, _ = external_table(parser, col, ext_col, fit_mode=cfg.fit_mode, baseline_images_per_gm=args.baseline_per_gm,
                               seed=cfg.seed, n_shuffles=args.shuffles, train_gms=sub)
     wall = time.time() - t0
+    rows = point_rows(table, collection_key(ext_col), size, seed, float(len(sub)), wall,
+                      lambda parser, r: float(r["random_std"]) if parser == "random" else 0.0)
+    return {"rows": rows, "wall_s": wall}
+
+
+def point_rows(pooled: list[dict], collection: str, size: int | str, seed: int, train_gms: float, wall: float,
+               spread) -> list[dict]:
+    """``pooled_table`` rows -> the CSV's rows (FIELDS but the key), one per metric and parser;
+    ``spread(parser, pooled_row)`` fills ``fold_std``."""
     rows = []
-    for r in table:
-        for parser_name in PARSERS:
-            p_rnd = {"fen_pn": r["p_fen_pn_vs_random"], "classical": r["p_classical_vs_random"]}.get(parser_name, "")
-            rows.append({"collection": collection_key(ext_col), "size": size, "seed": seed,
-                         "train_gms": float(len(sub)), "test_gms": int(r["gms"]), "metric": str(r["metric"]),
-                         "parser": parser_name, "value": float(r[parser_name]),
-                         "fold_std": float(r["random_std"]) if parser_name == "random" else 0.0,
+    for r in pooled:
+        for parser in PARSERS:
+            p_rnd = {"fen_pn": r["p_fen_pn_vs_random"], "classical": r["p_classical_vs_random"]}.get(parser, "")
+            rows.append({"collection": collection, "size": size, "seed": seed, "train_gms": train_gms,
+                         "test_gms": int(r["gms"]), "metric": str(r["metric"]), "parser": parser,
+                         "value": float(r[parser]), "fold_std": spread(parser, r),
                          "p_fen_pn_vs_classical": float(r["p_fen_pn_vs_classical"]), "p_vs_random": p_rnd,
                          "wall_s": round(wall, 1)})
-    return {"rows": rows, "wall_s": wall}
+    return rows
 
 
 def collection_key(col) -> str:
