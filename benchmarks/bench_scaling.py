@@ -366,11 +366,9 @@ def external_collection(spec: str):
     if spec == "none":
         return None
     if spec == "auto":
-        from gmparse.data_pipeline.external_gms import ExternalConfig
-        from gmparse.data_pipeline.paths import collections_root
+        from gmparse.data_pipeline.external_gms import default_external_path
 
-        e = ExternalConfig()
-        path = collections_root() / f"external-s{e.seed}-{e.key()}"
+        path = default_external_path()
         if not (path / "manifest.json").exists():
             print(f"no external collection at {path}: the transfer curve is skipped "
                   "(python workflows/build_collection.py --external builds it)", flush=True)

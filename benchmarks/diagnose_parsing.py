@@ -25,7 +25,7 @@ import torch
 
 from gmparse.data_pipeline.build_config import build_config
 from gmparse.data_pipeline.collection import Collection, open_collection
-from gmparse.data_pipeline.folds import gm_folds, holdout_gms, validation_mask
+from gmparse.data_pipeline.folds import gm_folds, holdout_gms, inner_fold, validation_mask
 from gmparse.data_pipeline.in_memory import ImageArrays, load_images, sample_per_gm
 from gmparse.data_pipeline.schema import TargetArrays
 from gmparse.models import metrics
@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collection", help="collection path (default: the preset's built zoo)")
     p.add_argument("--tag", required=True, help="name of this variant (the MLflow run name)")
     p.add_argument("--only-folds", default="", help="comma-separated fold indices (default: all)")
+    p.add_argument("--inner-holdout", type=float, default=0.0,
+                   help="score on this share of each fold's training GMs, held out whole, instead of its test "
+                        "GMs (which are then never read): for choosing settings without touching a test GM")
     p.add_argument("--images-per-gm", type=int, default=0, help="GM-balanced: images per GM per epoch (0: all)")
     p.add_argument("--eval-per-gm", type=int, default=48, help="images per GM in the per-epoch curves")
     p.add_argument("--baseline-per-gm", type=int, default=96, help="training images per GM for the classical baseline")
@@ -156,12 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(cfg.threads, 1))
     col = open_collection(args.collection) if args.collection else open_collection(
         build_config(cfg.collection_preset, seed=cfg.seed).default_path())
-    t0 = time.time()
-    data = load_images(col, list(col.fake_gms["gm_id"]), cfg.image_size)
-    print(f"{len(data.images)} images decoded in {time.time() - t0:.1f} s", flush=True)
     folds = gm_folds(col.gms, cfg.folds, cfg.seed)
     if args.only_folds:
         folds = [folds[int(i)] for i in args.only_folds.split(",")]
+    if args.inner_holdout > 0:
+        folds = [inner_fold(col.gms, f, args.inner_holdout, cfg.seed) for f in folds]
+    t0 = time.time()
+    data = load_images(col, sorted({g for f in folds for g in (*f.train_gms, *f.test_gms)}), cfg.image_size)
+    print(f"{len(data.images)} images decoded in {time.time() - t0:.1f} s", flush=True)
     mlflow.set_tracking_uri(mlflow.get_tracking_uri() if "MLFLOW_TRACKING_URI" in __import__("os").environ
                             else f"sqlite:///{Path(__file__).resolve().parents[1] / 'mlflow.db'}")
     mlflow.set_experiment("gmparse-diagnosis")
@@ -187,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 
             with open(args.save, "wb") as f:
                 pickle.dump({k: concat_gm([r["gm"][k] for r in results]) for k in ("selected", "last", "classical")}, f)
-        print(f"\n[{args.tag}] pooled over {len(t.continuous)} GMs, epoch picked on "
+        scored = "training GMs held out whole (--inner-holdout)" if args.inner_holdout > 0 else "unseen GMs"
+        print(f"\n[{args.tag}] pooled over {len(t.continuous)} {scored}, epoch picked on "
               f"{'held-out GMs' if cfg.val_gms else 'held-out images'}; best epochs {[r['best_epoch'] for r in results]}")
         print(format_pooled(tables["selected"]))
         print(f"\n[{args.tag}] last epoch:")

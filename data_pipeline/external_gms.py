@@ -358,6 +358,15 @@ class ExternalConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def default_external_path(cfg: ExternalConfig | None = None) -> Path:
+    """Where ``build_collection.py --external`` builds the external collection, and where the jobs
+    that score on it (the wide main job, the scaling curve) look for it."""
+    from gmparse.data_pipeline.paths import collections_root
+
+    cfg = cfg or ExternalConfig()
+    return collections_root() / f"external-s{cfg.seed}-{cfg.key()}"
+
+
 @torch.no_grad()
 def _sample(model: Any, n: int, seed: int) -> np.ndarray:
     model.net.eval()

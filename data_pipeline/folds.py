@@ -120,6 +120,16 @@ def holdout_gms(gms: pd.DataFrame, train_gms: tuple[str, ...] | list[str], share
     return tuple(sorted(fit)), tuple(sorted(val))
 
 
+def inner_fold(gms: pd.DataFrame, fold: Fold, share: float, seed: int = 0) -> Fold:
+    """``fold`` with ``share`` of its training GMs (held out whole, as ``holdout_gms`` splits them)
+    as its test GMs and the rest as its training GMs. Settings chosen on it never touch the fold's
+    own test GMs, which it no longer holds."""
+    if share <= 0:
+        raise FoldError(f"an inner fold needs a share of training GMs to score on, got {share}")
+    fit, held = holdout_gms(gms, fold.train_gms, share, seed + 7 + fold.index)
+    return Fold(fold.index, fit, held)
+
+
 def subsample_gms(gms: pd.DataFrame, train_gms: tuple[str, ...] | list[str], n: int, seed: int = 0
                   ) -> tuple[str, ...]:
     """``n`` of a fold's training GMs, stratified by family and implementation: each stratum keeps

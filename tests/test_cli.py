@@ -122,6 +122,10 @@ def test_job_key_sees_the_spatial_branch_only_when_on():
     unsmoothed = dataclasses.replace(cfg, label_smoothing=0.0)
     assert unsmoothed.key() == "81386a3601" and cfg.key() == "43e0b9c32e"
     assert dataclasses.replace(unsmoothed, hflip=True).key() != unsmoothed.key()  # --hflip likewise
+    assert dataclasses.replace(cfg, alias="wide").key() == cfg.key()  # where it registers is not what it trains
+    for bad in ("v3", "latest", "two words", ""):
+        with pytest.raises(ValueError, match="alias"):
+            dataclasses.replace(cfg, alias=bad)
 
 
 def test_default_means_one_thing():

@@ -124,6 +124,21 @@ def test_holdout_gms_splits_training_gms_only():
     assert holdout_gms(gms, fold.train_gms, 0.0) == (tuple(fold.train_gms), ())
 
 
+def test_inner_fold_scores_on_training_gms_and_drops_the_test_gms():
+    from gmparse.data_pipeline.folds import inner_fold
+
+    gms = pd.DataFrame({"gm_id": [f"g{i:02d}" for i in range(40)] + [REAL_GM_ID],
+                        "family": [FAMILIES[i % 5] for i in range(40)] + ["real"]})
+    fold = gm_folds(gms, 4, seed=1)[1]
+    inner = inner_fold(gms, fold, 0.25, seed=0)
+    assert inner.index == fold.index and len(inner.test_gms) == 8
+    assert sorted(inner.train_gms + inner.test_gms) == sorted(fold.train_gms)  # the training GMs, split
+    assert not set(inner.train_gms + inner.test_gms) & set(fold.test_gms)  # the fold's test GMs gone
+    assert not set(inner.train_gms) & set(inner.test_gms)
+    with pytest.raises(FoldError, match="share"):
+        inner_fold(gms, fold, 0.0)
+
+
 def test_validation_mask_is_deterministic():
     ids = np.array([f"g/{i:06d}" for i in range(2000)], dtype=object)
     m = validation_mask(ids, 0.2, seed=3)

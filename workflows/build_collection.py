@@ -101,11 +101,14 @@ def realism_text(r: dict) -> str:
 
 
 def build_external(out: str | None, overwrite: bool) -> int:
-    from gmparse.data_pipeline.external_gms import ExternalConfig, build_external_collection
-    from gmparse.data_pipeline.paths import collections_root
+    from gmparse.data_pipeline.external_gms import (
+        ExternalConfig,
+        build_external_collection,
+        default_external_path,
+    )
 
     cfg = ExternalConfig()
-    path = Path(out) if out else collections_root() / f"external-s{cfg.seed}-{cfg.key()}"
+    path = Path(out) if out else default_external_path(cfg)
     init_ray()
     col = build_external_collection(path, cfg, overwrite=overwrite)
     m = col.manifest

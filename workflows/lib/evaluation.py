@@ -88,3 +88,35 @@ def external_table(parser, train_col, test_col, *, fit_mode: str, baseline_image
     prior = Predictions.prior(train_col.targets(trained_on), len(ids))
     rows = pooled_table(fen, classical, targets, n_shuffles=n_shuffles, seed=seed, prior=prior)
     return rows, format_pooled(rows)
+
+
+def head_to_head(challenger, champion, test_col, *, fit_mode: str, seed: int, n_shuffles: int
+                 ) -> tuple[list[dict[str, Any]], str, bool]:
+    """Two saved parsers on every GM of ``test_col``: (rows, text, the challenger wins).
+
+    Each parser's continuous answers go back to raw values through its own training ranges and onto
+    ``test_col``'s scale, so parsers trained on collections of other ranges compare on one L1. The
+    rows are :func:`pooled_table`'s with the challenger in the FEN+PN column and the champion in the
+    classical one (``p paired``: challenger vs champion, GMs swapped at random). The challenger wins
+    on a higher parsing score (``score``: (1 - L1 + discrete F1 + loss F1) / 3, what picks epochs)."""
+    from dataclasses import replace
+
+    from gmparse.data_pipeline.in_memory import load_images
+    from gmparse.data_pipeline.preprocess import fit_views
+    from gmparse.models.significance import pooled_table
+
+    test = load_images(test_col, list(test_col.fake_gms["gm_id"]), test_col.image_size)
+    preds, ids = [], None
+    for parser in (challenger, champion):
+        views, owner = fit_views(test.images, parser.config.image_size, fit_mode)
+        gm_ids, pred = parser.predict_arrays(views).aggregate(test.gm_ids[owner])
+        if ids is not None and list(gm_ids) != list(ids):
+            raise RuntimeError("the two parsers were scored on different GMs")
+        ids = gm_ids
+        preds.append(replace(pred, continuous=test_col.ranges.normalize(parser.ranges.denormalize(pred.continuous))))
+    rows = pooled_table(preds[0], preds[1], test_col.targets(ids), n_shuffles=n_shuffles, seed=seed)
+    score = next(r for r in rows if r["metric"] == "score")
+    lines = [f"{'metric (GM level)':36} {'challenger':>10} {'champion':>10} {'random':>8} {'p paired':>8}"]
+    lines += [f"{r['metric']:36} {r['fen_pn']:10.3f} {r['classical']:10.3f} {r['random']:8.3f} "
+              f"{r['p_fen_pn_vs_classical']:8.3f}" for r in rows]
+    return rows, "\n".join(lines), bool(score["fen_pn"] > score["classical"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 
 from gmparse.models.config import ConstraintWeights, ModelConfig
@@ -62,6 +63,8 @@ class JobConfig:
     cache_decoded: bool = True  # materialize decoded images once per fold (small collections)
     final_model: bool = True
     register: bool = True
+    alias: str = "champion"  # the registry alias the final parser takes; another one challenges the champion
+    #                          (it takes "champion" too only by parsing a collection written elsewhere better)
     kill_after_epoch: int = -1  # fault injection (tests): SIGKILL rank 0 once after this epoch
 
     def __post_init__(self) -> None:
@@ -73,6 +76,9 @@ class JobConfig:
             raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.batch_scale < 1:
             raise ValueError(f"--batch-scale must be >= 1, got {self.batch_scale}")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", self.alias) or re.fullmatch(r"[vV]\d+|latest", self.alias):
+            raise ValueError(f"--alias must be a registry alias (letters, digits, _ and -; not latest or v<N>), "
+                             f"got {self.alias!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -95,7 +101,7 @@ class JobConfig:
         """Stable id of what is trained (not of how it runs), used to name resumable runs."""
         d = asdict(self)
         for k in ("concurrent_folds", "register", "kill_after_epoch", "max_failures", "n_shuffles", "use_gpu",
-                  "cache_decoded", "pooled_shuffles", "compile", "prefetch_batches"):
+                  "cache_decoded", "pooled_shuffles", "compile", "prefetch_batches", "alias"):
             d.pop(k)
         if not self.model.spatial_branch:  # added later: off keeps the keys (and resumable runs) of before
             d["model"].pop("spatial_branch")
