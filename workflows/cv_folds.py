@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve(job_config(args.preset), args, load_overrides(args.config))
     except ValueError as e:
         die(str(e))
+    if cfg.alias != "champion" and cfg.final_model and cfg.register and not args.test_collection:
+        args.test_collection = built_external_collection()  # what a challenger is judged on, when built
     job = start_job(args, cfg, "cv", validate=lambda col: check_inputs(col, args, cfg))
     import mlflow
 
@@ -371,6 +373,18 @@ def final_parser(job: Job, cfg: JobConfig, run_name: str, ids: tuple[str, str, s
         report_external(parser, col, test_col, cfg)
     if version is not None and cfg.alias != CHAMPION:
         challenge_champion(parser, version, test_col, cfg, final["run_id"])
+
+
+def built_external_collection() -> str | None:
+    """The external collection (``build_collection.py --external``) when it is built, else None."""
+    from gmparse.data_pipeline.external_gms import default_external_path
+
+    path = default_external_path()
+    if (path / "manifest.json").exists():
+        print(f"--alias other than champion: the final parser is scored on the external collection {path}, "
+              "and takes champion only by parsing it better", flush=True)
+        return str(path)
+    return None
 
 
 def challenge_champion(parser, version: str, test_col: Collection | None, cfg: JobConfig, run_id: str) -> None:
