@@ -48,7 +48,8 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
                         "--epochs", "2", "--kill-after-epoch", "0", "--val-gms", "0.25",
                         # the default preset's model and checkpoint policy
                         "--pn-input", "branch", "--spectral-residual", "true", "--image-stats", "true",
-                        "--checkpoint", "last", "--ema", "0.9", "--test-collection", smoke_collection.path])
+                        "--checkpoint", "last", "--ema", "0.9", "--test-collection", smoke_collection.path,
+                        "--alias", "challenger"])  # a challenger of an empty registry becomes the champion
     assert rc == 0
     captured = capfd.readouterr()
     out = captured.out
@@ -104,6 +105,8 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
 
     mv = client.get_model_version_by_alias("gm-parser", "champion")
     assert mv.tags["schema_version"] == schema.SCHEMA_VERSION
+    assert client.get_model_version_by_alias("gm-parser", "challenger").version == mv.version
+    assert f"no gm-parser@champion yet: version {mv.version} is it" in out
     model = pyfunc.load_model("models:/gm-parser@champion")
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     pred = model.predict(images)
