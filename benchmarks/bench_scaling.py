@@ -205,6 +205,9 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
                 ax.fill_between(n, v - e, v + e, color=color, alpha=0.25, label=label)
                 ax.plot(n, v, color=color, lw=0.8)
         ax.set_xscale("log")
+        ticks = sorted({n for pts in curves.values() for n, _, _ in pts})
+        ax.set_xticks(ticks, [f"{t:.0f}" for t in ticks])  # the sizes themselves, not powers of ten
+        ax.minorticks_off()
         ax.set_xlabel("training GMs per fold")
         ax.set_title(m + (" (lower is better)" if m == "continuous/l1" else ""))
         ax.grid(alpha=0.3)
