@@ -33,6 +33,7 @@ import argparse
 import csv
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -265,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=None, help="GM-disjoint folds (default: the default job's, 4)")
     ap.add_argument("--job-preset", default="default", help="the job whose model and step are trained")
     ap.add_argument("--out", default=str(HERE / "scaling"), help="folder of the CSV and the PNG")
+    ap.add_argument("--figure-dir", default=str(HERE / "figures"),
+                    help="also copy each curve's PNG here as scaling_folds.png / scaling_external.png ('' : no)")
     ap.add_argument("--external", default="auto",
                     help="external collection to score a parser of each size on (auto: build_collection.py "
                          "--external's, when built; none: skip)")
@@ -343,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{curve.title}\n{table(curve.rows)}\n{curve.csv}\n{curve.png}", flush=True)
             mlflow.log_artifact(str(curve.csv))
             mlflow.log_artifact(str(curve.png))
+            if args.figure_dir:  # under a name without the collection's hash, for the README
+                shutil.copyfile(curve.png, Path(args.figure_dir) / f"scaling_{kind}.png")
             mlflow.log_text(table(curve.rows), f"table_{kind}.md")
         mlflow.log_metric("wall_s_this_call", time.time() - t_start)
     print(f"{time.time() - t_start:.0f} s this call", flush=True)

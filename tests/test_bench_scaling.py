@@ -23,7 +23,7 @@ def test_the_scaling_curve_writes_both_curves_and_a_rerun_trains_nothing(smoke_c
     cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_scaling.py"), "--collection", smoke_collection.path,
            "--job-preset", "smoke", "--sizes", "3,all", "--seeds", "1", "--epochs", "1", "--folds", "2",
            "--images-per-gm", "16", "--eval-per-gm", "8", "--baseline-per-gm", "16", "--shuffles", "20",
-           "--external", smoke_collection.path, "--out", str(out)]  # the smoke zoo stands in for GMs written elsewhere
+           "--external", smoke_collection.path, "--out", str(out), "--figure-dir", str(out)]  # the smoke zoo stands in for GMs written elsewhere
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TQDM_DISABLE": "1"}
     first = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -38,6 +38,8 @@ def test_the_scaling_curve_writes_both_curves_and_a_rerun_trains_nothing(smoke_c
             got = {(r["parser"], r["metric"]) for r in rows if float(r["train_gms"]) == n}
             assert {(p, m) for p in PARSERS for m in METRICS} <= got, (path.name, n)
         assert all(0.0 < float(r["p_fen_pn_vs_classical"]) <= 1.0 for r in rows)
+    for kind, path in (("folds", folds_csv), ("external", ext_csv)):  # the README's copies
+        assert (out / f"scaling_{kind}.png").read_bytes() == path.with_suffix(".png").read_bytes()
     before = {p: p.read_bytes() for p in (folds_csv, ext_csv)}
     again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
