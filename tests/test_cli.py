@@ -82,8 +82,8 @@ def test_job_config_nests_the_model_and_the_weights_behind_flat_options():
         resolve(JOB_PRESETS["default"], p.parse_args(["--ema", "1.5"]))
     assert e.value.code == 2
     text = " ".join(p.format_help().split())
-    assert "--fen-depth FEN_DEPTH (int) presets: smoke 4, default 6, paper 17" in text
-    assert "--magnitude MAGNITUDE (float) presets: smoke 0.1, default 0.1, paper 0.1" in text
+    assert "--fen-depth FEN_DEPTH (int) presets: smoke 4, default 6, wide 6, paper 17" in text
+    assert "--magnitude MAGNITUDE (float) presets: smoke 0.1, default 0.1, wide 0.1, paper 0.1" in text
 
 
 def test_batch_scale_scales_batch_and_lr_together_and_precision_is_checked() -> None:
@@ -138,6 +138,8 @@ def test_default_means_one_thing():
     assert JOB_PRESETS["default"].model == ModelConfig.preset("default")
     assert JOB_PRESETS["smoke"].model == ModelConfig.preset("smoke")
     assert JOB_PRESETS["paper"].model == ModelConfig.preset("paper")
+    wide = JOB_PRESETS["wide"]  # the default's network on the wide collection, a challenger of the champion
+    assert wide.model == ModelConfig.preset("default") and wide.collection_preset == "wide" and wide.alias == "wide"
 
 
 @pytest.mark.parametrize("script", ["cv_folds", "tune_sweep", "forensics", "build_collection", "parse",

@@ -1,6 +1,6 @@
 """The main job: GM-disjoint K-fold model parsing on Ray, tracked in MLflow.
 
-    python workflows/cv_folds.py [--preset smoke|default|paper] [--collection PATH] [--folds K]
+    python workflows/cv_folds.py [--preset smoke|default|wide|paper] [--collection PATH] [--folds K]
     ray job submit --working-dir . -- python workflows/cv_folds.py --preset smoke
 
 Per fold: Ray Data reads the training GMs' images (decode/resize/normalize in Ray), one
