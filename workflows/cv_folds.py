@@ -272,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve(job_config(args.preset), args, load_overrides(args.config))
     except ValueError as e:
         die(str(e))
-    if cfg.alias != "champion" and cfg.final_model and cfg.register and not args.test_collection:
+    from gmparse.workflows.lib.registry import CHAMPION
+
+    if cfg.alias != CHAMPION and cfg.final_model and cfg.register and not args.test_collection:
         args.test_collection = built_external_collection()  # what a challenger is judged on, when built
     job = start_job(args, cfg, "cv", validate=lambda col: check_inputs(col, args, cfg))
     import mlflow

@@ -59,6 +59,18 @@ def log_pooled(rows: list[dict[str, Any]], text: str) -> None:
     mlflow.log_text(text, "tables/pooled.txt")
 
 
+def gm_predictions(parser, test, fit_mode: str) -> tuple[np.ndarray, Predictions, np.ndarray, np.ndarray]:
+    """``parser`` on the decoded images ``test`` (any size, fitted to its own through
+    ``preprocess.fit_to_size(fit_mode)``; views of one GM averaged) -> (GM ids, GM-level
+    predictions, the views, each view's GM id)."""
+    from gmparse.data_pipeline.preprocess import fit_views
+
+    views, owner = fit_views(test.images, parser.config.image_size, fit_mode)
+    view_gms = test.gm_ids[owner]
+    ids, pred = parser.predict_arrays(views).aggregate(view_gms)
+    return ids, pred, views, view_gms
+
+
 def external_table(parser, train_col, test_col, *, fit_mode: str, baseline_images_per_gm: int, seed: int,
                    n_shuffles: int, train_gms: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Train once, test anywhere: the trained parser and a classical baseline trained on every GM
@@ -70,17 +82,13 @@ def external_table(parser, train_col, test_col, *, fit_mode: str, baseline_image
     scale (raw values normalized with its ranges, clipped), as the parser predicts on it.
     """
     from gmparse.data_pipeline.in_memory import load_images
-    from gmparse.data_pipeline.preprocess import fit_views
     from gmparse.models.significance import format_pooled, pooled_table
     from gmparse.models.spectral_baseline import SpectralBaseline
 
-    size = parser.config.image_size
     test = load_images(test_col, list(test_col.fake_gms["gm_id"]), test_col.image_size)
-    views, owner = fit_views(test.images, size, fit_mode)
-    view_gms = test.gm_ids[owner]
-    ids, fen = parser.predict_arrays(views).aggregate(view_gms)
+    ids, fen, views, view_gms = gm_predictions(parser, test, fit_mode)
     trained_on = list(train_gms) if train_gms is not None else list(train_col.fake_gms["gm_id"])
-    train = load_images(train_col, trained_on, size, per_gm=baseline_images_per_gm, seed=seed)
+    train = load_images(train_col, trained_on, parser.config.image_size, per_gm=baseline_images_per_gm, seed=seed)
     _, classical = SpectralBaseline(seed=seed).fit(train.images, train.targets).predict(views).aggregate(view_gms)
     t = test_col.targets(ids)
     cont = train_col.ranges.normalize(test_col.ranges.denormalize(np.asarray(t.continuous)))
@@ -102,14 +110,12 @@ def head_to_head(challenger, champion, test_col, *, fit_mode: str, seed: int, n_
     from dataclasses import replace
 
     from gmparse.data_pipeline.in_memory import load_images
-    from gmparse.data_pipeline.preprocess import fit_views
     from gmparse.models.significance import pooled_table
 
     test = load_images(test_col, list(test_col.fake_gms["gm_id"]), test_col.image_size)
     preds, ids = [], None
     for parser in (challenger, champion):
-        views, owner = fit_views(test.images, parser.config.image_size, fit_mode)
-        gm_ids, pred = parser.predict_arrays(views).aggregate(test.gm_ids[owner])
+        gm_ids, pred, _, _ = gm_predictions(parser, test, fit_mode)
         if ids is not None and list(gm_ids) != list(ids):
             raise RuntimeError("the two parsers were scored on different GMs")
         ids = gm_ids
