@@ -411,9 +411,74 @@ def train_external_gm(gm: ExternalGM, crops: np.ndarray, cfg: ExternalConfig, re
             "gate_swd": gate_swd, "passed": gate_swd <= cfg.max_swd, "train_seconds": time.thread_time() - t0}
 
 
+STAGING_KEY = "build_key"
+
+
+def _staging(out: Path, cfg: ExternalConfig) -> Path:
+    """The build's staging folder ``.<name>.partial`` beside ``out``, emptied when it holds another
+    configuration's GMs (their images would not be this build's)."""
+    import shutil
+
+    from gmparse.data_pipeline.collection import atomic_write_bytes
+
+    d = out.parent / f".{out.name}.partial"
+    marker = d / STAGING_KEY
+    if d.exists() and (not marker.is_file() or marker.read_text() != cfg.key()):
+        shutil.rmtree(d)
+    if not marker.is_file():
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(marker, cfg.key().encode())
+    return d
+
+
+def _save_result(staging: Path, r: dict[str, Any]) -> None:
+    """Persist one trained GM's result (images, labels, gate and realism): the images first, the
+    JSON last, each written then renamed, so a GM is either wholly there or not at all."""
+    import io
+    import json
+
+    from gmparse.data_pipeline.collection import atomic_write_bytes
+
+    gm_id, lab = r["gm"].gm_id, r["labels"]
+    buf = io.BytesIO()
+    np.save(buf, r["images"])
+    atomic_write_bytes(staging / f"{gm_id}.npy", buf.getvalue())
+    meta = {"gm_id": gm_id, "realism": {k: float(v) for k, v in r["realism"].items()}, "steps": int(r["steps"]),
+            "gate_swd": float(r["gate_swd"]), "passed": bool(r["passed"]), "train_seconds": float(r["train_seconds"]),
+            "labels": {"continuous": {k: float(v) for k, v in lab.continuous.items()},
+                       "discrete": {k: int(v) for k, v in lab.discrete.items()}, "loss_types": sorted(lab.loss_types)}}
+    atomic_write_bytes(staging / f"{gm_id}.json", json.dumps(meta, indent=1).encode())
+
+
+def _load_results(staging: Path) -> dict[str, dict[str, Any]]:
+    """The results a cut-off build of the same configuration persisted, by GM id."""
+    import json
+
+    from gmparse.data_pipeline.schema import GMLabels
+
+    by_id = {gm.gm_id: gm for gm in EXTERNAL_GMS}
+    out: dict[str, dict[str, Any]] = {}
+    for p in sorted(staging.glob("*.json")):
+        try:
+            meta = json.loads(p.read_text())
+            images = np.load(staging / f"{meta['gm_id']}.npy")
+            lab = meta["labels"]
+            out[meta["gm_id"]] = {**meta, "gm": by_id[meta["gm_id"]], "images": images,
+                                  "labels": GMLabels(lab["continuous"], lab["discrete"], frozenset(lab["loss_types"]))}
+        except (OSError, ValueError, KeyError):
+            continue  # half-written or of a GM no longer in the list: trained again
+    return out
+
+
 def build_external_collection(out: str | Path, cfg: ExternalConfig | None = None, overwrite: bool = False,
                               progress: bool = True):
-    """Build the external test collection at ``out``: one Ray task per GM, written as the zoo's."""
+    """Build the external test collection at ``out``: one Ray task per GM, written as the zoo's.
+
+    Resumable: each trained GM is persisted at once in ``.<name>.partial`` beside ``out``; a rerun
+    of the same configuration trains only the GMs missing there (a GM's training is seeded by the
+    configuration and its id, so a resumed build writes the files an uninterrupted one would)."""
+    import shutil
+
     import pandas as pd
     import ray
     from tqdm.auto import tqdm
@@ -443,17 +508,27 @@ def build_external_collection(out: str | Path, cfg: ExternalConfig | None = None
     real = random_crops(pool, cfg.real_images, cfg.image_size, seed=cfg.seed + 7_000_002)
     ref = ray.put(RealismReference(real, seed=cfg.seed))
     task = ray.remote(num_cpus=1)(train_external_gm)
-    pending = {task.remote(gm, crops, cfg, ref): i for i, gm in enumerate(EXTERNAL_GMS)}
-    results: dict[int, dict[str, Any]] = {}
-    with CollectionWriter(out, overwrite=overwrite) as writer, tqdm(total=len(pending), desc="external GMs",
-                                                                    disable=not progress) as bar:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(done[0])
-            r = ray.get(done[0])
-            bar.update(1)
-            bar.set_postfix(gm=r["gm"].gm_id, swd=f"{r['gate_swd']:.0f}", gate="pass" if r["passed"] else "FAIL")
-            results[i] = r
+    out = Path(out)
+    with CollectionWriter(out, overwrite=overwrite) as writer:
+        staging = _staging(writer.out, cfg)
+        saved = _load_results(staging)
+        results: dict[int, dict[str, Any]] = {i: saved[gm.gm_id] for i, gm in enumerate(EXTERNAL_GMS)
+                                              if gm.gm_id in saved}
+        if results and progress:
+            print(f"external build: {len(results)} of {len(EXTERNAL_GMS)} GMs already trained in {staging}; "
+                  f"training {len(EXTERNAL_GMS) - len(results)}", flush=True)
+        pending = {task.remote(gm, crops, cfg, ref): i for i, gm in enumerate(EXTERNAL_GMS) if i not in results}
+        with tqdm(total=len(EXTERNAL_GMS), initial=len(results), desc="external GMs", disable=not progress) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(done[0])
+                r = ray.get(done[0])
+                _save_result(staging, r)
+                results[i] = r
+                bar.update(1)
+                bar.set_postfix(gm=r["gm"].gm_id, swd=f"{r['gate_swd']:.0f}", gate="pass" if r["passed"] else "FAIL")
+        for i in sorted(results):
+            r = results[i]
             if r["passed"]:
                 s = cfg.image_size
                 writer.write_shard(i, image_rows(r["gm"].gm_id, [encode_png(im) for im in r["images"]],
@@ -491,4 +566,5 @@ def build_external_collection(out: str | Path, cfg: ExternalConfig | None = None
             "build_seconds": round(time.time() - t0, 1),
         }
         path = writer.commit(pd.DataFrame(rows), manifest)
+    shutil.rmtree(staging, ignore_errors=True)
     return open_collection(path)

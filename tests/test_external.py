@@ -79,12 +79,28 @@ def test_external_gms_share_no_zoo_module() -> None:
 @pytest.mark.slow
 def test_external_collection_builds_and_opens(ray_session, tmp_path) -> None:
     from gmparse.data_pipeline.collection import open_collection
-    from gmparse.data_pipeline.external_gms import build_external_collection
+    from gmparse.data_pipeline.external_gms import (
+        _save_result,
+        _staging,
+        build_external_collection,
+        train_external_gm,
+    )
+    from gmparse.data_pipeline.in_memory import load_images
+    from gmparse.data_pipeline.real_images import load_bundled_photos, random_crops
+    from gmparse.data_pipeline.realism import RealismReference
 
     cfg = ExternalConfig(images_per_gm=16, real_images=64, train_crops=128, batch_size=16, min_steps=5,
                          max_steps=10, check_every=5, max_swd=1e9)
+    # a build cut off after one GM: that GM's persisted result (its images marked) is taken, not retrained
+    crops = random_crops(load_bundled_photos(), cfg.train_crops, cfg.image_size, seed=1)
+    first = train_external_gm(EXTERNAL_GMS[0], crops, cfg, RealismReference(crops, seed=0))
+    first["images"] = np.full_like(first["images"], 7)
+    _save_result(_staging((tmp_path / "ext").resolve(), cfg), first)
     col = build_external_collection(tmp_path / "ext", cfg, progress=False)
     col.verify()
+    assert not (tmp_path / ".ext.partial").exists()  # the staging folder goes once the collection is in place
+    resumed = load_images(col, [EXTERNAL_GMS[0].gm_id])
+    assert len(resumed.images) == 16 and (resumed.images == 7).all()
     again = open_collection(col.path)
     fake = again.fake_gms
     assert set(fake["gm_id"]) == {g.gm_id for g in EXTERNAL_GMS}
@@ -95,6 +111,10 @@ def test_external_collection_builds_and_opens(ray_session, tmp_path) -> None:
 
     strict = ExternalConfig(images_per_gm=16, real_images=64, train_crops=128, batch_size=16, min_steps=5,
                             max_steps=5, check_every=5, max_swd=0.0)  # nothing is that real: a clear error, nothing written
+    stale = _staging((tmp_path / "none").resolve(), cfg)  # another configuration's GM: not this build's
+    _save_result(stale, first)
     with pytest.raises(Exception, match="realism threshold"):
         build_external_collection(tmp_path / "none", strict, progress=False)
     assert not (tmp_path / "none").exists()
+    assert (stale / "build_key").read_text() == strict.key()  # emptied, then this build's own GMs
+    assert not (np.load(stale / f"{EXTERNAL_GMS[0].gm_id}.npy") == 7).all()
