@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--external", default="auto",
                     help="external collection to score a parser of each size on (auto: build_collection.py "
                          "--external's, when built; none: skip)")
+    ap.add_argument("--results", choices=("auto", "yes", "no"), default="auto",
+                    help="write the wall times and a cluster projection into benchmarks/RESULTS.md "
+                         "(auto: when --out is the committed folder)")
     args = ap.parse_args(argv)
     cfg = job_config(args.job_preset)
     cfg = replace(cfg, epochs=args.epochs or cfg.epochs, folds=args.folds or cfg.folds, checkpoint="last")
@@ -351,7 +354,69 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_text(table(curve.rows), f"table_{kind}.md")
         mlflow.log_metric("wall_s_this_call", time.time() - t_start)
     print(f"{time.time() - t_start:.0f} s this call", flush=True)
+    if args.results == "yes" or (args.results == "auto" and Path(args.out).resolve() == (HERE / "scaling").resolve()):
+        import common
+
+        section = results_section(curves, cfg.folds, f"{cfg.epochs} epochs x {args.images_per_gm} images per GM")
+        section.seconds = sum(section.rows[i][-1] for i in range(len(section.rows)) if section.rows[i][0] != "total")
+        section.print()
+        common.update_results(section)
     return 0
+
+
+#: cluster shapes the projection is written for: (``--num-workers`` per fold, ``--concurrent-folds``)
+CLUSTER = ((1, 1), (1, 4), (4, 4), (8, 4))
+
+
+def results_section(curves: dict[str, Curve], folds: int, budget: str):
+    """RESULTS.md's section: each point's measured wall seconds here, and what the whole curve would
+    take on a cluster, projected from a fit ``wall = a + b * training GMs`` of the fold points."""
+    import common
+
+    rows, fit_x, fit_y = [], [], []
+    for kind, curve in curves.items():
+        seen: dict[str, dict] = {}
+        for r in curve.rows:
+            seen.setdefault(r["key"], r)
+        for r in sorted(seen.values(), key=lambda r: (float(r["train_gms"]), int(r["seed"]))):
+            wall = float(r["wall_s"])
+            rows.append([kind, str(r["size"]), int(r["seed"]), float(r["train_gms"]), wall])
+            if kind == "folds":
+                fit_x.append(float(r["train_gms"]))
+                fit_y.append(wall)
+    for kind in curves:
+        rows.append(["total", kind, "", "", sum(r[-1] for r in rows if r[0] == kind)])
+    notes = []
+    if len(set(fit_x)) >= 2:
+        b, a = np.polyfit(fit_x, fit_y, 1)  # a: evaluation and baselines of all folds; b: training per GM
+        n_points = {x: fit_x.count(x) for x in set(fit_x)}
+        here = sum(a + b * x for x in fit_x)
+        proj = []
+        for workers, concurrent in CLUSTER:
+            waves = -(-folds // concurrent)
+            t = sum(waves * (a / folds + b * x / folds / workers) for x in fit_x)
+            proj.append(f"--num-workers {workers} --concurrent-folds {concurrent}: {t / 60:.0f} min")
+        notes += [
+            f"Fit over the {len(fit_x)} fold points: wall = {a:.0f} s + {b:.2f} s per training GM per fold "
+            f"(all {folds} folds; {a:.0f} s is scoring every unseen GM's images, the classical baseline and the "
+            f"prior, which do not grow with the training GMs). The fit gives {here / 60:.0f} min for the whole "
+            f"fold curve here ({len(n_points)} sizes) against {sum(fit_y) / 60:.0f} min measured.",
+            "Cluster projection of the fold curve (arithmetic from that fit, not a measurement: a fold's "
+            "training divided by its workers as if data-parallel were ideal, its scoring not; folds run "
+            "--concurrent-folds at a time, one node each; start-up and the 14 s decode ignored): " + "; ".join(proj) + ".",
+            "bench_scaling.py trains each fold in one process, one after the other (diagnose_parsing.run_fold); "
+            "the two flags are the main job's (workflows/cv_folds.py). Ray Train's 2 workers on this 2-core "
+            "machine gave 1.55x one worker's images/s (section 2), so the 4- and 8-worker rows are lower bounds on the time.",
+        ]
+    return common.Section(
+        name="scaling",
+        title="Scaling curve (benchmarks/bench_scaling.py, wall seconds per point, CPU)",
+        how=(f"Each point trains FEN+PN on `size` training GMs of every fold ({budget}), "
+             "then scores every image of the fold's unseen GMs beside the classical baseline and the prior; "
+             "its wall seconds are measured in the call that trained it (a resumed curve's points come from "
+             "several calls) and kept in the curve's CSV. Numbers of the curve itself: README and docs/results.md."),
+        columns=["curve", "size", "seed", "training GMs per fold", "wall s"],
+        rows=rows, notes=notes)
 
 
 class Curve:
