@@ -46,3 +46,24 @@ def test_the_scaling_curve_writes_both_curves_and_a_rerun_trains_nothing(smoke_c
     assert again.stdout.count("already") == 4, again.stdout[-3000:]  # 2 sizes x 2 curves, none trained again
     assert "decoded" not in again.stdout  # nothing was even loaded
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_the_results_section_fits_wall_against_gms_and_projects_a_cluster(tmp_path):
+    """RESULTS.md's section: one row per point plus totals; the fit recovers wall = a + b * GMs, and
+    four folds side by side take a quarter of one after the other."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import bench_scaling
+
+    a, b = 300.0, 10.0
+    curve = bench_scaling.Curve(tmp_path / "c.csv", "t")
+    for key, size, seed in (("k1", 12, 0), ("k2", 12, 1), ("k3", 48, 0), ("k4", 192, 0)):
+        curve.rows += [{"key": key, "size": size, "seed": seed, "train_gms": float(size), "wall_s": a + b * size,
+                        "metric": "continuous/l1", "parser": "fen_pn"}]
+    section = bench_scaling.results_section({"folds": curve}, 4, "1 epoch")
+    assert [r[1] for r in section.rows] == ["12", "12", "48", "192", "folds"]
+    assert section.rows[-1][-1] == sum(a + b * n for n in (12, 12, 48, 192))
+    text = " ".join(section.notes)
+    assert f"wall = {a:.0f} s + {b:.2f} s per training GM" in text
+    total = sum(a + b * n for n in (12, 12, 48, 192)) / 60
+    assert f"--num-workers 1 --concurrent-folds 1: {total:.0f} min" in text
+    assert f"--num-workers 1 --concurrent-folds 4: {total / 4:.0f} min" in text
