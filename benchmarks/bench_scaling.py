@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         import common
 
         section = results_section(curves, cfg.folds, f"{cfg.epochs} epochs x {args.images_per_gm} images per GM")
-        section.seconds = sum(section.rows[i][-1] for i in range(len(section.rows)) if section.rows[i][0] != "total")
+        section.seconds = sum(r[-1] for r in section.rows if r[0] != "total")
         section.print()
         common.update_results(section)
     return 0

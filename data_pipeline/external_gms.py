@@ -32,6 +32,7 @@ by 0.17. A variant is still code from its paper, never the zoo's, and is labelle
 from __future__ import annotations
 
 import functools
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -417,8 +418,6 @@ STAGING_KEY = "build_key"
 def _staging(out: Path, cfg: ExternalConfig) -> Path:
     """The build's staging folder ``.<name>.partial`` beside ``out``, emptied when it holds another
     configuration's GMs (their images would not be this build's)."""
-    import shutil
-
     from gmparse.data_pipeline.collection import atomic_write_bytes
 
     d = out.parent / f".{out.name}.partial"
@@ -477,8 +476,6 @@ def build_external_collection(out: str | Path, cfg: ExternalConfig | None = None
     Resumable: each trained GM is persisted at once in ``.<name>.partial`` beside ``out``; a rerun
     of the same configuration trains only the GMs missing there (a GM's training is seeded by the
     configuration and its id, so a resumed build writes the files an uninterrupted one would)."""
-    import shutil
-
     import pandas as pd
     import ray
     from tqdm.auto import tqdm
