@@ -390,7 +390,6 @@ def results_section(curves: dict[str, Curve], folds: int, budget: str):
     notes = []
     if len(set(fit_x)) >= 2:
         b, a = np.polyfit(fit_x, fit_y, 1)  # a: evaluation and baselines of all folds; b: training per GM
-        n_points = {x: fit_x.count(x) for x in set(fit_x)}
         worst = max(abs(y - (a + b * x)) for x, y in zip(fit_x, fit_y))
         proj = []
         for workers, concurrent in CLUSTER:
@@ -401,7 +400,7 @@ def results_section(curves: dict[str, Curve], folds: int, budget: str):
             f"Fit over the {len(fit_x)} fold points: wall = {a:.0f} s + {b:.2f} s per training GM per fold "
             f"(all {folds} folds; {a:.0f} s is scoring every unseen GM's images, the classical baseline and the "
             f"prior, which do not grow with the training GMs); its largest miss on a point is "
-            f"{worst:.0f} s. The whole fold curve ({len(n_points)} sizes) took {sum(fit_y) / 60:.0f} min here.",
+            f"{worst:.0f} s. The whole fold curve ({len(set(fit_x))} sizes) took {sum(fit_y) / 60:.0f} min here.",
             "Cluster projection of the fold curve (arithmetic from that fit, not a measurement: a fold's "
             "training divided by its workers as if data-parallel were ideal, its scoring not; folds run "
             "--concurrent-folds at a time, one node each; start-up and the 14 s decode ignored): " + "; ".join(proj) + ".",
