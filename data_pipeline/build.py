@@ -97,11 +97,7 @@ def _make_gm_task(spec: zoo.GMSpec, real_crops: np.ndarray, n_images: int, train
         "gm_id": spec.gm_id,
         "family": spec.family,
         "spec": spec.to_json(),
-        "labels": {
-            "continuous": res.labels.continuous,
-            "discrete": res.labels.discrete,
-            "loss_types": sorted(res.labels.loss_types),
-        },
+        "labels": res.labels.to_dict(),
         "pngs": pngs,
         "quality": {k: float(v) for k, v in res.quality.items()},
         "passed": bool(res.passed),
@@ -287,8 +283,7 @@ def _finalize(cfg: BuildConfig, partial: PartialBuild, records: list[GMRecord], 
               for rec in records if rec.status != "kept"]
     if not kept:
         raise CollectionError(f"no GM passed the quality gate: {failed}")
-    labels = [schema.GMLabels(r.result["labels"]["continuous"], r.result["labels"]["discrete"],
-                              frozenset(r.result["labels"]["loss_types"])) for r in kept]
+    labels = [schema.GMLabels.from_dict(r.result["labels"]) for r in kept]
     ranges = schema.Ranges.fit(np.stack([lab.continuous_vector() for lab in labels]))
     rows = []
     for rec, lab in zip(kept, labels):

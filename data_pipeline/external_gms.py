@@ -444,8 +444,7 @@ def _save_result(staging: Path, r: dict[str, Any]) -> None:
     atomic_write_bytes(staging / f"{gm_id}.npy", buf.getvalue())
     meta = {"gm_id": gm_id, "realism": {k: float(v) for k, v in r["realism"].items()}, "steps": int(r["steps"]),
             "gate_swd": float(r["gate_swd"]), "passed": bool(r["passed"]), "train_seconds": float(r["train_seconds"]),
-            "labels": {"continuous": {k: float(v) for k, v in lab.continuous.items()},
-                       "discrete": {k: int(v) for k, v in lab.discrete.items()}, "loss_types": sorted(lab.loss_types)}}
+            "labels": lab.to_dict()}
     atomic_write_bytes(staging / f"{gm_id}.json", json.dumps(meta, indent=1).encode())
 
 
@@ -461,9 +460,8 @@ def _load_results(staging: Path) -> dict[str, dict[str, Any]]:
         try:
             meta = json.loads(p.read_text())
             images = np.load(staging / f"{meta['gm_id']}.npy")
-            lab = meta["labels"]
             out[meta["gm_id"]] = {**meta, "gm": by_id[meta["gm_id"]], "images": images,
-                                  "labels": GMLabels(lab["continuous"], lab["discrete"], frozenset(lab["loss_types"]))}
+                                  "labels": GMLabels.from_dict(meta["labels"])}
         except (OSError, ValueError, KeyError):
             continue  # half-written or of a GM no longer in the list: trained again
     return out

@@ -228,6 +228,15 @@ class GMLabels:
         row.update({group_column(g): int(b) for g, b in zip(GROUP_NAMES, self.group_vector())})
         return row
 
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-able form (the builds' per-GM records); :meth:`from_dict` reads it back."""
+        return {"continuous": {k: float(v) for k, v in self.continuous.items()},
+                "discrete": {k: int(v) for k, v in self.discrete.items()}, "loss_types": sorted(self.loss_types)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> GMLabels:
+        return cls(dict(d["continuous"]), dict(d["discrete"]), frozenset(d["loss_types"]))  # type: ignore[call-overload]
+
     @classmethod
     def from_row(cls, row: Mapping[str, object]) -> GMLabels:
         return cls(

@@ -55,6 +55,18 @@ def test_gm_labels_rows_and_groups():
     assert t.continuous.shape == (2, 9) and t.discrete.shape == (2, 6) and t.loss.shape == (2, 10)
 
 
+def test_gm_labels_dict_roundtrip_is_plain_json():
+    """The builds persist each GM's labels as JSON and read them back on resume."""
+    import json
+
+    lab = _labels(3)
+    d = json.loads(json.dumps(lab.to_dict()))
+    assert schema.GMLabels.from_dict(d) == lab
+    assert d["loss_types"] == sorted(lab.loss_types)
+    with pytest.raises(schema.SchemaError):  # a tampered record is refused, not read
+        schema.GMLabels.from_dict({**d, "loss_types": ["l3"]})
+
+
 @pytest.mark.parametrize(
     "bad",
     [
