@@ -77,7 +77,8 @@ def test_external_gms_share_no_zoo_module() -> None:
 
 
 @pytest.mark.slow
-def test_external_collection_builds_and_opens(ray_session, tmp_path) -> None:
+def test_external_collection_builds_and_opens(ray_session, tmp_path, monkeypatch) -> None:
+    from gmparse.data_pipeline import external_gms
     from gmparse.data_pipeline.collection import open_collection
     from gmparse.data_pipeline.external_gms import (
         _save_result,
@@ -111,6 +112,8 @@ def test_external_collection_builds_and_opens(ray_session, tmp_path) -> None:
 
     strict = ExternalConfig(images_per_gm=16, real_images=64, train_crops=128, batch_size=16, min_steps=5,
                             max_steps=5, check_every=5, max_swd=0.0)  # nothing is that real: a clear error, nothing written
+    monkeypatch.setattr(external_gms, "EXTERNAL_GMS", EXTERNAL_GMS[:1])  # the gate fails on its first GM: no need
+    #                                                                      to train all of them again to see it
     stale = _staging((tmp_path / "none").resolve(), cfg)  # another configuration's GM: not this build's
     _save_result(stale, first)
     with pytest.raises(Exception, match="realism threshold"):
