@@ -272,10 +272,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve(job_config(args.preset), args, load_overrides(args.config))
     except ValueError as e:
         die(str(e))
-    from gmparse.workflows.lib.registry import CHAMPION
-
-    if cfg.alias != CHAMPION and cfg.final_model and cfg.register and not args.test_collection:
-        args.test_collection = built_external_collection()  # what a challenger is judged on, when built
     job = start_job(args, cfg, "cv", validate=lambda col: check_inputs(col, args, cfg))
     import mlflow
 
@@ -370,6 +366,9 @@ def final_parser(job: Job, cfg: JobConfig, run_name: str, ids: tuple[str, str, s
     if cfg.register:
         uri, version = log_and_register(parser, col, final["run_id"], cfg.alias)
         print(f"registered gm-parser version {version} (alias {cfg.alias}): {uri}")
+    if version is not None and cfg.alias != CHAMPION and not test_collection:
+        test_collection = built_external_collection()  # what a challenger is judged on: looked for now, so a
+        #                                                build that finished while the folds trained counts
     test_col = open_collection(test_collection) if test_collection else None
     if test_col is not None:
         report_external(parser, col, test_col, cfg)
