@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -140,7 +139,7 @@ def test_default_means_one_thing():
     assert JOB_PRESETS["smoke"].model == ModelConfig.preset("smoke")
     assert JOB_PRESETS["paper"].model == ModelConfig.preset("paper")
     wide = JOB_PRESETS["wide"]  # one of the default's networks on the wide collection, a challenger of the champion
-    assert wide.model == dataclasses.replace(ModelConfig.preset("default"), ensemble=1)
+    assert wide.model == replace(ModelConfig.preset("default"), ensemble=1)
     assert wide.collection_preset == "wide" and wide.alias == "wide"
 
 
