@@ -366,13 +366,14 @@ def final_parser(job: Job, cfg: JobConfig, run_name: str, ids: tuple[str, str, s
     if cfg.register:
         uri, version = log_and_register(parser, col, final["run_id"], cfg.alias)
         print(f"registered gm-parser version {version} (alias {cfg.alias}): {uri}")
-    if version is not None and cfg.alias != CHAMPION and not test_collection:
+    challenger = version is not None and cfg.alias != CHAMPION
+    if challenger and not test_collection:
         test_collection = built_external_collection()  # what a challenger is judged on: looked for now, so a
         #                                                build that finished while the folds trained counts
     test_col = open_collection(test_collection) if test_collection else None
     if test_col is not None:
         report_external(parser, col, test_col, cfg)
-    if version is not None and cfg.alias != CHAMPION:
+    if challenger:
         challenge_champion(parser, version, test_col, cfg, final["run_id"])
 
 

@@ -124,11 +124,11 @@ JOB_PRESETS: dict[str, JobConfig] = {
     # --precision auto), the discrete values' cross-entropy targets smoothed by 0.1; measured
     # against the paper's settings in docs/decisions.md
     "default": JobConfig(),
-    # wide: the default's network and step on the wide collection (325 GMs), one network instead of
-    # the default's two, 10 epochs, registered as gm-parser@wide (champion only by parsing the
-    # external collection better). Chosen on 61 training GMs of fold 0 held out whole (diagnose_parsing
-    # --inner-holdout 0.25; docs/decisions.md 2026-12-03): one network ties the ensemble there at 2.1x
-    # its step, which the 75-minute budget needs; 10 epochs within 0.003 of 12
+    # wide: one of the default's networks, with its step, on the wide collection (325 GMs), 10
+    # epochs, registered as gm-parser@wide (champion only by parsing the external collection
+    # better). Chosen on 61 training GMs of fold 0 held out whole (diagnose_parsing --inner-holdout
+    # 0.25; docs/decisions.md 2026-12-03): one network ties the two-network ensemble there at 2.1x
+    # its step; 10 epochs within 0.003 of 12. Still ~85-95 min on a 2-core fp32 CPU, over 75
     "wide": JobConfig(preset="wide", collection_preset="wide", model=replace(ModelConfig.preset("default"), ensemble=1),
                       epochs=10, alias="wide"),
     "paper": JobConfig(
