@@ -3,8 +3,9 @@
 
 The main job reads its collection from ``s3://``, writes its Ray Train checkpoints there
 (``--storage-path``), is interrupted during fold 0 and continued with ``--resume``, which finds the
-run by listing the bucket: no epoch lost, repeated or trained twice. Credentials come from the
-environment only, and none of them is written to a file, a log or an MLflow param.
+run by listing the bucket: no epoch lost, repeated or trained twice. The interrupt (Ctrl-C) leaves no
+MLflow run RUNNING. Credentials come from the environment only, and none of them is written to a
+file, a log or an MLflow param.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def test_main_job_on_s3_is_interrupted_and_resumes_from_there(smoke_collection, 
             if proc.poll() is None:
                 proc.kill()
     first = first_log.read_text()
+    assert proc.returncode != 0, first[-3000:]
+    # Ctrl-C leaves no MLflow run RUNNING: the parent and the fold's run are closed on the way out
+    left = [(r.info.run_name, r.info.status) for r in client.search_runs(
+        [client.get_experiment_by_name("gmparse-cv").experiment_id]) if r.info.status == "RUNNING"]
+    assert left == [], left
     name = _run_name(first)
     assert f"{name}-fold-0" in storage_entries(storage), storage_entries(storage)  # its checkpoints are on s3
 
