@@ -140,7 +140,7 @@ def test_default_means_one_thing():
     assert JOB_PRESETS["paper"].model == ModelConfig.preset("paper")
     wide = JOB_PRESETS["wide"]  # one of the default's networks on the wide collection, a challenger of the champion
     assert wide.model == replace(ModelConfig.preset("default"), ensemble=1)
-    assert wide.collection_preset == "wide" and wide.alias == "wide"
+    assert wide.collection_preset == "wide" and wide.alias == "wide" and wide.epochs == 7
 
 
 @pytest.mark.parametrize("script", ["cv_folds", "tune_sweep", "forensics", "build_collection", "parse",
