@@ -53,6 +53,13 @@ def logged_epochs(db: Path, fold: str | None = None) -> dict[str, list[int]]:
         return {}
 
 
+def job_runs(client, experiment: str = "gmparse-cv") -> list:
+    """Every MLflow run of the main job's experiment, which must exist."""
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, "no MLflow experiment was created"
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
 def fold_runs(client, fold: str | None = None, experiment: str = "gmparse-cv") -> list:
     """The main job's per-fold MLflow runs (only ``fold``'s when given); none before the job has
     made its experiment."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, fold_runs, free_port, tracking_to
+from conftest import REPO_ROOT, fold_runs, free_port, job_runs, tracking_to
 from mlflow_server import start_mlflow_server, stop_mlflow_server, wait_http
 from ray_head import BIN, local_head
 
@@ -22,12 +22,6 @@ from gmparse.data_pipeline import schema
 
 pytestmark = pytest.mark.slow
 SMOKE_ARGS = ["--preset", "smoke", "--folds", "2", "--n-shuffles", "5"]
-
-
-def _runs(client, experiment="gmparse-cv"):
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, "no MLflow experiment was created"
-    return client.search_runs([exp.experiment_id], max_results=1000)
 
 
 #: what the terminal must not show unless --verbose: MLflow's and Ray's own lines (capfd: the processes'
@@ -71,7 +65,7 @@ def test_cv_job_kill_resume_tracking_and_registry(smoke_collection, sqlite_track
     assert list(storage.glob("*.killed")), "the fault injection did not kill a worker"
 
     client = MlflowClient()
-    runs = _runs(client)
+    runs = job_runs(client)
     assert {r.info.status for r in runs} == {"FINISHED"}
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
@@ -221,7 +215,7 @@ def test_the_tracking_server_restarts_then_stays_down_and_resume_continues(smoke
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         assert f"; run {name}\n" in second.stdout and "Pooled over all" in second.stdout
         assert "View run" not in second.stdout + second.stderr and "INFO mlflow" not in second.stderr  # quiet
-        runs = _runs(client)
+        runs = job_runs(client)
         left = [r for r in runs if r.info.status == "RUNNING"]  # the first invocation's: closed by --resume
         assert left == [], [(r.info.run_name, r.data.tags.get("fold")) for r in left]
         (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("resumed")]
@@ -271,7 +265,7 @@ def test_ray_job_submit_with_defaults_leaves_results_where_it_says(smoke_collect
     assert "1 folds" in r.stdout and f"fold-0: {n_gans} unseen GMs" in r.stdout, r.stdout[-3000:]
     assert f"Pooled over all {n_gans} GMs" in r.stdout
     client = MlflowClient(said.group(1))
-    runs = _runs(client)
+    runs = job_runs(client)
     assert {x.info.status for x in runs} == {"FINISHED"} and len(runs) == 3  # parent, the holdout fold, final
     assert done.group(1) in {x.info.run_id for x in runs}
     version = client.get_model_version_by_alias("gm-parser", "champion")

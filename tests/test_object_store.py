@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, fold_runs, free_port, logged_epochs
+from conftest import REPO_ROOT, fold_runs, free_port, job_runs, logged_epochs
 from mlflow_server import wait_http
 
 pytestmark = pytest.mark.slow
@@ -102,8 +102,7 @@ def test_main_job_on_s3_is_interrupted_and_resumes_from_there(smoke_collection, 
     first = first_log.read_text()
     assert proc.returncode != 0, first[-3000:]
     # Ctrl-C leaves no MLflow run RUNNING: the parent and the fold's run are closed on the way out
-    left = [(r.info.run_name, r.info.status) for r in client.search_runs(
-        [client.get_experiment_by_name("gmparse-cv").experiment_id]) if r.info.status == "RUNNING"]
+    left = [(r.info.run_name, r.info.status) for r in job_runs(client) if r.info.status == "RUNNING"]
     assert left == [], left
     name = _run_name(first)
     assert f"{name}-fold-0" in storage_entries(storage), storage_entries(storage)  # its checkpoints are on s3
@@ -136,7 +135,7 @@ def test_main_job_on_s3_is_interrupted_and_resumes_from_there(smoke_collection, 
             for p in d.rglob("*"):
                 if p.is_file() and p.stat().st_size < 50 * 2**20:
                     texts.append(p.read_bytes().decode("utf-8", "replace"))
-    for run in client.search_runs([client.get_experiment_by_name("gmparse-cv").experiment_id]):
+    for run in job_runs(client):
         texts += [str(run.data.params), str(run.data.tags)]
     leaked = [v for v in secret_values if any(v in t for t in texts)]
     assert leaked == [], "a credential was written down"

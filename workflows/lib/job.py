@@ -92,8 +92,8 @@ def stop_on_sigterm() -> None:
 def redeliver_lost_interrupts() -> None:
     """A Ctrl-C that lands while Python runs a finalizer or a weakref callback (garbage collection
     runs them at any moment) is printed as "Exception ignored" and dropped, and the job went on
-    training (seen once in the Ctrl-C test, now in ``tests/test_object_store.py``). Such an interrupt is sent
-    again a moment later, outside the finalizer, so the job stops as asked."""
+    training (seen once in the Ctrl-C test, now in ``tests/test_object_store.py``). Such an
+    interrupt is sent again a moment later, outside the finalizer, so the job stops as asked."""
     previous = sys.unraisablehook
     if getattr(previous, "redelivers_interrupts", False):
         return
