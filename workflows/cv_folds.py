@@ -352,8 +352,10 @@ def train_folds(job: Job, folds: list[Fold], cfg: JobConfig, run_name: str, faul
 
 def final_parser(job: Job, cfg: JobConfig, run_name: str, ids: tuple[str, str, str], test_collection: str | None) -> None:
     """Train the parser on every GM, register it (``cfg.alias``), and score it on ``test_collection``."""
+    import mlflow
+
     from gmparse.models.parser import Parser, ParsingModel
-    from gmparse.workflows.lib.registry import CHAMPION
+    from gmparse.workflows.lib.registry import CHAMPION, challenge_champion
 
     col = job.col
     with FoldProgress("final", cfg.epochs) as bar:
@@ -374,7 +376,12 @@ def final_parser(job: Job, cfg: JobConfig, run_name: str, ids: tuple[str, str, s
     if test_col is not None:
         report_external(parser, col, test_col, cfg)
     if challenger:
-        challenge_champion(parser, version, test_col, cfg, final["run_id"])
+        judged = challenge_champion(parser, version, test_col, alias=cfg.alias, fit_mode=cfg.fit_mode, seed=cfg.seed,
+                                    n_shuffles=cfg.pooled_shuffles)
+        if judged is not None:
+            with mlflow.start_run(run_id=final["run_id"], nested=True):
+                mlflow.log_dict(judged[0], "tables/vs_champion.json")
+                mlflow.log_text(judged[1], "tables/vs_champion.txt")
 
 
 def built_external_collection() -> str | None:
@@ -387,48 +394,6 @@ def built_external_collection() -> str | None:
               "and takes champion only by parsing it better", flush=True)
         return str(path)
     return None
-
-
-def challenge_champion(parser, version: str, test_col: Collection | None, cfg: JobConfig, run_id: str) -> None:
-    """A parser registered under an alias of its own (``--alias``, the wide preset's ``wide``) takes
-    ``champion`` too, what ``parse.py`` loads by default, only when it parses the GMs of
-    ``test_col`` (written elsewhere, on neither parser's training collection) better than the
-    champion (``evaluation.head_to_head``: a higher parsing score); with no champion yet, it is it."""
-    import mlflow
-
-    from gmparse.models.parser import META_FILE, Parser
-    from gmparse.workflows.lib.evaluation import head_to_head
-    from gmparse.workflows.lib.image_parsing import resolve_model_dir
-    from gmparse.workflows.lib.registry import CHAMPION, PARSER_NAME
-
-    client = mlflow.MlflowClient()
-    try:
-        champ = client.get_model_version_by_alias(PARSER_NAME, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        champ = None
-    if champ is None:
-        client.set_registered_model_alias(PARSER_NAME, CHAMPION, version)
-        print(f"no {PARSER_NAME}@{CHAMPION} yet: version {version} is it", flush=True)
-        return
-    if test_col is None:
-        print(f"{PARSER_NAME}@{CHAMPION} stays version {champ.version}: a parser of another alias takes it only by "
-              f"parsing GMs written elsewhere better (--test-collection; build_collection.py --external)", flush=True)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        champion = Parser.load(resolve_model_dir(f"models:/{PARSER_NAME}/{champ.version}", META_FILE, Path(tmp)))
-    rows, text, wins = head_to_head(parser, champion, test_col, fit_mode=cfg.fit_mode, seed=cfg.seed,
-                                    n_shuffles=cfg.pooled_shuffles)
-    with mlflow.start_run(run_id=run_id, nested=True):
-        mlflow.log_dict(rows, "tables/vs_champion.json")
-        mlflow.log_text(text, "tables/vs_champion.txt")
-    print(f"\n{PARSER_NAME} version {version} (@{cfg.alias}) against @{CHAMPION} (version {champ.version}) on every "
-          f"GM of {test_col.path} (continuous values on its scale; p paired: GMs swapped at random):\n{text}")
-    if wins:
-        client.set_registered_model_alias(PARSER_NAME, CHAMPION, version)
-        print(f"version {version} parses them better (parsing score): it is {PARSER_NAME}@{CHAMPION} now", flush=True)
-    else:
-        print(f"{PARSER_NAME}@{CHAMPION} stays version {champ.version}: version {version}'s parsing score there is not "
-              "higher", flush=True)
 
 
 def fold_line(out: dict[str, Any]) -> str:

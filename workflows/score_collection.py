@@ -9,6 +9,13 @@ the main job's: FEN+PN beside the classical baseline trained on the parser's tra
 and random ground truth, pooled over the test collection's GMs, with p-values. The training
 collection is ``--train-collection``, else the one the registered version is tagged with, else
 the default preset's. The table is logged to MLflow as a run of its own (``tables/external.*``).
+
+``--challenge`` judges a registered parser of another alias against ``gm-parser@champion`` on the
+same GMs, as the main job does for ``--alias`` (e.g. the wide preset's ``@wide``): it takes
+``champion`` only by a higher parsing score there (``registry.challenge_champion``). This is how a
+parser trained before the external collection was built gets judged, without training it again:
+
+    python workflows/score_collection.py data/collections/external-... --model models:/gm-parser@wide --challenge
 """
 
 from __future__ import annotations
@@ -37,28 +44,45 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffles", type=int, default=2000, help="shuffles for the p-values")
     p.add_argument("--baseline-images-per-gm", type=int, default=96)
     p.add_argument("--experiment", default="gmparse-test", help="MLflow experiment of the logged run")
+    p.add_argument("--challenge", action="store_true", help="--model (a registered gm-parser version) takes "
+                   "gm-parser@champion when it parses these GMs better than the champion (a paired head-to-head)")
     return p
 
 
-def registered_collection(ref: str) -> str | None:
-    """The ``collection`` tag of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` version, if any."""
+def model_version(ref: str):
+    """The registry's version behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, or None
+    (a directory, no registry, no such alias or version)."""
     if not ref.startswith("models:/"):
         return None
     import mlflow
 
     from gmparse.workflows.lib.runtime import tracking_uri
 
-    name, _, rest = ref.removeprefix("models:/").partition("@")
+    name, _, alias = ref.removeprefix("models:/").partition("@")
+    name, _, version = name.partition("/")
     client = mlflow.MlflowClient(tracking_uri())
     try:
-        if rest:
-            mv = client.get_model_version_by_alias(name, rest)
-        else:
-            name, _, version = name.partition("/")
-            mv = client.get_model_version(name, version)
-    except Exception:  # no registry, no such alias: fall back to the default collection
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except Exception:  # no registry, no such alias or version
         return None
-    return mv.tags.get("collection")
+
+
+def registered_collection(ref: str) -> str | None:
+    """The ``collection`` tag of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` version, if any."""
+    mv = model_version(ref)
+    return None if mv is None else mv.tags.get("collection")
+
+
+def challenger_of(ref: str) -> tuple[str, str]:
+    """``--challenge``'s model: (its alias or "v<VERSION>", its version); ValueError unless a registered gm-parser."""
+    from gmparse.workflows.lib.registry import PARSER_NAME
+
+    mv = model_version(ref)
+    if mv is None or mv.name != PARSER_NAME:
+        raise ValueError(f"--challenge needs a registered parser (models:/{PARSER_NAME}@ALIAS or "
+                         f"models:/{PARSER_NAME}/VERSION in this tracking store), got {ref!r}")
+    alias = ref.partition("@")[2]
+    return alias or f"v{mv.version}", str(mv.version)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     from gmparse.models.parser import META_FILE, Parser
     from gmparse.workflows.lib.evaluation import external_table
     from gmparse.workflows.lib.image_parsing import ModelLoadError, resolve_model_dir
+    from gmparse.workflows.lib.registry import challenge_champion
     from gmparse.workflows.lib.runtime import tracking_uri
 
+    try:
+        alias, version = challenger_of(args.model) if args.challenge else ("", "")
+    except ValueError as e:
+        die(str(e))
     try:
         test_col = open_collection(args.test_collection)
         if test_col.fake_gms.empty:
@@ -96,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                            "test_collection": str(test_col.path), "fit_mode": args.fit_mode, "seed": args.seed})
         mlflow.log_dict(rows, "tables/external.json")
         mlflow.log_text(text, "tables/external.txt")
+        if args.challenge:
+            judged = challenge_champion(parser, version, test_col, alias=alias,
+                                        fit_mode=args.fit_mode, seed=args.seed, n_shuffles=args.shuffles)
+            if judged is not None:
+                mlflow.log_dict(judged[0], "tables/vs_champion.json")
+                mlflow.log_text(judged[1], "tables/vs_champion.txt")
     print(f"logged: MLflow run {run.info.run_id}")
     return 0
 

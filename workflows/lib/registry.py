@@ -229,3 +229,48 @@ def log_forensic_model(model, role: str, register_as: str | None, alias: str = C
     return _log_and_register(ForensicPyfunc(role), "model", model, "forensic", model.image_size, role, register_as,
                              alias, {"role": role, "kind": model.spec.kind, "sources": json.dumps(model.sources),
                                      **(tags or {})}, model_config={"role": role})
+
+
+def challenge_champion(parser, version: str, test_col, *, alias: str, fit_mode: str, seed: int,
+                       n_shuffles: int) -> tuple[list[dict[str, Any]], str] | None:
+    """``gm-parser`` version ``version`` (``parser``, registered under ``alias``) takes
+    ``champion`` too, what ``parse.py`` loads by default, only when it parses the GMs of
+    ``test_col`` (written elsewhere, on neither parser's training collection) better than the
+    champion (``evaluation.head_to_head``: a higher parsing score); with no champion yet, it is it.
+
+    Prints the verdict; returns the head-to-head (rows, text) to log, or None when nothing was
+    compared (no champion yet, already the champion, or no ``test_col`` to judge on)."""
+    from gmparse.models.parser import META_FILE, Parser
+    from gmparse.workflows.lib.evaluation import head_to_head
+    from gmparse.workflows.lib.image_parsing import resolve_model_dir
+
+    client = mlflow.MlflowClient()
+    try:
+        champ = client.get_model_version_by_alias(PARSER_NAME, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        champ = None
+    if champ is None:
+        client.set_registered_model_alias(PARSER_NAME, CHAMPION, version)
+        print(f"no {PARSER_NAME}@{CHAMPION} yet: version {version} is it", flush=True)
+        return None
+    if str(champ.version) == str(version):
+        print(f"version {version} is {PARSER_NAME}@{CHAMPION} already", flush=True)
+        return None
+    if test_col is None:
+        print(f"{PARSER_NAME}@{CHAMPION} stays version {champ.version}: a parser of another alias takes it only by "
+              f"parsing GMs written elsewhere better: build them (build_collection.py --external), then judge it with "
+              f"score_collection.py PATH --model models:/{PARSER_NAME}/{version} --challenge (or cv_folds.py "
+              f"--test-collection PATH)", flush=True)
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        champion = Parser.load(resolve_model_dir(f"models:/{PARSER_NAME}/{champ.version}", META_FILE, Path(tmp)))
+    rows, text, wins = head_to_head(parser, champion, test_col, fit_mode=fit_mode, seed=seed, n_shuffles=n_shuffles)
+    print(f"\n{PARSER_NAME} version {version} (@{alias}) against @{CHAMPION} (version {champ.version}) on every "
+          f"GM of {test_col.path} (continuous values on its scale; p paired: GMs swapped at random):\n{text}")
+    if wins:
+        client.set_registered_model_alias(PARSER_NAME, CHAMPION, version)
+        print(f"version {version} parses them better (parsing score): it is {PARSER_NAME}@{CHAMPION} now", flush=True)
+    else:
+        print(f"{PARSER_NAME}@{CHAMPION} stays version {champ.version}: version {version}'s parsing score there is not "
+              "higher", flush=True)
+    return rows, text
