@@ -272,10 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--external", default="auto",
                     help="external collection to score a parser of each size on (auto: build_collection.py "
                          "--external's, when built; none: skip)")
+    ap.add_argument("--curves", default="folds,external",
+                    help="which curves to run: folds (the held-out folds), external (the transfer curve), or both; "
+                         "e.g. external alone on a rebuild of the collection whose fold curve is already measured")
     ap.add_argument("--results", choices=("auto", "yes", "no"), default="auto",
                     help="write the wall times and a cluster projection into benchmarks/RESULTS.md "
                          "(auto: when --out is the committed folder)")
     args = ap.parse_args(argv)
+    kinds = [k for k in args.curves.split(",") if k]
+    if not kinds or set(kinds) - {"folds", "external"}:
+        ap.error(f"--curves takes folds, external or folds,external, got {args.curves!r}")
     cfg = job_config(args.job_preset)
     cfg = replace(cfg, epochs=args.epochs or cfg.epochs, folds=args.folds or cfg.folds, checkpoint="last")
     torch.set_num_threads(max(cfg.threads, 1))
@@ -298,9 +304,13 @@ def main(argv: list[str] | None = None) -> int:
               for seed in range(args.seeds if s != "all" and int(s) <= args.small else 1)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ext_col = external_collection(args.external)
-    curves = {"folds": Curve(out / f"scaling_{ckey}.csv", f"{ckey}: {cfg.folds} folds, unseen GMs pooled; "
-                                                          f"{cfg.epochs} epochs x {args.images_per_gm} images per GM")}
+    ext_col = external_collection(args.external) if "external" in kinds else None
+    if kinds == ["external"] and ext_col is None:
+        ap.error("--curves external needs the external collection (--external PATH, or build_collection.py --external)")
+    curves = {}
+    if "folds" in kinds:
+        curves["folds"] = Curve(out / f"scaling_{ckey}.csv", f"{ckey}: {cfg.folds} folds, unseen GMs pooled; "
+                                                             f"{cfg.epochs} epochs x {args.images_per_gm} images per GM")
     if ext_col is not None:
         ekey = collection_key(ext_col)
         curves["external"] = Curve(out / f"scaling_{ckey}_on_{ekey}.csv",
@@ -358,10 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.results == "yes" or (args.results == "auto" and Path(args.out).resolve() == (HERE / "scaling").resolve()):
         import common
 
-        section = results_section(curves, cfg.folds, f"{cfg.epochs} epochs x {args.images_per_gm} images per GM")
-        section.seconds = sum(r[-1] for r in section.rows if r[0] != "total")
-        section.print()
-        common.update_results(section)
+        for kind, curve in curves.items():
+            section = results_section(kind, curve, cfg.folds, f"{cfg.epochs} epochs x {args.images_per_gm} images per GM")
+            section.seconds = sum(r[-1] for r in section.rows if r[0] != "total")
+            section.print()
+            common.update_results(section)
     return 0
 
 
@@ -369,26 +380,20 @@ def main(argv: list[str] | None = None) -> int:
 CLUSTER = ((1, 1), (1, 4), (4, 4), (8, 4))
 
 
-def results_section(curves: dict[str, Curve], folds: int, budget: str):
-    """RESULTS.md's section: each point's measured wall seconds here, and what the whole curve would
-    take on a cluster, projected from a fit ``wall = a + b * training GMs`` of the fold points."""
+def results_section(kind: str, curve: Curve, folds: int, budget: str):
+    """RESULTS.md's section of one curve: each point's measured wall seconds here, and, for the fold
+    curve, what it would take on a cluster, projected from a fit ``wall = a + b * training GMs``."""
     import common
 
-    rows, fit_x, fit_y = [], [], []
-    for kind, curve in curves.items():
-        seen: dict[str, dict] = {}
-        for r in curve.rows:
-            seen.setdefault(r["key"], r)
-        for r in sorted(seen.values(), key=lambda r: (float(r["train_gms"]), int(r["seed"]))):
-            wall = float(r["wall_s"])
-            rows.append([kind, str(r["size"]), int(r["seed"]), float(r["train_gms"]), wall])
-            if kind == "folds":
-                fit_x.append(float(r["train_gms"]))
-                fit_y.append(wall)
-    for kind in curves:
-        rows.append(["total", kind, "", "", sum(r[-1] for r in rows if r[0] == kind)])
+    seen: dict[str, dict] = {}
+    for r in curve.rows:
+        seen.setdefault(r["key"], r)
+    rows = [[kind, str(r["size"]), int(r["seed"]), float(r["train_gms"]), float(r["wall_s"])]
+            for r in sorted(seen.values(), key=lambda r: (float(r["train_gms"]), int(r["seed"])))]
+    fit_x, fit_y = [r[3] for r in rows], [r[4] for r in rows]
+    rows.append(["total", kind, "", "", sum(fit_y)])
     notes = []
-    if len(set(fit_x)) >= 2:
+    if kind == "folds" and len(set(fit_x)) >= 2:
         b, a = np.polyfit(fit_x, fit_y, 1)  # a: evaluation and baselines of all folds; b: training per GM
         worst = max(abs(y - (a + b * x)) for x, y in zip(fit_x, fit_y))
         proj = []
@@ -408,14 +413,24 @@ def results_section(curves: dict[str, Curve], folds: int, budget: str):
             "the two flags are the main job's (workflows/cv_folds.py). Ray Train's 2 workers on this 2-core "
             "machine gave 1.55x one worker's images/s (section 2), so the 4- and 8-worker rows are lower bounds on the time.",
         ]
+    if kind == "folds":
+        return common.Section(
+            name="scaling",
+            title="Scaling curve (benchmarks/bench_scaling.py, wall seconds per point, CPU)",
+            how=(f"Each point trains FEN+PN on `size` training GMs of every fold ({budget}), "
+                 "then scores every image of the fold's unseen GMs beside the classical baseline and the prior; "
+                 "its wall seconds are measured in the call that trained it (a resumed curve's points come from "
+                 "several calls) and kept in the curve's CSV. Numbers of the curve itself: README and docs/results.md."),
+            columns=["curve", "size", "seed", "training GMs per fold", "wall s"],
+            rows=rows, notes=notes)
     return common.Section(
-        name="scaling",
-        title="Scaling curve (benchmarks/bench_scaling.py, wall seconds per point, CPU)",
-        how=(f"Each point trains FEN+PN on `size` training GMs of every fold ({budget}), "
-             "then scores every image of the fold's unseen GMs beside the classical baseline and the prior; "
-             "its wall seconds are measured in the call that trained it (a resumed curve's points come from "
-             "several calls) and kept in the curve's CSV. Numbers of the curve itself: README and docs/results.md."),
-        columns=["curve", "size", "seed", "training GMs per fold", "wall s"],
+        name="scaling_external",
+        title="Transfer curve (benchmarks/bench_scaling.py --curves external, wall seconds per point, CPU)",
+        how=(f"Each point trains one FEN+PN on `size` GMs drawn from the whole collection ({budget}), then "
+             "scores every GM of the external collection beside a classical baseline and a prior learned from "
+             "the same GMs; wall seconds as measured in the call that trained it, kept in the curve's CSV. "
+             "Numbers of the curve itself: README and docs/results.md."),
+        columns=["curve", "size", "seed", "training GMs", "wall s"],
         rows=rows, notes=notes)
 
 

@@ -38,7 +38,7 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
 #: order of the sections in RESULTS.md
 #: the sections of RESULTS.md in order; ``render`` numbers them 1, 2, ... in this order (a script's
 #: title carries no number, so the numbers never collide or run out of order)
-SECTION_ORDER = ["pipeline", "training", "step", "memory", "inference", "parse", "build", "build_cost", "gpu", "realism", "quality", "scaling"]
+SECTION_ORDER = ["pipeline", "training", "step", "memory", "inference", "parse", "build", "build_cost", "gpu", "realism", "quality", "scaling", "scaling_external"]
 _TITLE_NUMBER = re.compile(r"^\d+[a-z]?\.\s+")
 
 

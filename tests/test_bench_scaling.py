@@ -46,6 +46,13 @@ def test_the_scaling_curve_writes_both_curves_and_a_rerun_trains_nothing(smoke_c
     assert again.stdout.count("already") == 4, again.stdout[-3000:]  # 2 sizes x 2 curves, none trained again
     assert "decoded" not in again.stdout  # nothing was even loaded
     assert {p: p.read_bytes() for p in before} == before
+    # the transfer curve alone (a rebuild whose fold curve is measured elsewhere): the folds are not touched
+    alone = subprocess.run([*cmd, "--curves", "external"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=900)
+    assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+    assert alone.stdout.count("already") == 2 and "external" in alone.stdout, alone.stdout[-3000:]
+    bad = subprocess.run([*cmd, "--curves", "fold"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert bad.returncode == 2 and "--curves" in bad.stderr
 
 
 def test_the_results_section_fits_wall_against_gms_and_projects_a_cluster(tmp_path):
@@ -59,7 +66,7 @@ def test_the_results_section_fits_wall_against_gms_and_projects_a_cluster(tmp_pa
     for key, size, seed in (("k1", 12, 0), ("k2", 12, 1), ("k3", 48, 0), ("k4", 192, 0)):
         curve.rows += [{"key": key, "size": size, "seed": seed, "train_gms": float(size), "wall_s": a + b * size,
                         "metric": "continuous/l1", "parser": "fen_pn"}]
-    section = bench_scaling.results_section({"folds": curve}, 4, "1 epoch")
+    section = bench_scaling.results_section("folds", curve, 4, "1 epoch")
     assert [r[1] for r in section.rows] == ["12", "12", "48", "192", "folds"]
     assert section.rows[-1][-1] == sum(a + b * n for n in (12, 12, 48, 192))
     text = " ".join(section.notes)
@@ -67,3 +74,7 @@ def test_the_results_section_fits_wall_against_gms_and_projects_a_cluster(tmp_pa
     total = sum(a + b * n for n in (12, 12, 48, 192)) / 60
     assert f"--num-workers 1 --concurrent-folds 1: {total:.0f} min" in text
     assert f"--num-workers 1 --concurrent-folds 4: {total / 4:.0f} min" in text
+    # the transfer curve's own section: its points and total, no fold fit
+    ext = bench_scaling.results_section("external", curve, 4, "1 epoch")
+    assert ext.name == "scaling_external" and ext.name != section.name and not ext.notes
+    assert [r[1] for r in ext.rows] == ["12", "12", "48", "192", "external"]

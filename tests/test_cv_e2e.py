@@ -282,3 +282,39 @@ def test_holdout_of_a_group_nobody_has_is_an_input_error(smoke_collection):
     with pytest.raises(SystemExit) as e:
         cv_folds.main([*SMOKE_ARGS, "--collection", smoke_collection.path, "--holdout", "family=stylegan"])
     assert e.value.code == 2
+
+
+def test_final_only_registers_a_challenger_judged_against_the_champion(smoke_collection, sqlite_tracking, tmp_path,
+                                                                       capsys):
+    """``--final-only``: no folds and no pooled table, one final parser registered under its alias
+    and judged against the champion on ``--test-collection``, the head-to-head logged in its run."""
+    import mlflow
+    import torch
+
+    from gmparse.models.config import ModelConfig
+    from gmparse.models.parser import Parser
+    from gmparse.workflows import cv_folds
+    from gmparse.workflows.lib.registry import log_parser
+
+    torch.manual_seed(0)
+    mlflow.set_experiment("champion-before")
+    with mlflow.start_run():  # an untrained champion of the same architecture
+        _, champion = log_parser(Parser.from_config(ModelConfig.preset("smoke"), smoke_collection.ranges))
+    rc = cv_folds.main([*SMOKE_ARGS, "--collection", smoke_collection.path, "--storage-path", str(tmp_path / "runs"),
+                        "--epochs", "1", "--final-only", "--alias", "rival", "--test-collection", smoke_collection.path])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "no folds (--final-only)" in out and "Pooled over" not in out and "Per fold" not in out
+    client = mlflow.MlflowClient()
+    runs = job_runs(client)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["final_only"] == "true"
+    assert [r.data.tags["fold"] for r in runs if r is not parent] == ["final"]
+    final = next(r for r in runs if r is not parent)
+    rival = client.get_model_version_by_alias("gm-parser", "rival")
+    assert rival.run_id == final.info.run_id and rival.version != champion
+    assert f"(@rival) against @champion (version {champion})" in out
+    tables = {a.path for a in client.list_artifacts(final.info.run_id, "tables")}
+    assert "tables/vs_champion.json" in tables
+    winner = client.get_model_version_by_alias("gm-parser", "champion").version
+    assert winner == (rival.version if "it is gm-parser@champion now" in out else champion)

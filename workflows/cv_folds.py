@@ -60,6 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
     p.add_argument("--test-collection", help="after training the final parser, score it on every GM of this "
                    "collection (e.g. an ingested folder of your own GMs) beside the classical baseline")
+    p.add_argument("--final-only", action="store_true",
+                   help="train and register the final parser alone: no folds, no pooled table (e.g. to register a "
+                        "config whose folds are measured, or a challenger judged with --test-collection)")
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's and Ray Data's own logs and progress output (default: a bar per fold)")
     add_dataclass_args(p, JobConfig, "job (overrides the preset)", skip=("preset",), presets=JOB_PRESETS)
@@ -258,6 +261,8 @@ def job_folds(col: Collection, cfg: JobConfig) -> list[Fold]:
 
 def check_inputs(col: Collection, args: argparse.Namespace, cfg: JobConfig) -> None:
     """Everything this job needs of its inputs, before anything trains (``workflows.lib.job.start_job``)."""
+    if args.final_only and not cfg.final_model:
+        raise SetupError("--final-only trains the final parser: drop --final-model false")
     job_folds(col, cfg)
     if args.test_collection:
         if not cfg.final_model:
@@ -275,15 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     job = start_job(args, cfg, "cv", validate=lambda col: check_inputs(col, args, cfg))
     import mlflow
 
-    col, folds, run_name = job.col, job_folds(job.col, cfg), job.run_name(args.resume)
+    col, run_name = job.col, job.run_name(args.resume)
+    folds = [] if args.final_only else job_folds(col, cfg)
     marker_dir = job.storage if "://" not in job.storage else tempfile.gettempdir()
     fault_marker = str(Path(marker_dir) / f"{run_name}.killed") if cfg.kill_after_epoch >= 0 else None
+    what = "no folds (--final-only)" if args.final_only else f"{len(folds)} folds"
     print(f"collection {col.path}: {len(col.fake_gms)} GMs, {col.manifest['counts']['images']} images; "
-          f"{len(folds)} folds, {cfg.epochs} epochs, {cfg.num_workers} worker(s), {'GPU' if job.use_gpu else 'CPU'}; "
+          f"{what}, {cfg.epochs} epochs, {cfg.num_workers} worker(s), {'GPU' if job.use_gpu else 'CPU'}; "
           f"run {run_name}", flush=True)
     t0 = time.time()
     # a resumed run's wall_seconds counts this invocation only (the folds done before are reused)
-    tags = {"preset": cfg.preset, "collection": col.path, **({"resumed": "true"} if args.resume else {})}
+    tags = {"preset": cfg.preset, "collection": col.path, **({"resumed": "true"} if args.resume else {}),
+            **({"final_only": "true"} if args.final_only else {})}
     with tracking_server_outage(job.storage):  # a server gone past MLflow's retries: one line, then --resume
         if args.resume:
             close_lost_runs(args.experiment, run_name)
@@ -294,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
             mlflow.log_dict({"ranges": col.ranges.to_dict(), "schema_version": col.manifest["schema_version"]}, "collection.json")
             ids = (parent.info.experiment_id, parent.info.run_id, mlflow.get_tracking_uri())
-            report_cv(train_folds(job, folds, cfg, run_name, fault_marker, ids), cfg)
+            if folds:
+                report_cv(train_folds(job, folds, cfg, run_name, fault_marker, ids), cfg)
             if cfg.final_model:
                 final_parser(job, cfg, run_name, ids, args.test_collection)
             mlflow.log_metric("wall_seconds", time.time() - t0)
