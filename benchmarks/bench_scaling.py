@@ -183,7 +183,7 @@ def summarize(rows: list[dict]) -> dict[tuple[str, str], list[tuple[float, float
     return out
 
 
-def draw(rows: list[dict], path: Path, title: str) -> None:
+def draw(rows: list[dict], path: Path, title: str, xlabel: str = "training GMs per fold") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,7 +210,7 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
         # the sizes themselves, not powers of ten; a size close to the one before it one line lower
         ax.set_xticks(ticks, [("\n" if i and t / ticks[i - 1] < 1.5 else "") + f"{t:.0f}" for i, t in enumerate(ticks)])
         ax.minorticks_off()
-        ax.set_xlabel("training GMs per fold")
+        ax.set_xlabel(xlabel)
         ax.set_title(m + (" (lower is better)" if m == "continuous/l1" else ""))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -314,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     if ext_col is not None:
         ekey = collection_key(ext_col)
         curves["external"] = Curve(out / f"scaling_{ckey}_on_{ekey}.csv",
-                                   f"trained on {ckey}, scored on {ekey} ({len(ext_col.fake_gms)} GMs written elsewhere)")
+                                   f"trained on {ckey}, scored on {ekey} ({len(ext_col.fake_gms)} GMs written elsewhere)",
+                                   xlabel="training GMs (one parser, the whole collection)")
     init_mlflow(EXPERIMENT)
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
     done = finished_runs(exp.experiment_id)
@@ -437,14 +438,14 @@ def results_section(kind: str, curve: Curve, folds: int, budget: str):
 class Curve:
     """One curve's rows, kept in its CSV (rewritten, and its PNG redrawn, after every point)."""
 
-    def __init__(self, csv_path: Path, title: str) -> None:
-        self.csv, self.png, self.title = csv_path, csv_path.with_suffix(".png"), title
+    def __init__(self, csv_path: Path, title: str, xlabel: str = "training GMs per fold") -> None:
+        self.csv, self.png, self.title, self.xlabel = csv_path, csv_path.with_suffix(".png"), title, xlabel
         self.rows = read_csv(csv_path)
 
     def add(self, key: str, rows: list[dict]) -> None:
         self.rows = [r for r in self.rows if r["key"] != key] + [{**r, "key": key} for r in rows]
         write_csv(self.csv, self.rows)
-        draw(self.rows, self.png, self.title)
+        draw(self.rows, self.png, self.title, self.xlabel)
 
 
 def external_collection(spec: str):
