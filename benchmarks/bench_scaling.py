@@ -415,24 +415,20 @@ def results_section(kind: str, curve: Curve, folds: int, budget: str):
             "machine gave 1.55x one worker's images/s (section 2), so the 4- and 8-worker rows are lower bounds on the time.",
         ]
     if kind == "folds":
-        return common.Section(
-            name="scaling",
-            title="Scaling curve (benchmarks/bench_scaling.py, wall seconds per point, CPU)",
-            how=(f"Each point trains FEN+PN on `size` training GMs of every fold ({budget}), "
-                 "then scores every image of the fold's unseen GMs beside the classical baseline and the prior; "
-                 "its wall seconds are measured in the call that trained it (a resumed curve's points come from "
-                 "several calls) and kept in the curve's CSV. Numbers of the curve itself: README and docs/results.md."),
-            columns=["curve", "size", "seed", "training GMs per fold", "wall s"],
-            rows=rows, notes=notes)
-    return common.Section(
-        name="scaling_external",
-        title="Transfer curve (benchmarks/bench_scaling.py --curves external, wall seconds per point, CPU)",
-        how=(f"Each point trains one FEN+PN on `size` GMs drawn from the whole collection ({budget}), then "
-             "scores every GM of the external collection beside a classical baseline and a prior learned from "
-             "the same GMs; wall seconds as measured in the call that trained it, kept in the curve's CSV. "
-             "Numbers of the curve itself: README and docs/results.md."),
-        columns=["curve", "size", "seed", "training GMs", "wall s"],
-        rows=rows, notes=notes)
+        name, title, per = "scaling", "Scaling curve (benchmarks/bench_scaling.py, wall seconds per point, CPU)", " per fold"
+        how = (f"Each point trains FEN+PN on `size` training GMs of every fold ({budget}), "
+               "then scores every image of the fold's unseen GMs beside the classical baseline and the prior; "
+               "its wall seconds are measured in the call that trained it (a resumed curve's points come from "
+               "several calls) and kept in the curve's CSV. Numbers of the curve itself: README and docs/results.md.")
+    else:
+        name, per = "scaling_external", ""
+        title = "Transfer curve (benchmarks/bench_scaling.py --curves external, wall seconds per point, CPU)"
+        how = (f"Each point trains one FEN+PN on `size` GMs drawn from the whole collection ({budget}), then "
+               "scores every GM of the external collection beside a classical baseline and a prior learned from "
+               "the same GMs; wall seconds as measured in the call that trained it, kept in the curve's CSV. "
+               "Numbers of the curve itself: README and docs/results.md.")
+    return common.Section(name=name, title=title, how=how, columns=["curve", "size", "seed", f"training GMs{per}", "wall s"],
+                          rows=rows, notes=notes)
 
 
 class Curve:
